@@ -1,0 +1,293 @@
+"""Settings: one model, four sources, one precedence order.
+
+Flags beat environment variables, which beat the YAML file, which beats the defaults. IceProd's own
+environment names (``API_URL``, ``OAUTH_URL``, ...) are accepted beside ``ICEPROD_EXPORTER_*``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "ICEPROD_EXPORTER_"
+
+#: IceProd's own deployment variables, so the exporter drops into its environment unchanged.
+ICEPROD_ENV_ALIASES: Mapping[str, str] = {
+    "API_URL": "api_url",
+    "OAUTH_URL": "oauth_url",
+    "OAUTH_CLIENT_ID": "oauth_client_id",
+    "OAUTH_CLIENT_SECRET": "oauth_client_secret",
+    "PROMETHEUS_PORT": "port",
+}
+
+DEFAULT_PORT = 8097
+
+
+class AuthMode(StrEnum):
+    """How the exporter obtains bearer tokens for the IceProd API."""
+
+    AUTO = "auto"
+    CLIENT_CREDENTIALS = "client_credentials"
+    REFRESH_TOKEN = "refresh_token"
+    STATIC_TOKEN = "static_token"
+
+
+class LogFormat(StrEnum):
+    """Log rendering; ``auto`` picks console on a terminal and JSON lines otherwise."""
+
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the setting."""
+
+
+class Settings(BaseModel):
+    """Every setting of the exporter; field descriptions feed the generated reference."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+    api_url: str = Field(
+        "", description="Base URL of the IceProd REST API, e.g. https://api.iceprod.icecube.aq."
+    )
+    auth_mode: AuthMode = Field(
+        AuthMode.AUTO,
+        description="auto: client credentials if a secret is set, else a refresh-token file, "
+        "else a static token.",
+    )
+    oauth_url: str = Field(
+        "https://keycloak.icecube.wisc.edu/auth/realms/IceCube",
+        description="OpenID Connect realm (issuer) URL; discovery is used to find the token "
+        "endpoint.",
+    )
+    oauth_client_id: str = Field("iceprod", description="OAuth2 client id.")
+    oauth_client_secret: SecretStr | None = Field(
+        None, description="OAuth2 client secret for the client-credentials grant."
+    )
+    oauth_client_secret_file: Path | None = Field(
+        None, description="File holding the client secret (e.g. a mounted Kubernetes Secret)."
+    )
+    refresh_token_file: Path | None = Field(
+        None,
+        description="Refresh token file written by `iceprod-exporter login`; rewritten "
+        "atomically on rotation.",
+    )
+    token: SecretStr | None = Field(None, description="Static bearer token (testing only).")
+    token_file: Path | None = Field(
+        None, description="File holding a static bearer token; re-read on every refresh."
+    )
+    token_timeout: float = Field(
+        10.0, gt=0, description="Seconds allowed for one token or discovery request."
+    )
+    listen_address: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
+    port: int = Field(
+        DEFAULT_PORT, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz and /."
+    )
+    poll_interval: float = Field(
+        60.0, ge=1, description="Seconds between poll cycles of processing datasets."
+    )
+    slow_poll_factor: int = Field(
+        5,
+        ge=1,
+        description="Suspended and errors datasets are counted every this many cycles.",
+    )
+    task_stats_interval: float = Field(
+        600.0, ge=0, description="Seconds between task_stats fetches of a dataset (0: never)."
+    )
+    timeout: float = Field(
+        30.0, gt=0, description="Per-call timeout in seconds for IceProd API requests."
+    )
+    retries: int = Field(
+        2, ge=0, le=10, description="Retries of a failed API call (5xx, 429, timeouts)."
+    )
+    backoff_max: float = Field(
+        60.0, gt=0, description="Upper bound in seconds for any backoff or Retry-After wait."
+    )
+    concurrency: int = Field(8, ge=1, le=64, description="API requests in flight at most.")
+    rate_limit: float = Field(
+        20.0,
+        ge=0,
+        description="API requests per second at most; fractions allowed (0: unlimited).",
+    )
+    max_staleness: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds the last good dataset values stay served while polls fail.",
+    )
+    grace_period: float = Field(
+        900.0,
+        ge=0,
+        description="Seconds a dataset that completed or vanished keeps its final series.",
+    )
+    health_stall_polls: int = Field(
+        3, ge=1, description="/healthz fails after this many poll intervals without progress."
+    )
+    compat_dataset_monitor: bool = Field(
+        False,
+        description="Also emit IceProd dataset_monitor's iceprod_jobs, iceprod_tasks and "
+        "iceprod_future_resources_hours.",
+    )
+    shard: int = Field(0, ge=0, description="This replica's shard (0-based).")
+    total_shards: int = Field(1, ge=1, description="Number of shards splitting the datasets.")
+    process_metrics: bool = Field(
+        True, description="Export the Python process, GC and platform metrics."
+    )
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: LogFormat = Field(LogFormat.AUTO, description="auto, json or console.")
+
+    @field_validator("api_url", "oauth_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be one of debug, info, warning, error")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.shard >= self.total_shards:
+            raise ValueError(f"shard: must be below total_shards ({self.total_shards})")
+        if self.oauth_client_secret and self.oauth_client_secret_file:
+            raise ValueError(
+                "oauth_client_secret: set either it or oauth_client_secret_file, not both"
+            )
+        if self.token and self.token_file:
+            raise ValueError("token: set either it or token_file, not both")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """Return the effective settings as plain data with every secret masked."""
+        data = self.model_dump(mode="json")
+        for name, field in type(self).model_fields.items():
+            if field.annotation == SecretStr | None and data.get(name) is not None:
+                data[name] = "<redacted>"
+        return data
+
+    def require_api(self) -> None:
+        """Fail unless the settings name an IceProd API and a way to authenticate."""
+        if not self.api_url:
+            raise ConfigError("api_url: required (set API_URL or ICEPROD_EXPORTER_API_URL)")
+        mode = self.effective_auth_mode()
+        if mode is AuthMode.CLIENT_CREDENTIALS and not (
+            self.oauth_client_secret or self.oauth_client_secret_file
+        ):
+            raise ConfigError("oauth_client_secret: required for client_credentials")
+        if mode is AuthMode.REFRESH_TOKEN and not self.refresh_token_file:
+            raise ConfigError("refresh_token_file: required for refresh_token")
+        if mode is AuthMode.STATIC_TOKEN and not (self.token or self.token_file):
+            raise ConfigError("token: required for static_token")
+
+    def effective_auth_mode(self) -> AuthMode:
+        """Resolve ``auto`` to the concrete mode the given credentials imply."""
+        if self.auth_mode is not AuthMode.AUTO:
+            return self.auth_mode
+        if self.oauth_client_secret or self.oauth_client_secret_file:
+            return AuthMode.CLIENT_CREDENTIALS
+        if self.refresh_token_file:
+            return AuthMode.REFRESH_TOKEN
+        if self.token or self.token_file:
+            return AuthMode.STATIC_TOKEN
+        raise ConfigError(
+            "auth_mode: no credentials (set OAUTH_CLIENT_SECRET, "
+            "ICEPROD_EXPORTER_REFRESH_TOKEN_FILE or ICEPROD_EXPORTER_TOKEN)"
+        )
+
+
+def env_name(field: str) -> str:
+    """Return the ``ICEPROD_EXPORTER_*`` variable of a setting."""
+    return ENV_PREFIX + field.upper()
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """Pick the settings out of an environment; prefixed names beat IceProd's names."""
+    values: dict[str, str] = {}
+    for alias, field in ICEPROD_ENV_ALIASES.items():
+        if environ.get(alias):
+            values[field] = environ[alias]
+    for field in Settings.model_fields:
+        if env_name(field) in environ:
+            values[field] = environ[env_name(field)]
+    return values
+
+
+def from_file(path: Path) -> dict[str, Any]:
+    """Read a YAML settings file (a flat mapping of setting names)."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"config_file: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config_file: {path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config_file: {path} must hold a mapping of settings")
+    return loaded
+
+
+def load(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge defaults < file < environment < flags and validate the result."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    if config_file is None and environ.get(env_name("config_file")):
+        config_file = Path(environ[env_name("config_file")])
+    if config_file is not None:
+        merged.update(from_file(config_file))
+    merged.update(from_environment(environ))
+    merged.update({key: value for key, value in flags.items() if value is not None})
+    return validate(merged)
+
+
+def validate(values: Mapping[str, Any]) -> Settings:
+    """Build settings, turning the first validation error into one line naming the setting."""
+    try:
+        return Settings.model_validate(dict(values))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting"
+        # the offending value is left out on purpose: it may be a secret
+        raise ConfigError(f"{name}: {message}") from None
+
+
+def read_secret(value: SecretStr | None, path: Path | None, setting: str) -> str | None:
+    """Return a secret given inline or in a file (surrounding whitespace stripped)."""
+    if value is not None:
+        return value.get_secret_value()
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    if not text:
+        raise ConfigError(f"{setting}: {path} is empty")
+    return text

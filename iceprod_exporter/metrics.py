@@ -1,0 +1,469 @@
+"""The one table of every metric the exporter exposes.
+
+The collector, the exporter's own instruments, the generated reference (docs/metrics.md) and the
+tests all read this table; a metric exists here or nowhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .snapshot import DATASET_STATUSES, JOB_STATUSES, TASK_STATUSES, Dataset, Snapshot, dense
+
+HOUR = 3600.0
+CACHED = " Cached: refreshed by the background poll, not at scrape time."
+
+Sample = tuple[tuple[str, ...], float]
+Sampler = Callable[[Snapshot], Iterable[Sample]]
+
+
+class Kind(StrEnum):
+    """Prometheus metric type."""
+
+    GAUGE = "gauge"
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+    INFO = "info"
+
+
+class Stability(StrEnum):
+    """Stability level (kube-state-metrics policy: deprecations last two minor releases)."""
+
+    STABLE = "stable"
+    EXPERIMENTAL = "experimental"
+    DEPRECATED = "deprecated"
+
+
+class Group(StrEnum):
+    """Where a metric's values come from."""
+
+    ICEPROD = "iceprod"  # IceProd state, from the snapshot
+    COMPAT = "compat"  # IceProd dataset_monitor names, only with compat_dataset_monitor
+    EXPORTER = "exporter"  # the exporter's own instruments
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: its contract (name, type, help, labels) and how to compute it."""
+
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[str, ...] = ()
+    group: Group = Group.ICEPROD
+    stability: Stability = Stability.STABLE
+    source: str = ""
+    sampler: Sampler | None = None
+
+
+def _datasets(snapshot: Snapshot) -> Iterator[Dataset]:
+    return iter(snapshot.ordered())
+
+
+def _per_dataset(value: Callable[[Dataset], float | None]) -> Sampler:
+    def sample(snapshot: Snapshot) -> Iterator[Sample]:
+        for d in _datasets(snapshot):
+            v = value(d)
+            if v is not None:
+                yield (d.label,), v
+
+    return sample
+
+
+def _up(snapshot: Snapshot) -> Iterator[Sample]:
+    yield (), 1.0 if snapshot.up else 0.0
+
+
+def _last_success(snapshot: Snapshot) -> Iterator[Sample]:
+    if snapshot.last_success is not None:
+        yield (), snapshot.last_success
+
+
+def _dataset_counts(snapshot: Snapshot) -> Iterator[Sample]:
+    if snapshot.dataset_counts is not None:
+        for status, n in dense(snapshot.dataset_counts, DATASET_STATUSES):
+            yield (status,), float(n)
+
+
+def _info(snapshot: Snapshot) -> Iterator[Sample]:
+    for d in _datasets(snapshot):
+        yield (d.label, d.dataset_id, d.group, d.username, d.description), 1.0
+
+
+def _status(snapshot: Snapshot) -> Iterator[Sample]:
+    for d in _datasets(snapshot):
+        statuses = list(DATASET_STATUSES)
+        if d.status not in statuses:
+            statuses.append(d.status)
+        for status in statuses:
+            yield (d.label, status), 1.0 if status == d.status else 0.0
+
+
+def _jobs(snapshot: Snapshot) -> Iterator[Sample]:
+    for d in _datasets(snapshot):
+        if d.jobs is not None:
+            for status, n in dense(d.jobs, JOB_STATUSES):
+                yield (d.label, status), float(n)
+
+
+def _tasks(snapshot: Snapshot) -> Iterator[Sample]:
+    for d in _datasets(snapshot):
+        for name, by_status in (d.tasks or {}).items():
+            for status, n in dense(by_status, TASK_STATUSES):
+                yield (d.label, name, status), float(n)
+
+
+def _task_stat(value: Callable[[float], float], field: str) -> Sampler:
+    def sample(snapshot: Snapshot) -> Iterator[Sample]:
+        for d in _datasets(snapshot):
+            for name, stats in (d.task_stats or {}).items():
+                raw = getattr(stats, field)
+                if raw is not None:
+                    yield (d.label, name), value(raw)
+
+    return sample
+
+
+def _hours(h: float) -> float:
+    return h * HOUR
+
+
+def _ratio(r: float) -> float:
+    return r
+
+
+def _processing(snapshot: Snapshot) -> Iterator[Dataset]:
+    return (d for d in _datasets(snapshot) if d.status == "processing" and d.retired_at is None)
+
+
+def _compat_jobs(snapshot: Snapshot) -> Iterator[Sample]:
+    for d in _processing(snapshot):
+        for status, n in dense(d.jobs or {}, JOB_STATUSES):
+            yield (d.label, status), float(n)
+
+
+def _compat_tasks(snapshot: Snapshot) -> Iterator[Sample]:
+    for d in _processing(snapshot):
+        for name, by_status in (d.tasks or {}).items():
+            for status, n in dense(by_status, TASK_STATUSES):
+                yield (d.label, name, status), float(n)
+
+
+def future_resource_hours(datasets: Iterable[Dataset]) -> dict[str, int]:
+    """IceProd dataset_monitor's forecast of CPU and GPU hours still to run.
+
+    For every task name with complete tasks: (waiting + queued + processing tasks + jobs not yet
+    materialized) x the mean walltime of its complete tasks, summed and truncated like ``int()``.
+    """
+    hours = {"cpu": 0.0, "gpu": 0.0}
+    for d in datasets:
+        unmaterialized = d.jobs_submitted - sum((d.jobs or {}).values())
+        for name, stats in (d.task_stats or {}).items():
+            by_status = (d.tasks or {}).get(name, {})
+            pending = sum(by_status.get(s, 0) for s in ("waiting", "queued", "processing"))
+            resource = "gpu" if stats.gpu > 0 else "cpu"
+            hours[resource] += (pending + unmaterialized) * stats.avg_hrs
+    return {resource: int(total) for resource, total in hours.items()}
+
+
+def _compat_future(snapshot: Snapshot) -> Iterator[Sample]:
+    for resource, total in future_resource_hours(_processing(snapshot)).items():
+        yield (resource,), float(total)
+
+
+_D = ("dataset",)
+_DT = ("dataset", "task_name")
+_TASK_STATS = "/datasets/{dataset_id}/task_stats"
+_DISCOVERY = "/datasets"
+
+SPECS: tuple[MetricSpec, ...] = (
+    # --- IceProd health as seen by the exporter
+    MetricSpec(
+        "iceprod_up",
+        Kind.GAUGE,
+        "1 if the last poll reached the IceProd API and its dataset list was read, else 0.",
+        source=_DISCOVERY,
+        sampler=_up,
+    ),
+    MetricSpec(
+        "iceprod_exporter_last_successful_poll_timestamp_seconds",
+        Kind.GAUGE,
+        "Unix time the last successful poll of the IceProd API finished.",
+        group=Group.ICEPROD,
+        sampler=_last_success,
+    ),
+    MetricSpec(
+        "iceprod_datasets",
+        Kind.GAUGE,
+        "Datasets in IceProd by status (every known status, 0 included), from GET /datasets."
+        + CACHED,
+        ("status",),
+        source=_DISCOVERY,
+        sampler=_dataset_counts,
+    ),
+    # --- per dataset
+    MetricSpec(
+        "iceprod_dataset_info",
+        Kind.GAUGE,
+        "Dataset metadata (value 1); join on dataset. From GET /datasets." + CACHED,
+        ("dataset", "dataset_id", "group", "username", "description"),
+        source=_DISCOVERY,
+        sampler=_info,
+    ),
+    MetricSpec(
+        "iceprod_dataset_status",
+        Kind.GAUGE,
+        "1 for the dataset's current status, 0 for the others. From GET /datasets." + CACHED,
+        ("dataset", "status"),
+        source=_DISCOVERY,
+        sampler=_status,
+    ),
+    MetricSpec(
+        "iceprod_dataset_priority",
+        Kind.GAUGE,
+        "Dataset priority as set in IceProd. From GET /datasets." + CACHED,
+        _D,
+        source=_DISCOVERY,
+        sampler=_per_dataset(lambda d: d.priority),
+    ),
+    MetricSpec(
+        "iceprod_dataset_start_timestamp_seconds",
+        Kind.GAUGE,
+        "Unix time the dataset was submitted (start_date). From GET /datasets." + CACHED,
+        _D,
+        source=_DISCOVERY,
+        sampler=_per_dataset(lambda d: d.start_timestamp),
+    ),
+    MetricSpec(
+        "iceprod_dataset_truncated",
+        Kind.GAUGE,
+        "1 if the dataset is truncated (no further jobs will be materialized). "
+        "From GET /datasets." + CACHED,
+        _D,
+        source=_DISCOVERY,
+        sampler=_per_dataset(lambda d: 1.0 if d.truncated else 0.0),
+    ),
+    MetricSpec(
+        "iceprod_dataset_jobs_submitted",
+        Kind.GAUGE,
+        "Jobs the dataset was submitted with; minus the sum of iceprod_dataset_jobs it gives "
+        "jobs not yet materialized. From GET /datasets." + CACHED,
+        _D,
+        source=_DISCOVERY,
+        sampler=_per_dataset(lambda d: float(d.jobs_submitted)),
+    ),
+    MetricSpec(
+        "iceprod_dataset_tasks_submitted",
+        Kind.GAUGE,
+        "Tasks the dataset was submitted with. From GET /datasets." + CACHED,
+        _D,
+        source=_DISCOVERY,
+        sampler=_per_dataset(lambda d: float(d.tasks_submitted)),
+    ),
+    MetricSpec(
+        "iceprod_dataset_jobs",
+        Kind.GAUGE,
+        "Materialized jobs by status (every known status, 0 included). "
+        "From GET /datasets/{dataset_id}/job_counts/status." + CACHED,
+        ("dataset", "status"),
+        source="/datasets/{dataset_id}/job_counts/status",
+        sampler=_jobs,
+    ),
+    MetricSpec(
+        "iceprod_dataset_tasks",
+        Kind.GAUGE,
+        "Tasks by task name and status (every known status, 0 included). "
+        "From GET /datasets/{dataset_id}/task_counts/name_status." + CACHED,
+        ("dataset", "task_name", "status"),
+        source="/datasets/{dataset_id}/task_counts/name_status",
+        sampler=_tasks,
+    ),
+    MetricSpec(
+        "iceprod_dataset_task_walltime_mean_seconds",
+        Kind.GAUGE,
+        "Mean walltime of the task name's complete tasks. From GET "
+        + _TASK_STATS
+        + " (polled every task_stats_interval)."
+        + CACHED,
+        _DT,
+        source=_TASK_STATS,
+        sampler=_task_stat(_hours, "avg_hrs"),
+    ),
+    MetricSpec(
+        "iceprod_dataset_task_walltime_stddev_seconds",
+        Kind.GAUGE,
+        "Sample standard deviation of the walltime of complete tasks (absent below 2 tasks). "
+        "From GET " + _TASK_STATS + "." + CACHED,
+        _DT,
+        source=_TASK_STATS,
+        sampler=_task_stat(_hours, "stddev_hrs"),
+    ),
+    MetricSpec(
+        "iceprod_dataset_task_walltime_min_seconds",
+        Kind.GAUGE,
+        "Shortest walltime of a complete task. From GET " + _TASK_STATS + "." + CACHED,
+        _DT,
+        source=_TASK_STATS,
+        sampler=_task_stat(_hours, "min_hrs"),
+    ),
+    MetricSpec(
+        "iceprod_dataset_task_walltime_max_seconds",
+        Kind.GAUGE,
+        "Longest walltime of a complete task. From GET " + _TASK_STATS + "." + CACHED,
+        _DT,
+        source=_TASK_STATS,
+        sampler=_task_stat(_hours, "max_hrs"),
+    ),
+    MetricSpec(
+        "iceprod_dataset_task_walltime_complete_seconds",
+        Kind.GAUGE,
+        "Walltime summed over complete tasks. From GET " + _TASK_STATS + "." + CACHED,
+        _DT,
+        source=_TASK_STATS,
+        sampler=_task_stat(_hours, "total_hrs"),
+    ),
+    MetricSpec(
+        "iceprod_dataset_task_walltime_error_seconds",
+        Kind.GAUGE,
+        "Walltime lost to failed attempts of tasks that later completed. From GET "
+        + _TASK_STATS
+        + "."
+        + CACHED,
+        _DT,
+        source=_TASK_STATS,
+        sampler=_task_stat(_hours, "total_err_hrs"),
+    ),
+    MetricSpec(
+        "iceprod_dataset_task_efficiency_ratio",
+        Kind.GAUGE,
+        "Good walltime over all walltime (0-1) of complete tasks. From GET "
+        + _TASK_STATS
+        + "."
+        + CACHED,
+        _DT,
+        source=_TASK_STATS,
+        sampler=_task_stat(_ratio, "efficiency"),
+    ),
+    # --- IceProd's own dataset_monitor names (compatibility mode)
+    MetricSpec(
+        "iceprod_jobs",
+        Kind.GAUGE,
+        "Compatibility with IceProd dataset_monitor: jobs of processing datasets by status."
+        + CACHED,
+        ("dataset", "status"),
+        group=Group.COMPAT,
+        stability=Stability.DEPRECATED,
+        source="/datasets/{dataset_id}/job_counts/status",
+        sampler=_compat_jobs,
+    ),
+    MetricSpec(
+        "iceprod_tasks",
+        Kind.GAUGE,
+        "Compatibility with IceProd dataset_monitor: tasks of processing datasets by task name "
+        "and status." + CACHED,
+        ("dataset", "taskname", "status"),
+        group=Group.COMPAT,
+        stability=Stability.DEPRECATED,
+        source="/datasets/{dataset_id}/task_counts/name_status",
+        sampler=_compat_tasks,
+    ),
+    MetricSpec(
+        "iceprod_future_resources_hours",
+        Kind.GAUGE,
+        "Compatibility with IceProd dataset_monitor: forecast CPU/GPU hours of processing "
+        "datasets, truncated to whole hours." + CACHED,
+        ("resource",),
+        group=Group.COMPAT,
+        stability=Stability.DEPRECATED,
+        source=_TASK_STATS,
+        sampler=_compat_future,
+    ),
+    # --- the exporter itself (instrumented directly, see telemetry.py)
+    MetricSpec(
+        "iceprod_exporter_build_info",
+        Kind.GAUGE,
+        "Exporter build information (value 1).",
+        ("version", "python_version", "rest_tools_version"),
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_datasets_watched",
+        Kind.GAUGE,
+        "Datasets whose job and task counts this exporter (shard) polls.",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_forbidden_datasets",
+        Kind.GAUGE,
+        "Datasets whose routes answered 403 to the exporter's token in the last poll "
+        "(a permission problem, not an outage).",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_poll_duration_seconds",
+        Kind.HISTOGRAM,
+        "Duration of poll cycles against the IceProd API.",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_poll_failures_total",
+        Kind.COUNTER,
+        "Poll cycles that could not read IceProd's dataset list.",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_api_requests_total",
+        Kind.COUNTER,
+        "IceProd API requests sent, by endpoint template (retries included).",
+        ("endpoint",),
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_api_request_failures_total",
+        Kind.COUNTER,
+        "IceProd API requests that failed, by endpoint template and reason.",
+        ("endpoint", "reason"),
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_api_request_duration_seconds",
+        Kind.HISTOGRAM,
+        "Latency of IceProd API requests, by endpoint template.",
+        ("endpoint",),
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_api_requests_in_flight",
+        Kind.GAUGE,
+        "IceProd API requests in flight or waiting for the rate limiter.",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_token_refreshes_total",
+        Kind.COUNTER,
+        "Successful OAuth token acquisitions (grants or static token reads).",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_token_refresh_failures_total",
+        Kind.COUNTER,
+        "Failed OAuth token acquisitions, by reason.",
+        ("reason",),
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_token_expiry_timestamp_seconds",
+        Kind.GAUGE,
+        "Unix time the current access token expires (0 while unknown: no token yet, or no exp).",
+        group=Group.EXPORTER,
+    ),
+)
+
+BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in SPECS}
+
+
+def spec(name: str) -> MetricSpec:
+    """Look a metric up by name; a typo fails loudly at import time of the caller."""
+    return BY_NAME[name]

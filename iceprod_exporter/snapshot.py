@@ -1,0 +1,128 @@
+"""What IceProd held at the last poll, as immutable values.
+
+The poller builds a new :class:`Snapshot` each cycle and swaps one reference; scrapes only read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TypeVar
+
+#: IceProd 3.x status lists (iceprod/server/states.py), in the order the API sorts them.
+DATASET_STATUSES: tuple[str, ...] = ("processing", "suspended", "errors", "complete")
+JOB_STATUSES: tuple[str, ...] = ("processing", "suspended", "errors", "complete")
+TASK_STATUSES: tuple[str, ...] = (
+    "idle",
+    "waiting",
+    "queued",
+    "processing",
+    "suspended",
+    "failed",
+    "complete",
+)
+
+Counts = Mapping[str, int]
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def frozen_map(items: Mapping[K, V] | Iterable[tuple[K, V]]) -> Mapping[K, V]:
+    """Return a read-only mapping, so a snapshot cannot be changed after it is published."""
+    return MappingProxyType(dict(items))
+
+
+def dense(counts: Counts, known: Sequence[str]) -> list[tuple[str, int]]:
+    """Every known status with 0 filled in, then unknown ones as the API reported them."""
+    pairs = [(status, counts.get(status, 0)) for status in known]
+    pairs.extend((status, n) for status, n in counts.items() if status not in known)
+    return pairs
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStats:
+    """Walltime statistics of one task name over its complete tasks (``/task_stats``)."""
+
+    count: int
+    gpu: float
+    total_hrs: float
+    total_err_hrs: float
+    avg_hrs: float
+    stddev_hrs: float | None
+    min_hrs: float
+    max_hrs: float
+    efficiency: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """One dataset: metadata from discovery plus its last counts and stats."""
+
+    dataset_id: str
+    number: int
+    status: str
+    description: str = ""
+    group: str = ""
+    username: str = ""
+    priority: float | None = None
+    start_timestamp: float | None = None
+    jobs_submitted: int = 0
+    tasks_submitted: int = 0
+    truncated: bool = False
+    #: job status -> count, as last read from ``job_counts/status``; None before the first read
+    jobs: Counts | None = None
+    #: task name -> status -> count, from ``task_counts/name_status``
+    tasks: Mapping[str, Counts] | None = None
+    task_stats: Mapping[str, TaskStats] | None = None
+    counted_at: float | None = None
+    stats_at: float | None = None
+    #: set when the dataset left the watched set (completed or vanished); dropped after the grace
+    retired_at: float | None = None
+    #: the token may not read this dataset's routes (HTTP 403)
+    forbidden: bool = False
+
+    @property
+    def label(self) -> str:
+        """The ``dataset`` label value: the dataset number, as IceProd's own metrics use."""
+        return str(self.number)
+
+    def task_totals(self) -> Counts:
+        """Task counts by status summed over task names (saves a ``task_counts/status`` call)."""
+        totals: dict[str, int] = {}
+        for by_status in (self.tasks or {}).values():
+            for status, n in by_status.items():
+                totals[status] = totals.get(status, 0) + n
+        return totals
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the collector exposes, as of one poll."""
+
+    #: True when the last poll reached IceProd and its discovery call succeeded
+    up: bool = False
+    polled_at: float | None = None
+    last_success: float | None = None
+    datasets: Mapping[str, Dataset] = field(default_factory=lambda: frozen_map({}))
+    #: IceProd-wide datasets by status; None on shards that do not report IceProd-wide values
+    dataset_counts: Counts | None = None
+    cycle: int = 0
+
+    def visible(self, now: float, max_staleness: float) -> Snapshot:
+        """Drop dataset series once the last good poll is older than ``max_staleness``."""
+        if self.last_success is not None and now - self.last_success <= max_staleness:
+            return self
+        return dataclasses.replace(self, datasets=frozen_map({}), dataset_counts=None)
+
+    def watched(self) -> list[Dataset]:
+        """Datasets whose counts are polled, in dataset-number order."""
+        return sorted(
+            (d for d in self.datasets.values() if d.retired_at is None),
+            key=lambda d: d.number,
+        )
+
+    def ordered(self) -> list[Dataset]:
+        """All exposed datasets in dataset-number order, for stable exposition."""
+        return sorted(self.datasets.values(), key=lambda d: d.number)

@@ -1,0 +1,60 @@
+"""The exporter's own instruments, built from the metric table."""
+
+from __future__ import annotations
+
+import platform
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from . import __version__
+from .metrics import Kind, spec
+
+# Polls fan out over many datasets, so they run far longer than single requests.
+POLL_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+def _package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Telemetry:
+    """Counters, gauges and histograms about the exporter, registered in ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str) -> Counter:
+            s = spec(name)
+            assert s.kind is Kind.COUNTER
+            return Counter(s.name, s.help, s.labels, registry=registry)
+
+        def gauge(name: str) -> Gauge:
+            s = spec(name)
+            assert s.kind is Kind.GAUGE
+            return Gauge(s.name, s.help, s.labels, registry=registry)
+
+        def histogram(name: str, buckets: tuple[float, ...]) -> Histogram:
+            s = spec(name)
+            assert s.kind is Kind.HISTOGRAM
+            return Histogram(s.name, s.help, s.labels, buckets=buckets, registry=registry)
+
+        self.build_info = gauge("iceprod_exporter_build_info")
+        self.build_info.labels(
+            __version__, platform.python_version(), _package_version("wipac-rest-tools")
+        ).set(1)
+        self.datasets_watched = gauge("iceprod_exporter_datasets_watched")
+        self.forbidden_datasets = gauge("iceprod_exporter_forbidden_datasets")
+        self.poll_duration = histogram("iceprod_exporter_poll_duration_seconds", POLL_BUCKETS)
+        self.poll_failures = counter("iceprod_exporter_poll_failures_total")
+        self.requests = counter("iceprod_exporter_api_requests_total")
+        self.request_failures = counter("iceprod_exporter_api_request_failures_total")
+        self.request_duration = histogram(
+            "iceprod_exporter_api_request_duration_seconds", REQUEST_BUCKETS
+        )
+        self.in_flight = gauge("iceprod_exporter_api_requests_in_flight")
+        self.token_refreshes = counter("iceprod_exporter_token_refreshes_total")
+        self.token_failures = counter("iceprod_exporter_token_refresh_failures_total")
+        self.token_expiry = gauge("iceprod_exporter_token_expiry_timestamp_seconds")
