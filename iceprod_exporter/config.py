@@ -251,10 +251,14 @@ def load(
     flags: Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
     config_file: Path | None = None,
+    defaults: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Merge defaults < file < environment < flags and validate the result."""
+    """Merge defaults < file < environment < flags and validate the result.
+
+    ``defaults`` replaces built-in defaults (the demo polls faster, for instance).
+    """
     environ = os.environ if environ is None else environ
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = dict(defaults or {})
     if config_file is None and environ.get(env_name("config_file")):
         config_file = Path(environ[env_name("config_file")])
     if config_file is not None:

@@ -1,0 +1,373 @@
+"""Bearer tokens for the IceProd API: acquisition with timeouts, caching, refresh ahead of expiry.
+
+wipac-rest-tools' ``RestClient`` injects the token and checks its expiry before every request; it
+gets the token from :meth:`TokenManager.current`, which only returns the cached value. The grants
+themselves run here, in a worker thread and with timeouts, because rest-tools' own grant and
+discovery calls have none and would run on the event loop (see docs/design.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import jwt
+import requests
+import structlog
+
+from .config import AuthMode, ConfigError, Settings, read_secret
+from .telemetry import Telemetry
+
+log = structlog.get_logger(__name__)
+
+#: rest-tools considers a token expired 5 s before ``exp``; refreshing earlier keeps it unused.
+REFRESH_FRACTION = 0.5
+REFRESH_MARGIN_MAX = 60.0
+TOKEN_BACKOFF_MAX = 60.0
+
+
+class TokenError(Exception):
+    """No token could be obtained; ``reason`` is a bounded metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Token:
+    """An access token and when it expires (None when it does not say)."""
+
+    value: str
+    expires_at: float | None
+    issued_at: float
+
+    def __repr__(self) -> str:
+        return f"Token(expires_at={self.expires_at!r})"
+
+    def needs_refresh(self, now: float) -> bool:
+        """True once the token is within its refresh margin of expiry."""
+        if self.expires_at is None:
+            return False
+        lifetime = max(self.expires_at - self.issued_at, 0.0)
+        margin = min(REFRESH_MARGIN_MAX, lifetime * REFRESH_FRACTION)
+        return now >= self.expires_at - margin
+
+
+class Grant(Protocol):
+    """A blocking way to get a fresh access token; bounded by its own timeouts."""
+
+    def fetch(self) -> tuple[str, float | None]:
+        """Return the token and, when the issuer says, its lifetime in seconds."""
+        ...
+
+
+def _expiry(value: str) -> float | None:
+    try:
+        claims = jwt.decode(value, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    exp = claims.get("exp")
+    return float(exp) if isinstance(exp, int | float) else None
+
+
+def _request_error(exc: requests.RequestException, what: str) -> TokenError:
+    if isinstance(exc, requests.Timeout):
+        return TokenError("timeout", f"{what}: timed out")
+    if isinstance(exc, requests.ConnectionError):
+        return TokenError("connection", f"{what}: cannot connect")
+    return TokenError("bad_response", f"{what}: {type(exc).__name__}")
+
+
+class OpenIDProvider:
+    """The token endpoint of an OpenID Connect realm, found by discovery (cached)."""
+
+    def __init__(self, realm_url: str, timeout: float) -> None:
+        self.realm_url = realm_url.rstrip("/")
+        self.timeout = timeout
+        self._token_endpoint: str | None = None
+
+    def token_endpoint(self) -> str:
+        """Discover (once) and return the token endpoint."""
+        if self._token_endpoint is None:
+            url = f"{self.realm_url}/.well-known/openid-configuration"
+            try:
+                response = requests.get(url, timeout=self.timeout)
+                response.raise_for_status()
+                endpoint = response.json()["token_endpoint"]
+            except requests.RequestException as exc:
+                raise _request_error(exc, "OpenID discovery") from None
+            except (ValueError, KeyError, TypeError):
+                raise TokenError(
+                    "bad_response", "OpenID discovery: no token_endpoint in the answer"
+                ) from None
+            if not isinstance(endpoint, str):
+                raise TokenError("bad_response", "OpenID discovery: token_endpoint not a string")
+            self._token_endpoint = endpoint
+        return self._token_endpoint
+
+    def post(
+        self, form: dict[str, str], auth: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        """POST a grant to the token endpoint; errors carry the OAuth error name, no secrets."""
+        try:
+            response = requests.post(
+                self.token_endpoint(), data=form, auth=auth, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise _request_error(exc, "token request") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if response.status_code >= 400:
+            error = body.get("error", "") if isinstance(body, dict) else ""
+            raise TokenError(
+                "rejected", f"token request failed: HTTP {response.status_code} {error}".strip()
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
+            raise TokenError("bad_response", "token request: no access_token in the answer")
+        return body
+
+
+def _lifetime(body: dict[str, Any]) -> float | None:
+    expires_in = body.get("expires_in")
+    return float(expires_in) if isinstance(expires_in, int | float) else None
+
+
+class ClientCredentialsGrant:
+    """OAuth2 client credentials (a Keycloak service account), as rest-tools sends them."""
+
+    def __init__(self, provider: OpenIDProvider, client_id: str, secret: Callable[[], str]):
+        self._provider = provider
+        self._client_id = client_id
+        self._secret = secret
+
+    def fetch(self) -> tuple[str, float | None]:
+        """Run the client-credentials grant."""
+        body = self._provider.post(
+            {
+                "grant_type": "client_credentials",
+                "client_id": self._client_id,
+                "client_secret": self._secret(),
+                "scope": "offline_access",
+            }
+        )
+        return body["access_token"], _lifetime(body)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with a 0600 file (rotation must never leave half a token)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RefreshTokenGrant:
+    """A saved refresh token (from ``iceprod-exporter login``), rotated in place.
+
+    Never falls back to an interactive login, unlike rest-tools' ``SavedDeviceGrantAuth``.
+    """
+
+    def __init__(
+        self,
+        provider: OpenIDProvider,
+        client_id: str,
+        path: Path,
+        secret: Callable[[], str | None] = lambda: None,
+    ) -> None:
+        self._provider = provider
+        self._client_id = client_id
+        self._path = path
+        self._secret = secret
+
+    def fetch(self) -> tuple[str, float | None]:
+        """Run the refresh-token grant and save the rotated refresh token."""
+        try:
+            refresh_token = self._path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise TokenError("config", f"refresh_token_file: {exc.strerror}") from None
+        if not refresh_token:
+            raise TokenError("config", "refresh_token_file: empty; run iceprod-exporter login")
+        secret = self._secret()
+        auth = (self._client_id, secret) if secret else None
+        body = self._provider.post(
+            {
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "client_id": self._client_id,
+            },
+            auth=auth,
+        )
+        rotated = body.get("refresh_token")
+        if isinstance(rotated, str) and rotated and rotated != refresh_token:
+            write_private(self._path, rotated)
+        return body["access_token"], _lifetime(body)
+
+
+class StaticTokenGrant:
+    """A fixed bearer token, inline or re-read from a file on every refresh."""
+
+    def __init__(self, value: str | None = None, path: Path | None = None) -> None:
+        self._value = value
+        self._path = path
+
+    def fetch(self) -> tuple[str, float | None]:
+        """Return the configured token."""
+        if self._path is not None:
+            try:
+                text = self._path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise TokenError("config", f"token_file: {exc.strerror}") from None
+            if not text:
+                raise TokenError("config", "token_file: empty")
+            return text, None
+        if not self._value:
+            raise TokenError("config", "token: empty")
+        return self._value, None
+
+
+class TokenManager:
+    """Caches the access token and refreshes it off the event loop, one refresh at a time."""
+
+    def __init__(
+        self,
+        grant: Grant,
+        telemetry: Telemetry,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._grant = grant
+        self._telemetry = telemetry
+        self._clock = clock
+        self._token: Token | None = None
+        self._lock = asyncio.Lock()
+        # The token callable runs in rest-tools worker threads too: guard the swap.
+        self._swap = threading.Lock()
+        self.last_error: TokenError | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+
+    def current(self) -> str:
+        """The cached token, for rest-tools' token callable; never touches the network."""
+        with self._swap:
+            token = self._token
+        if token is None:
+            raise TokenError("token", "no access token available")
+        return token.value
+
+    @property
+    def expires_at(self) -> float | None:
+        """Expiry of the cached token."""
+        token = self._token
+        return token.expires_at if token else None
+
+    def invalidate(self) -> None:
+        """Forget the cached token (after a 401)."""
+        with self._swap:
+            self._token = None
+
+    async def ensure_fresh(self, force: bool = False) -> None:
+        """Refresh when there is no token or it is close to expiry; raise TokenError on failure."""
+        if not force and self._is_fresh():
+            return
+        async with self._lock:
+            if not force and self._is_fresh():
+                return  # another request refreshed while this one waited
+            if self.last_error is not None and self._clock() < self._retry_at:
+                if self._token is not None and not self._expired():
+                    return  # keep using the current token until the issuer is asked again
+                # back off instead of asking a failing issuer once per API request
+                raise self.last_error
+            await self._refresh()
+
+    def _expired(self) -> bool:
+        token = self._token
+        return token is None or (
+            token.expires_at is not None and self._clock() >= token.expires_at
+        )
+
+    def _is_fresh(self) -> bool:
+        token = self._token
+        return token is not None and not token.needs_refresh(self._clock())
+
+    async def _refresh(self) -> None:
+        started = self._clock()
+        try:
+            value, lifetime = await asyncio.to_thread(self._grant.fetch)
+        except TokenError as exc:
+            self._fail(exc)
+            raise
+        except Exception as exc:  # a grant must never take the poller down
+            error = TokenError("bad_response", f"token request: {type(exc).__name__}")
+            self._fail(error)
+            raise error from None
+        expires_at = _expiry(value)
+        if expires_at is None and lifetime is not None:
+            expires_at = started + lifetime
+        with self._swap:
+            self._token = Token(value, expires_at, issued_at=started)
+        self.last_error = None
+        self._failures = 0
+        self._telemetry.token_refreshes.inc()
+        self._telemetry.token_expiry.set(expires_at or 0)
+        log.debug("token.refreshed", expires_in=None if expires_at is None else round(
+            expires_at - started, 1))
+
+    def _fail(self, error: TokenError) -> None:
+        self.last_error = error
+        self._failures += 1
+        self._retry_at = self._clock() + min(TOKEN_BACKOFF_MAX, 2.0 ** (self._failures - 1))
+        self._telemetry.token_failures.labels(error.reason).inc()
+        log.warning("token.refresh_failed", reason=error.reason, error=str(error))
+
+
+def _client_secret(settings: Settings) -> str | None:
+    # read per grant, so a rotated Kubernetes Secret is picked up without a restart
+    try:
+        return read_secret(
+            settings.oauth_client_secret,
+            settings.oauth_client_secret_file,
+            "oauth_client_secret_file",
+        )
+    except ConfigError as exc:
+        raise TokenError("config", str(exc)) from None
+
+
+def grant_from_settings(settings: Settings) -> Grant:
+    """Build the grant the settings ask for (``auto`` resolved by what is configured)."""
+    mode = settings.effective_auth_mode()
+    if mode is AuthMode.STATIC_TOKEN:
+        token = settings.token.get_secret_value() if settings.token else None
+        return StaticTokenGrant(token, settings.token_file)
+    provider = OpenIDProvider(settings.oauth_url, settings.token_timeout)
+    if mode is AuthMode.REFRESH_TOKEN:
+        assert settings.refresh_token_file is not None  # checked by Settings.require_api
+        return RefreshTokenGrant(
+            provider,
+            settings.oauth_client_id,
+            settings.refresh_token_file,
+            lambda: _client_secret(settings),
+        )
+
+    def secret() -> str:
+        value = _client_secret(settings)
+        if value is None:
+            raise TokenError("config", "oauth_client_secret: not set")
+        return value
+
+    return ClientCredentialsGrant(provider, settings.oauth_client_id, secret)

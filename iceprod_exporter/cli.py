@@ -1,0 +1,207 @@
+"""Command line: ``run``, ``once``, ``check-config``, ``login``, ``demo`` and ``docs``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client import disable_created_metrics, generate_latest
+from pydantic import SecretStr
+
+from . import __version__, config, logs, reference
+from .auth import write_private
+from .config import ConfigError, Settings
+
+EXIT_CONFIG = 2
+SYSTEM_CLAIMS = {"resource_access": {"iceprod": {"roles": ["iceprod-system"]}}}
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML settings file (also ICEPROD_EXPORTER_CONFIG_FILE)",
+    )
+    group = parser.add_argument_group("settings (each also an environment variable)")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        text = f"{field.description} [{config.env_name(name)}]"
+        if field.annotation is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            group.add_argument(flag, dest=name, metavar=name.upper(), help=text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="iceprod-exporter",
+        description="Prometheus exporter for IceProd datasets, jobs and tasks.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in (
+        ("run", "poll IceProd and serve /metrics until stopped"),
+        ("once", "poll once, print the exposition on stdout; exit 1 if the poll failed"),
+        ("check-config", "validate settings and print them with secrets redacted"),
+        ("login", "device-code login that saves a refresh token for refresh_token mode"),
+        ("demo", "run the exporter against a built-in simulated IceProd"),
+    ):
+        sub = commands.add_parser(name, help=text, description=text)
+        _settings_flags(sub)
+        if name == "demo":
+            sub.add_argument("--datasets", type=int, default=20, help="simulated datasets")
+            sub.add_argument(
+                "--tick", type=float, default=2.0, help="seconds between simulation steps"
+            )
+            sub.add_argument("--seed", type=int, default=0, help="simulation seed")
+    docs = commands.add_parser("docs", help="write the generated metrics/config references")
+    docs.add_argument("--directory", type=Path, default=Path("docs"))
+    docs.add_argument("--check", action="store_true", help="fail if the files are stale")
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name, None) for name in Settings.model_fields}
+
+
+def _load(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> Settings:
+    return config.load(_flags(args), config_file=args.config, defaults=defaults)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``iceprod-exporter`` command."""
+    args = build_parser().parse_args(argv)
+    disable_created_metrics()  # *_created series only add cardinality here
+    if args.command == "docs":
+        return _docs(args)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"iceprod-exporter: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        return _demo(args)
+    settings = _load(args)
+    logs.configure(settings.log_level, settings.log_format)
+    if args.command == "check-config":
+        settings.require_api()
+        yaml.safe_dump(settings.redacted(), sys.stdout, sort_keys=False)
+        return 0
+    if args.command == "login":
+        return _login(settings)
+    from .daemon import Exporter  # imported late: `docs` and `--help` stay light
+
+    exporter = Exporter(settings)
+    if args.command == "once":
+        return _once(exporter)
+    asyncio.run(exporter.run())
+    return 0
+
+
+def _once(exporter: Any) -> int:
+    with _progress(exporter):
+        snapshot = asyncio.run(exporter.once())
+    sys.stdout.write(generate_latest(exporter.registry).decode())
+    return 0 if snapshot.up else 1
+
+
+@contextmanager
+def _progress(exporter: Any) -> Iterator[None]:
+    """Show how many API answers arrived, on a terminal only (stdout stays the exposition)."""
+    if not sys.stderr.isatty():
+        yield
+        return
+    answered = 0
+    poller = exporter.poller
+    mark = poller.mark_progress
+
+    def tick() -> None:
+        nonlocal answered
+        answered += 1
+        mark()
+        print(f"\rpolling IceProd: {answered} API answers", end="", file=sys.stderr, flush=True)
+
+    poller.mark_progress = tick
+    try:
+        yield
+    finally:
+        poller.mark_progress = mark
+        print(file=sys.stderr)
+
+
+def _login(settings: Settings) -> int:
+    from rest_tools.client import DeviceGrantAuth
+
+    if settings.refresh_token_file is None:
+        raise ConfigError("refresh_token_file: required for login")
+    secret = config.read_secret(
+        settings.oauth_client_secret, settings.oauth_client_secret_file, "oauth_client_secret"
+    )
+    client = DeviceGrantAuth(
+        address=settings.api_url or "",
+        token_url=settings.oauth_url,
+        client_id=settings.oauth_client_id,
+        client_secret=secret,
+        timeout=settings.timeout,
+        retries=0,
+    )
+    write_private(settings.refresh_token_file, str(client.refresh_token))
+    print(f"saved a refresh token to {settings.refresh_token_file} (mode 0600)", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .daemon import Exporter
+    from .simulator import OIDCIssuer, SimulatedIceProd, build_store
+
+    base = _load(args, defaults={"poll_interval": 5, "task_stats_interval": 30, "port": 8097})
+    logs.configure(base.log_level, base.log_format)
+    issuer = OIDCIssuer(token_ttl=120)
+    secret = secrets.token_urlsafe(24)
+    issuer.register_client("iceprod-exporter-demo", secret, SYSTEM_CLAIMS)
+    store = build_store(datasets=args.datasets, seed=args.seed)
+    simulator = SimulatedIceProd(store, issuer=issuer, tick_seconds=args.tick, seed=args.seed)
+    with issuer, simulator:
+        settings = base.model_copy(
+            update={
+                "api_url": simulator.url,
+                "oauth_url": issuer.url,
+                "oauth_client_id": "iceprod-exporter-demo",
+                "oauth_client_secret": SecretStr(secret),
+                "auth_mode": config.AuthMode.CLIENT_CREDENTIALS,
+            }
+        )
+        exporter = Exporter(settings)
+        http = exporter.start_http()
+        host = "localhost" if settings.listen_address in ("0.0.0.0", "127.0.0.1") else (
+            settings.listen_address
+        )
+        print(
+            f"IceProd exporter demo: open http://{host}:{http.port}/ "
+            f"(simulated IceProd at {simulator.url}, {args.datasets} datasets); Ctrl-C stops.",
+            file=sys.stderr,
+            flush=True,
+        )
+        asyncio.run(exporter.run())
+    return 0
+
+
+def _docs(args: argparse.Namespace) -> int:
+    stale = reference.write(args.directory, check=args.check)
+    for path in stale:
+        print(f"{'stale' if args.check else 'wrote'}: {path}", file=sys.stderr)
+    return 1 if args.check and stale else 0
