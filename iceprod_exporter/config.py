@@ -274,12 +274,13 @@ def validate(values: Mapping[str, Any]) -> Settings:
         return Settings.model_validate(dict(values))
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        name = ".".join(str(part) for part in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting"
-        # the offending value is left out on purpose: it may be a secret
-        raise ConfigError(f"{name}: {message}") from None
+        # the offending value is left out on purpose: it may be a secret; cross-field checks
+        # (no location) already start with the setting's name
+        raise ConfigError(f"{name}: {message}" if name else message) from None
 
 
 def read_secret(value: SecretStr | None, path: Path | None, setting: str) -> str | None:

@@ -1,0 +1,167 @@
+"""Settings precedence and every kind of bad setting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from iceprod_exporter import config
+from iceprod_exporter.config import AuthMode, ConfigError
+
+
+def test_defaults_need_only_url_and_credentials() -> None:
+    s = config.load({}, environ={"API_URL": "https://api.example.org/", "OAUTH_CLIENT_SECRET": "x"})
+    assert s.api_url == "https://api.example.org"
+    assert s.effective_auth_mode() is AuthMode.CLIENT_CREDENTIALS
+    assert s.port == config.DEFAULT_PORT and not 9100 <= s.port <= 9999
+    s.require_api()
+
+
+def test_precedence_flags_env_file_defaults(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("poll_interval: 30\nconcurrency: 3\nretries: 4\napi_url: http://file\n")
+    env = {"ICEPROD_EXPORTER_CONCURRENCY": "5", "ICEPROD_EXPORTER_RETRIES": "6"}
+    s = config.load({"retries": "7"}, environ=env, config_file=file)
+    assert (s.poll_interval, s.concurrency, s.retries, s.api_url) == (30, 5, 7, "http://file")
+    assert s.timeout == 30.0  # untouched default
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("shard: 1\ntotal_shards: 2\n")
+    s = config.load({}, environ={"ICEPROD_EXPORTER_CONFIG_FILE": str(file)})
+    assert (s.shard, s.total_shards) == (1, 2)
+
+
+def test_iceprod_names_and_prefixed_names() -> None:
+    env = {
+        "API_URL": "http://iceprod",
+        "OAUTH_URL": "http://issuer/realms/x",
+        "OAUTH_CLIENT_ID": "cid",
+        "OAUTH_CLIENT_SECRET": "sec",
+        "PROMETHEUS_PORT": "9000",
+        "ICEPROD_EXPORTER_PORT": "9001",
+    }
+    s = config.load({}, environ=env)
+    assert s.oauth_url == "http://issuer/realms/x" and s.oauth_client_id == "cid"
+    assert s.port == 9001, "the prefixed name wins over IceProd's"
+    assert s.oauth_client_secret is not None and s.oauth_client_secret.get_secret_value() == "sec"
+
+
+def test_boolean_from_environment() -> None:
+    s = config.load({}, environ={"ICEPROD_EXPORTER_COMPAT_DATASET_MONITOR": "true"})
+    assert s.compat_dataset_monitor is True
+
+
+BAD = [
+    ({"poll_interval": "soon"}, "poll_interval: Input should be a valid number"),
+    ({"poll_interval": "0.5"}, "poll_interval: Input should be greater than or equal to 1"),
+    ({"port": "70000"}, "port: Input should be less than or equal to 65535"),
+    ({"concurrency": "0"}, "concurrency: Input should be greater than or equal to 1"),
+    ({"rate_limit": "-1"}, "rate_limit: Input should be greater than or equal to 0"),
+    ({"api_url": "iceprod.example.org"}, "api_url: must start with http:// or https://"),
+    ({"log_level": "loud"}, "log_level: must be one of"),
+    ({"log_format": "xml"}, "log_format: Input should be 'auto', 'json' or 'console'"),
+    ({"auth_mode": "magic"}, "auth_mode: Input should be"),
+    ({"shard": "2", "total_shards": "2"}, "shard: must be below total_shards (2)"),
+    ({"token": "a", "token_file": "/x"}, "token: set either it or token_file"),
+    ({"compat_dataset_monitor": "perhaps"}, "compat_dataset_monitor: Input should be a valid"),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), BAD)
+def test_bad_setting_names_the_setting(flags: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load(flags, environ={})
+    assert str(err.value).startswith(message)
+
+
+def test_unknown_key_in_file(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("poll_intervall: 5\n")
+    with pytest.raises(ConfigError, match=r"^poll_intervall: unknown setting$"):
+        config.load({}, environ={}, config_file=file)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[1, 2]", "must hold a mapping"), ("a: [", "is not valid YAML")],
+)
+def test_bad_file(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        config.load({}, environ={}, config_file=file)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config_file: cannot read"):
+        config.load({}, environ={}, config_file=tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({}, "api_url: required"),
+        ({"api_url": "http://x"}, "auth_mode: no credentials"),
+        ({"api_url": "http://x", "auth_mode": "client_credentials"}, "oauth_client_secret"),
+        ({"api_url": "http://x", "auth_mode": "refresh_token"}, "refresh_token_file: required"),
+        ({"api_url": "http://x", "auth_mode": "static_token"}, "token: required"),
+    ],
+)
+def test_missing_requirements(values: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.validate(values).require_api()
+
+
+def test_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cr3t\n")
+    assert config.read_secret(None, secret, "x") == "s3cr3t"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        config.read_secret(None, tmp_path / "empty", "x")
+
+
+def test_redacted_hides_every_secret() -> None:
+    s = config.validate({"oauth_client_secret": "hunter2", "token": "tok-123"})
+    text = repr(s.redacted()) + repr(s) + str(s)
+    assert "hunter2" not in text and "tok-123" not in text
+    assert s.redacted()["oauth_client_secret"] == "<redacted>"
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iceprod_exporter", *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", **(env or {})},
+        timeout=60,
+    )
+
+
+def test_cli_bad_setting_is_one_line_and_exit_2() -> None:
+    result = cli("check-config", "--api-url", "http://x", "--poll-interval", "soon",
+                 env={"OAUTH_CLIENT_SECRET": "hunter2"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "iceprod-exporter: error: poll_interval: Input should be a valid number, "
+        "unable to parse string as a number"
+    ]
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_cli_check_config_prints_redacted_settings() -> None:
+    result = cli("check-config", env={"API_URL": "http://iceprod", "OAUTH_CLIENT_SECRET": "hunter2"})
+    assert result.returncode == 0, result.stderr
+    assert "oauth_client_secret: <redacted>" in result.stdout
+    assert "api_url: http://iceprod" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_cli_version() -> None:
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("iceprod-exporter 0.")
