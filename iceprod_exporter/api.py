@@ -152,7 +152,11 @@ class ApiClient:
         quiet = logging.getLogger("iceprod_exporter.rest_tools")
         quiet.setLevel(logging.CRITICAL)  # failures are logged here, without tracebacks per call
         self._rest = _RestSession(
-            url, workers=concurrency, token=tokens.current, timeout=timeout, retries=0,
+            url,
+            workers=concurrency,
+            token=tokens.current,
+            timeout=timeout,
+            retries=0,
             logger=quiet,
         )
 
@@ -160,9 +164,7 @@ class ApiClient:
         """Shut the HTTP session and its worker threads down."""
         self._rest.close()
 
-    async def get(
-        self, template: str, args: dict[str, str] | None = None, **path: str
-    ) -> Any:
+    async def get(self, template: str, args: dict[str, str] | None = None, **path: str) -> Any:
         """GET a route; retries transient failures, honours Retry-After, refreshes on 401."""
         route = template.format(**path)
         refreshed = False

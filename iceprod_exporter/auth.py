@@ -113,9 +113,7 @@ class OpenIDProvider:
             self._token_endpoint = endpoint
         return self._token_endpoint
 
-    def post(
-        self, form: dict[str, str], auth: tuple[str, str] | None = None
-    ) -> dict[str, Any]:
+    def post(self, form: dict[str, str], auth: tuple[str, str] | None = None) -> dict[str, Any]:
         """POST a grant to the token endpoint; errors carry the OAuth error name, no secrets."""
         try:
             response = requests.post(
@@ -297,9 +295,7 @@ class TokenManager:
 
     def _expired(self) -> bool:
         token = self._token
-        return token is None or (
-            token.expires_at is not None and self._clock() >= token.expires_at
-        )
+        return token is None or (token.expires_at is not None and self._clock() >= token.expires_at)
 
     def _is_fresh(self) -> bool:
         token = self._token
@@ -325,8 +321,10 @@ class TokenManager:
         self._failures = 0
         self._telemetry.token_refreshes.inc()
         self._telemetry.token_expiry.set(expires_at or 0)
-        log.debug("token.refreshed", expires_in=None if expires_at is None else round(
-            expires_at - started, 1))
+        log.debug(
+            "token.refreshed",
+            expires_in=None if expires_at is None else round(expires_at - started, 1),
+        )
 
     def _fail(self, error: TokenError) -> None:
         self.last_error = error

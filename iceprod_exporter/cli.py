@@ -187,8 +187,10 @@ def _demo(args: argparse.Namespace) -> int:
         )
         exporter = Exporter(settings)
         http = exporter.start_http()
-        host = "localhost" if settings.listen_address in ("0.0.0.0", "127.0.0.1") else (
-            settings.listen_address
+        host = (
+            "localhost"
+            if settings.listen_address in ("0.0.0.0", "127.0.0.1")
+            else (settings.listen_address)
         )
         print(
             f"IceProd exporter demo: open http://{host}:{http.port}/ "

@@ -223,9 +223,7 @@ class Poller:
             cycle.failures[error.reason] += 1
             if error.reason == "forbidden":
                 if not dataset.forbidden:
-                    log.warning(
-                        "dataset.forbidden", dataset=dataset.label, endpoint=error.endpoint
-                    )
+                    log.warning("dataset.forbidden", dataset=dataset.label, endpoint=error.endpoint)
                 return dataclasses.replace(
                     dataset, forbidden=True, jobs=None, tasks=None, task_stats=None
                 )
@@ -235,9 +233,7 @@ class Poller:
         # on other failures the last values stay, until max_staleness drops them all
         return dataset
 
-    async def _read(
-        self, template: str, parser: Callable[[Any, str], T], dataset: Dataset
-    ) -> T:
+    async def _read(self, template: str, parser: Callable[[Any, str], T], dataset: Dataset) -> T:
         body = await self._client.get(template, dataset_id=dataset.dataset_id)
         try:
             return parser(body, template)

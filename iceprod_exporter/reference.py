@@ -70,9 +70,7 @@ def configuration_markdown() -> str:
         if name in aliases:
             env += f", `{aliases[name]}`"
         flag = "--" + name.replace("_", "-")
-        lines.append(
-            f"| `{name}` | `{flag}` | {env} | {_default(name)} | {field.description} |"
-        )
+        lines.append(f"| `{name}` | `{flag}` | {env} | {_default(name)} | {field.description} |")
     return "\n".join(lines) + "\n"
 
 

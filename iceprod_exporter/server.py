@@ -101,9 +101,7 @@ class HttpServer:
         self._httpd = make_server(
             address, port, app, server_class=_Server, handler_class=_QuietHandler
         )
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="http", daemon=True
-        )
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="http", daemon=True)
 
     @property
     def port(self) -> int:

@@ -144,8 +144,14 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def test_cli_bad_setting_is_one_line_and_exit_2() -> None:
-    result = cli("check-config", "--api-url", "http://x", "--poll-interval", "soon",
-                 env={"OAUTH_CLIENT_SECRET": "hunter2"})
+    result = cli(
+        "check-config",
+        "--api-url",
+        "http://x",
+        "--poll-interval",
+        "soon",
+        env={"OAUTH_CLIENT_SECRET": "hunter2"},
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "iceprod-exporter: error: poll_interval: Input should be a valid number, "
@@ -155,7 +161,9 @@ def test_cli_bad_setting_is_one_line_and_exit_2() -> None:
 
 
 def test_cli_check_config_prints_redacted_settings() -> None:
-    result = cli("check-config", env={"API_URL": "http://iceprod", "OAUTH_CLIENT_SECRET": "hunter2"})
+    result = cli(
+        "check-config", env={"API_URL": "http://iceprod", "OAUTH_CLIENT_SECRET": "hunter2"}
+    )
     assert result.returncode == 0, result.stderr
     assert "oauth_client_secret: <redacted>" in result.stdout
     assert "api_url: http://iceprod" in result.stdout

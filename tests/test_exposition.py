@@ -66,12 +66,26 @@ def test_dense_states_and_unknown_statuses() -> None:
         for s in f.samples
     }
     # dense: a status with no tasks is present as 0
-    assert samples[("iceprod_dataset_tasks", (("dataset", "22001"), ("status", "suspended"),
-                                              ("task_name", "filter")))] == 0
+    assert (
+        samples[
+            (
+                "iceprod_dataset_tasks",
+                (("dataset", "22001"), ("status", "suspended"), ("task_name", "filter")),
+            )
+        ]
+        == 0
+    )
     # unknown statuses from an IceProd 2 server are exported, not dropped
     assert samples[("iceprod_dataset_status", (("dataset", "20999"), ("status", "truncated")))] == 1
-    assert samples[("iceprod_dataset_tasks", (("dataset", "20999"), ("status", "reset"),
-                                              ("task_name", "main")))] == 1
+    assert (
+        samples[
+            (
+                "iceprod_dataset_tasks",
+                (("dataset", "20999"), ("status", "reset"), ("task_name", "main")),
+            )
+        ]
+        == 1
+    )
     assert samples[("iceprod_datasets", (("status", "truncated"),))] == 1
     # a forbidden dataset has metadata but no counts
     assert ("iceprod_dataset_jobs", (("dataset", "23000"), ("status", "processing"))) not in samples

@@ -25,14 +25,30 @@ class FakeSource:
         self.down = False
 
     def add(self, dataset_id: str, number: int, status: str = "processing", **extra: Any) -> None:
-        self.datasets[dataset_id] = {"dataset_id": dataset_id, "dataset": number,
-                                     "status": status, "jobs_submitted": 2, **extra}
+        self.datasets[dataset_id] = {
+            "dataset_id": dataset_id,
+            "dataset": number,
+            "status": status,
+            "jobs_submitted": 2,
+            **extra,
+        }
         self.answers[f"/datasets/{dataset_id}/job_counts/status"] = {"processing": 2}
         self.answers[f"/datasets/{dataset_id}/task_counts/name_status"] = {
-            "generate": {"waiting": 1, "complete": 1}}
-        self.answers[f"/datasets/{dataset_id}/task_stats"] = {"generate": {
-            "count": 1, "gpu": 0, "total_hrs": 1.0, "total_err_hrs": 0.0, "avg_hrs": 1.0,
-            "stddev_hrs": None, "min_hrs": 1.0, "max_hrs": 1.0, "efficiency": 1.0}}
+            "generate": {"waiting": 1, "complete": 1}
+        }
+        self.answers[f"/datasets/{dataset_id}/task_stats"] = {
+            "generate": {
+                "count": 1,
+                "gpu": 0,
+                "total_hrs": 1.0,
+                "total_err_hrs": 0.0,
+                "avg_hrs": 1.0,
+                "stddev_hrs": None,
+                "min_hrs": 1.0,
+                "max_hrs": 1.0,
+                "efficiency": 1.0,
+            }
+        }
 
     async def get(self, template: str, args: dict[str, str] | None = None, **path: str) -> Any:
         route = template.format(**path)
@@ -60,8 +76,13 @@ class Clock:
 
 
 def make(source: FakeSource, clock: Clock, **schedule: Any) -> Poller:
-    options = {"poll_interval": 60.0, "slow_poll_factor": 5, "task_stats_interval": 600.0,
-               "grace_period": 300.0, **schedule}
+    options = {
+        "poll_interval": 60.0,
+        "slow_poll_factor": 5,
+        "task_stats_interval": 600.0,
+        "grace_period": 300.0,
+        **schedule,
+    }
     return Poller(source, Schedule(**options), Telemetry(CollectorRegistry()), clock)
 
 
@@ -157,8 +178,9 @@ def test_forbidden_dataset_is_a_permission_problem_not_an_outage() -> None:
     source, clock = FakeSource(), Clock()
     source.add("a", 1)
     source.add("b", 2)
-    source.answers["/datasets/b/job_counts/status"] = ApiError(api.JOB_COUNTS, "forbidden", "403",
-                                                                403)
+    source.answers["/datasets/b/job_counts/status"] = ApiError(
+        api.JOB_COUNTS, "forbidden", "403", 403
+    )
     snap = poll(make(source, clock))
     assert snap.up
     assert snap.datasets["b"].forbidden and snap.datasets["b"].jobs is None
@@ -171,8 +193,9 @@ def test_dataset_failure_marks_down_but_keeps_old_counts(reason: str) -> None:
     source.add("a", 1)
     poller = make(source, clock)
     poll(poller)
-    source.answers["/datasets/a/task_counts/name_status"] = ApiError(api.TASK_COUNTS_NAME,
-                                                                      reason, "x")
+    source.answers["/datasets/a/task_counts/name_status"] = ApiError(
+        api.TASK_COUNTS_NAME, reason, "x"
+    )
     clock.now += 60
     snap = poll(poller)
     assert not snap.up
