@@ -121,7 +121,7 @@ class Settings(BaseModel):
     )
     concurrency: int = Field(8, ge=1, le=64, description="API requests in flight at most.")
     rate_limit: float = Field(
-        20.0,
+        50.0,
         ge=0,
         description="API requests per second at most; fractions allowed (0: unlimited).",
     )
