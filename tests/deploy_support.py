@@ -396,9 +396,7 @@ def emulate_stage(
 
 
 def _copy(context: Path, source: str, dest: Path, allowed: set[str], line: int) -> None:
-    chosen = sorted(
-        name for name in allowed if name == source or name.startswith(f"{source}/")
-    )
+    chosen = sorted(name for name in allowed if name == source or name.startswith(f"{source}/"))
     assert chosen, f"line {line}: COPY {source} matches nothing in the build context"
     if chosen == [source]:
         target = dest / Path(source).name if str(dest).endswith("/") or dest.is_dir() else dest

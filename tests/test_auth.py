@@ -22,8 +22,8 @@ from iceprod_exporter.auth import (
     TokenError,
     TokenManager,
 )
-from iceprod_exporter.telemetry import Telemetry
 from iceprod_exporter.simulator import OIDCIssuer
+from iceprod_exporter.telemetry import Telemetry
 
 SECRET = "s3cret-value-never-logged"
 SYSTEM = {"resource_access": {"iceprod": {"roles": ["iceprod-system"]}}}

@@ -38,7 +38,7 @@ class Route:
     handler: str
     roles: tuple[str, ...]
     dataset_acl: bool
-    respond: Callable[[Call], Mapping[str, Any]]
+    respond: Callable[[Call], dict[str, Any]]
 
     @property
     def pattern(self) -> str:
@@ -73,7 +73,7 @@ def _found(doc: Doc | None, reason: str) -> Doc:
     return doc
 
 
-def _datasets(call: Call) -> Mapping[str, Any]:
+def _datasets(call: Call) -> dict[str, Any]:
     """GET /datasets."""
     keys = _pipe_list(call, "keys")
     return queries.list_datasets(
@@ -86,22 +86,22 @@ def _datasets(call: Call) -> Mapping[str, Any]:
     )
 
 
-def _dataset(call: Call) -> Mapping[str, Any]:
+def _dataset(call: Call) -> dict[str, Any]:
     """GET /datasets/{dataset_id}."""
     return _found(call.store.datasets.get(call.path["dataset_id"]), "Dataset not found")
 
 
-def _dataset_summaries(call: Call) -> Mapping[str, Any]:
+def _dataset_summaries(call: Call) -> dict[str, Any]:
     """GET /dataset_summaries/status."""
     return queries.dataset_summaries(call.store, call.readable)
 
 
-def _job_counts(call: Call) -> Mapping[str, Any]:
+def _job_counts(call: Call) -> dict[str, Any]:
     """GET /datasets/{dataset_id}/job_counts/status."""
     return queries.job_counts(call.store, call.path["dataset_id"])
 
 
-def _dataset_task_counts(call: Call) -> Mapping[str, Any]:
+def _dataset_task_counts(call: Call) -> dict[str, Any]:
     """GET /datasets/{dataset_id}/task_counts/status."""
     return queries.task_counts(
         call.store.tasks_of(call.path["dataset_id"]),
@@ -110,7 +110,7 @@ def _dataset_task_counts(call: Call) -> Mapping[str, Any]:
     )
 
 
-def _task_counts(call: Call) -> Mapping[str, Any]:
+def _task_counts(call: Call) -> dict[str, Any]:
     """GET /task_counts/status (every task)."""
     return queries.task_counts(
         call.store.tasks.values(),
@@ -119,27 +119,27 @@ def _task_counts(call: Call) -> Mapping[str, Any]:
     )
 
 
-def _name_status(call: Call) -> Mapping[str, Any]:
+def _name_status(call: Call) -> dict[str, Any]:
     """GET /datasets/{dataset_id}/task_counts/name_status."""
     return queries.name_status_counts(call.store, call.path["dataset_id"])
 
 
-def _task_stats(call: Call) -> Mapping[str, Any]:
+def _task_stats(call: Call) -> dict[str, Any]:
     """GET /datasets/{dataset_id}/task_stats."""
     return queries.task_stats(call.store, call.path["dataset_id"])
 
 
-def _grids(call: Call) -> Mapping[str, Any]:
+def _grids(call: Call) -> dict[str, Any]:
     """GET /grids."""
     return {g["grid_id"]: g for g in islice(call.store.grids.values(), GRIDS_LIMIT)}
 
 
-def _grid(call: Call) -> Mapping[str, Any]:
+def _grid(call: Call) -> dict[str, Any]:
     """GET /grids/{grid_id}."""
     return _found(call.store.grids.get(call.path["grid_id"]), "Grid not found")
 
 
-def _config(call: Call) -> Mapping[str, Any]:
+def _config(call: Call) -> dict[str, Any]:
     """GET /config/{dataset_id}, without its dataset_id."""
     config = _found(call.store.configs.get(call.path["dataset_id"]), "Config not found")
     return {k: v for k, v in config.items() if k != "dataset_id"}

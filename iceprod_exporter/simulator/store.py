@@ -12,11 +12,12 @@ from typing import Any
 from .access import SYSTEM_USER
 
 Doc = dict[str, Any]
+DATE_FORMAT = "%Y-%m-%dT%H:%M:%S.%f"  # UTC, no zone: iceprod.server.util.nowstr
 
 
 def nowstr() -> str:
-    """Current UTC time the way IceProd writes dates (iceprod.server.util.nowstr)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    """Current UTC time the way IceProd writes dates."""
+    return datetime.now(UTC).strftime(DATE_FORMAT)
 
 
 def uuid1_hex() -> str:
