@@ -1,0 +1,204 @@
+"""The daemon end to end over real HTTP: the CLI's ``run`` against the simulated IceProd."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from iceprod_exporter.simulator import OIDCIssuer, SimulatedIceProd, Simulation, build_store
+
+from .monitoring_support import free_port, http_get, tool, wait_for
+
+SECRET = "daemon-test-secret-0xC0FFEE"
+SYSTEM = {"resource_access": {"iceprod": {"roles": ["iceprod-system"]}}}
+MAX_STALENESS = 6
+
+
+@dataclass
+class Stack:
+    issuer: OIDCIssuer
+    simulator: SimulatedIceProd
+    process: subprocess.Popen[str]
+    url: str
+    log: Path
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, body = http_get(self.url + "metrics")
+        assert status == 200, status
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(body.decode())
+            for s in f.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.scrape().get((name, tuple(sorted(labels.items()))))
+
+    def datasets_exposed(self) -> int:
+        return sum(1 for (name, _) in self.scrape() if name == "iceprod_dataset_info")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    log = tmp_path_factory.mktemp("daemon") / "exporter.log"
+    # 7 s tokens: refreshed every few seconds, so expiries happen while the test runs
+    with OIDCIssuer(token_ttl=7) as issuer:
+        issuer.register_client("exporter", SECRET, SYSTEM)
+        store = build_store(datasets=12, seed=7)
+        simulator = SimulatedIceProd(
+            store, issuer=issuer, simulation=Simulation(store, 7), tick_seconds=0.5
+        )
+        with simulator:
+            port = free_port()
+            env = {
+                "PATH": os.environ["PATH"],
+                "API_URL": simulator.url,
+                "OAUTH_URL": issuer.url,
+                "OAUTH_CLIENT_ID": "exporter",
+                "OAUTH_CLIENT_SECRET": SECRET,
+                "PROMETHEUS_PORT": str(port),
+                "ICEPROD_EXPORTER_LISTEN_ADDRESS": "127.0.0.1",
+                "ICEPROD_EXPORTER_POLL_INTERVAL": "1",
+                "ICEPROD_EXPORTER_MAX_STALENESS": str(MAX_STALENESS),
+                "ICEPROD_EXPORTER_TIMEOUT": "2",
+                "ICEPROD_EXPORTER_RETRIES": "0",
+                "ICEPROD_EXPORTER_LOG_LEVEL": "debug",
+            }
+            with log.open("w") as out:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "iceprod_exporter", "run"],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+            s = Stack(issuer, simulator, process, f"http://127.0.0.1:{port}/", log)
+            try:
+                wait_for(
+                    lambda: http_get(s.url + "readyz")[0] == 200,
+                    30,
+                    "exporter ready",
+                    diagnose=log.read_text,
+                )
+                yield s
+            finally:
+                process.terminate()
+                assert process.wait(timeout=10) == 0, "SIGTERM stops the daemon cleanly"
+
+
+def test_scrape_reports_the_simulated_iceprod(stack: Stack) -> None:
+    assert stack.value("iceprod_up") == 1
+    store = stack.simulator.store
+    numbers = {str(d["dataset"]) for d in store.datasets.values() if d["status"] != "complete"}
+    exposed = {
+        dict(labels)["dataset"]
+        for (name, labels) in stack.scrape()
+        if name == "iceprod_dataset_info"
+    }
+    assert numbers <= exposed
+    total = sum(v for (name, _), v in stack.scrape().items() if name == "iceprod_datasets")
+    assert total == len(store.datasets)
+    assert (stack.value("iceprod_exporter_token_expiry_timestamp_seconds") or 0) > time.time()
+
+
+def test_health_readiness_and_landing_page(stack: Stack) -> None:
+    assert http_get(stack.url + "healthz")[0] == 200
+    assert http_get(stack.url + "readyz")[0] == 200
+    status, body = http_get(stack.url)
+    assert status == 200 and b"/metrics" in body and b"0.1.0" in body
+    assert SECRET.encode() not in body
+    assert http_get(stack.url + "nope")[0] == 404
+
+
+def test_openmetrics_and_gzip_negotiation(stack: Stack) -> None:
+    import urllib.request
+
+    request = urllib.request.Request(
+        stack.url + "metrics",
+        headers={
+            "Accept": "application/openmetrics-text; version=1.0.0",
+            "Accept-Encoding": "gzip",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert response.headers["Content-Encoding"] == "gzip"
+
+
+def test_promtool_check_metrics_passes(stack: Stack) -> None:
+    _, body = http_get(stack.url + "metrics")
+    done = subprocess.run(
+        [str(tool("promtool")), "check", "metrics"], input=body, capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not done.stdout.strip() and not done.stderr.strip(), "no lint findings"
+
+
+def test_concurrent_scrapes_while_polling(stack: Stack) -> None:
+    errors: list[str] = []
+
+    def scraper() -> None:
+        for _ in range(15):
+            status, body = http_get(stack.url + "metrics")
+            if status != 200 or b"iceprod_up 1.0" not in body:
+                errors.append(f"{status}")
+
+    threads = [threading.Thread(target=scraper) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+
+
+def test_tokens_refresh_and_are_never_used_expired(stack: Stack) -> None:
+    wait_for(
+        lambda: (stack.value("iceprod_exporter_token_refreshes_total") or 0) >= 4,
+        30,
+        "three token expiries",
+    )
+    tokens = stack.simulator.records.tokens()
+    assert len(tokens) >= 4
+    assert all(use.expired_uses == 0 for use in tokens.values())
+    assert stack.value("iceprod_up") == 1
+
+
+def test_outage_keeps_values_then_drops_them_and_recovers(stack: Stack) -> None:
+    before = stack.datasets_exposed()
+    assert before > 0
+    stack.simulator.down = True
+    try:
+        wait_for(lambda: stack.value("iceprod_up") == 0, 10, "iceprod_up 0")
+        assert stack.datasets_exposed() == before, "last good values served meanwhile"
+        assert (
+            stack.value(
+                "iceprod_exporter_api_request_failures_total",
+                endpoint="/datasets",
+                reason="connection",
+            )
+            or 0
+        ) >= 1
+        wait_for(lambda: stack.datasets_exposed() == 0, MAX_STALENESS + 5, "stale values dropped")
+        assert http_get(stack.url + "healthz")[0] == 200, "polling still makes progress"
+        assert stack.process.poll() is None, "nothing crashed"
+    finally:
+        stack.simulator.down = False
+    wait_for(lambda: stack.value("iceprod_up") == 1, 20, "recovery")
+    assert stack.datasets_exposed() >= before - 1
+
+
+def test_secret_never_appears_in_logs_or_metrics(stack: Stack) -> None:
+    _, body = http_get(stack.url + "metrics")
+    assert SECRET.encode() not in body
+    text = stack.log.read_text()
+    assert "poll.finished" in text
+    assert SECRET not in text
