@@ -147,6 +147,7 @@ class ApiClient:
         self._backoff_max = backoff_max
         self._sleep = sleep
         self._on_response = on_response
+        self.sent = 0  # requests sent so far, retries included (for the poll summary)
         self._slots = asyncio.Semaphore(concurrency)
         self._limiter = RateLimiter(rate_limit, sleep=sleep)
         quiet = logging.getLogger("iceprod_exporter.rest_tools")
@@ -203,6 +204,7 @@ class ApiClient:
             async with self._slots:
                 await self._limiter.acquire()
                 telemetry.requests.labels(template).inc()
+                self.sent += 1
                 started = time.perf_counter()
                 try:
                     await self._tokens.ensure_fresh()

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client import disable_created_metrics, generate_latest
+from prometheus_client import disable_created_metrics
 from pydantic import SecretStr
 
 from . import __version__, config, logs, reference
@@ -115,7 +115,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _once(exporter: Any) -> int:
     with _progress(exporter):
         snapshot = asyncio.run(exporter.once())
-    sys.stdout.write(generate_latest(exporter.registry).decode())
+    sys.stdout.write(exporter.exposition()[0].decode())
     return 0 if snapshot.up else 1
 
 
@@ -168,7 +168,9 @@ def _demo(args: argparse.Namespace) -> int:
     from .daemon import Exporter
     from .simulator import OIDCIssuer, SimulatedIceProd, Simulation, build_store
 
-    base = _load(args, defaults={"poll_interval": 5, "task_stats_interval": 30, "port": config.DEFAULT_PORT})
+    base = _load(
+        args, defaults={"poll_interval": 5, "task_stats_interval": 30, "port": config.DEFAULT_PORT}
+    )
     logs.configure(base.log_level, base.log_format)
     issuer = OIDCIssuer(token_ttl=120)
     secret = secrets.token_urlsafe(24)

@@ -22,11 +22,11 @@ from prometheus_client import (
 from . import __version__
 from .api import ApiClient
 from .auth import TokenError, TokenManager, grant_from_settings
-from .collector import SnapshotCollector
+from .collector import RenderedSnapshot, SnapshotCollector
 from .config import Settings
 from .logs import register_secret
 from .poller import Poller, Schedule
-from .server import HttpServer, Status, make_app
+from .server import HttpServer, Status, make_app, render_metrics
 from .snapshot import Snapshot
 from .telemetry import Telemetry
 
@@ -82,12 +82,14 @@ class Exporter:
             self.telemetry,
             clock,
         )
-        SnapshotCollector(
-            lambda: self.poller.snapshot,
-            max_staleness=settings.max_staleness,
-            compat=settings.compat_dataset_monitor,
-            clock=clock,
-            registry=self.registry,
+        # not registered: the snapshot part of /metrics is rendered once per snapshot
+        self.rendered = RenderedSnapshot(
+            SnapshotCollector(
+                lambda: self.poller.snapshot,
+                max_staleness=settings.max_staleness,
+                compat=settings.compat_dataset_monitor,
+                clock=clock,
+            )
         )
         self.started_at = clock()
         self.http: HttpServer | None = None
@@ -148,7 +150,9 @@ class Exporter:
     def start_http(self) -> HttpServer:
         """Start the HTTP server in its own thread."""
         self.http = HttpServer(
-            make_app(self.registry, self.status), self.settings.listen_address, self.settings.port
+            make_app(self.registry, self.rendered, self.status),
+            self.settings.listen_address,
+            self.settings.port,
         )
         self.http.start()
         return self.http
@@ -197,12 +201,18 @@ class Exporter:
             self.client.close()
             log.info("exporter.stopped")
 
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """What /metrics serves, for ``once`` and tests."""
+        return render_metrics(self.registry, self.rendered, accept)
+
     async def _poll_job(self) -> None:
         try:
             snapshot = await self.poller.poll()
         except Exception:  # a bug in one cycle must not end polling
             log.exception("poll.crashed")
             return
+        # render the new snapshot now, off the loop, so the next scrape finds it ready
+        await asyncio.to_thread(self.exposition)
         if not snapshot.up:
             failures = self.poller.consecutive_failures
             delay = min(self.settings.poll_interval, OUTAGE_BACKOFF_START * 2 ** (failures - 1))

@@ -36,6 +36,8 @@ def shard_of(dataset_id: str, total_shards: int) -> int:
 class Source(Protocol):
     """Where the poller reads IceProd from (:class:`~.api.ApiClient`, or a fake in tests)."""
 
+    sent: int  # requests sent so far
+
     async def get(self, template: str, args: dict[str, str] | None = None, **path: str) -> Any:
         """GET a route by endpoint template."""
         ...
@@ -81,6 +83,7 @@ class _Cycle:
     """Book-keeping of one cycle, for the summary event."""
 
     fetched: int = 0
+    requests: int = 0
     failures: Counter[str] = dataclasses.field(default_factory=Counter)
 
 
@@ -112,6 +115,7 @@ class Poller:
         previous = self.snapshot
         now = self._clock()
         cycle = _Cycle()
+        sent = self._client.sent
         try:
             rows = await self._discover()
         except ApiError as error:
@@ -122,6 +126,7 @@ class Poller:
         else:
             snapshot = await self._refresh(previous, rows, now, full, cycle)
         self.snapshot = snapshot  # the one atomic swap scrapes see
+        cycle.requests = self._client.sent - sent
         self._finish(snapshot, cycle, time.perf_counter() - started)
         return snapshot
 
@@ -258,6 +263,7 @@ class Poller:
             datasets=len(snapshot.datasets),
             watched=len(snapshot.watched()),
             fetched=cycle.fetched,
+            requests=cycle.requests,
             failures=dict(cycle.failures),
             duration=round(duration, 3),
         )

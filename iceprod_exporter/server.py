@@ -5,6 +5,7 @@ Every handler reads in-memory state only, so scrapes never wait on IceProd or th
 
 from __future__ import annotations
 
+import gzip
 import html
 import json
 import threading
@@ -16,9 +17,12 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import structlog
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from . import __version__
+from .collector import RenderedSnapshot
 
 log = structlog.get_logger(__name__)
 
@@ -62,15 +66,36 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, indent=1, sort_keys=True)
 
 
-def make_app(registry: CollectorRegistry, status: Callable[[], Status]) -> WSGIApplication:
+def render_metrics(
+    registry: CollectorRegistry, snapshot: RenderedSnapshot, accept: str = ""
+) -> tuple[bytes, str]:
+    """The exposition in the negotiated format: live self-metrics, then the cached snapshot."""
+    encoder, content_type = choose_encoder(accept)
+    live = encoder(registry)
+    if encoder is openmetrics.generate_latest:
+        live = live.removesuffix(b"# EOF\n")  # the snapshot part carries the one EOF
+    return live + snapshot.render(encoder), content_type
+
+
+def make_app(
+    registry: CollectorRegistry, snapshot: RenderedSnapshot, status: Callable[[], Status]
+) -> WSGIApplication:
     """The exporter's WSGI application."""
-    metrics = make_wsgi_app(registry)
+
+    def metrics(environ: WSGIEnvironment, start: StartResponse) -> list[bytes]:
+        body, content_type = render_metrics(registry, snapshot, environ.get("HTTP_ACCEPT", ""))
+        headers = [("Content-Type", content_type)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = gzip.compress(body, compresslevel=1)  # fast: scrapes are frequent
+            headers.append(("Content-Encoding", "gzip"))
+        headers.append(("Content-Length", str(len(body))))
+        start("200 OK", headers)
+        return [body]
 
     def app(environ: WSGIEnvironment, start: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            body: Iterable[bytes] = metrics(environ, start)
-            return body
+            return metrics(environ, start)
         if path == "/healthz":
             s = status()
             return _text(start, "200 OK" if s.live else "503 Service Unavailable", s.live_reason)

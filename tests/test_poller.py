@@ -23,6 +23,7 @@ class FakeSource:
         self.answers: dict[str, Any] = {}
         self.calls: Counter[str] = Counter()
         self.down = False
+        self.sent = 0
 
     def add(self, dataset_id: str, number: int, status: str = "processing", **extra: Any) -> None:
         self.datasets[dataset_id] = {
@@ -53,6 +54,7 @@ class FakeSource:
     async def get(self, template: str, args: dict[str, str] | None = None, **path: str) -> Any:
         route = template.format(**path)
         self.calls[template] += 1
+        self.sent += 1
         if self.down:
             raise ApiError(template, "connection", "refused")
         if template == api.DATASETS:
@@ -229,3 +231,15 @@ def test_shards_partition_datasets_and_only_shard_0_counts_fleet() -> None:
     assert parts[0].dataset_counts == whole.dataset_counts
     assert parts[1].dataset_counts is None and parts[2].dataset_counts is None
     assert shard_of("ds01", 3) == shard_of("ds01", 3)
+
+
+def test_one_summary_event_per_poll() -> None:
+    from structlog.testing import capture_logs
+
+    source, clock = FakeSource(), Clock()
+    source.add("a", 1)
+    with capture_logs() as logs:
+        poll(make(source, clock))
+    (summary,) = [e for e in logs if e["event"] == "poll.finished"]
+    assert summary["requests"] == source.sent == 4
+    assert summary["up"] is True and summary["fetched"] == 1 and summary["failures"] == {}
