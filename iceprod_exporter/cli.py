@@ -20,7 +20,6 @@ from .auth import write_private
 from .config import ConfigError, Settings
 
 EXIT_CONFIG = 2
-SYSTEM_CLAIMS: dict[str, object] = {"resource_access": {"iceprod": {"roles": ["iceprod-system"]}}}
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -166,7 +165,13 @@ def _login(settings: Settings) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from .daemon import Exporter
-    from .simulator import OIDCIssuer, SimulatedIceProd, Simulation, build_store
+    from .simulator import (
+        SYSTEM_ROLE_CLAIMS,
+        OIDCIssuer,
+        SimulatedIceProd,
+        Simulation,
+        build_store,
+    )
 
     base = _load(
         args, defaults={"poll_interval": 5, "task_stats_interval": 30, "port": config.DEFAULT_PORT}
@@ -174,7 +179,7 @@ def _demo(args: argparse.Namespace) -> int:
     logs.configure(base.log_level, base.log_format)
     issuer = OIDCIssuer(token_ttl=120)
     secret = secrets.token_urlsafe(24)
-    issuer.register_client("iceprod-exporter-demo", secret, SYSTEM_CLAIMS)
+    issuer.register_client("iceprod-exporter-demo", secret, SYSTEM_ROLE_CLAIMS)
     store = build_store(datasets=args.datasets, seed=args.seed)
     simulator = SimulatedIceProd(
         store, issuer=issuer, simulation=Simulation(store, args.seed), tick_seconds=args.tick

@@ -80,18 +80,18 @@ class RenderedSnapshot:
     def __init__(self, collector: SnapshotCollector) -> None:
         self._collector = collector
         self._lock = threading.Lock()
-        self._cache: dict[Encoder, tuple[Snapshot, bytes]] = {}
+        self._cache: dict[str, tuple[Snapshot, bytes]] = {}
 
-    def render(self, encoder: Encoder) -> bytes:
-        """Rendered text of the current snapshot in ``encoder``'s format."""
+    def render(self, encoder: Encoder, content_type: str) -> bytes:
+        """Rendered text of the current snapshot in ``encoder``'s format (cached by type)."""
         snapshot = self._collector.current()
         with self._lock:
-            cached = self._cache.get(encoder)
+            cached = self._cache.get(content_type)
             if cached is not None and cached[0] is snapshot:
                 return cached[1]
             # under the lock: concurrent first scrapes render once, the others wait for it
             text = encoder(_Families(self._collector.families(snapshot)))
-            self._cache[encoder] = (snapshot, text)
+            self._cache[content_type] = (snapshot, text)
             return text
 
 

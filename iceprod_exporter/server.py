@@ -19,7 +19,6 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.openmetrics import exposition as openmetrics
 
 from . import __version__
 from .collector import RenderedSnapshot
@@ -72,9 +71,9 @@ def render_metrics(
     """The exposition in the negotiated format: live self-metrics, then the cached snapshot."""
     encoder, content_type = choose_encoder(accept)
     live = encoder(registry)
-    if encoder is openmetrics.generate_latest:
+    if content_type.startswith("application/openmetrics-text"):
         live = live.removesuffix(b"# EOF\n")  # the snapshot part carries the one EOF
-    return live + snapshot.render(encoder), content_type
+    return live + snapshot.render(encoder, content_type), content_type
 
 
 def make_app(

@@ -22,17 +22,16 @@ from iceprod_exporter.auth import (
     TokenError,
     TokenManager,
 )
-from iceprod_exporter.simulator import OIDCIssuer
+from iceprod_exporter.simulator import SYSTEM_ROLE_CLAIMS, OIDCIssuer
 from iceprod_exporter.telemetry import Telemetry
 
 SECRET = "s3cret-value-never-logged"
-SYSTEM = {"resource_access": {"iceprod": {"roles": ["iceprod-system"]}}}
 
 
 @pytest.fixture
 def issuer() -> Iterator[OIDCIssuer]:
     with OIDCIssuer(token_ttl=300) as i:
-        i.register_client("exporter", SECRET, SYSTEM)
+        i.register_client("exporter", SECRET, SYSTEM_ROLE_CLAIMS)
         yield i
 
 
@@ -49,7 +48,7 @@ def test_client_credentials_token_is_a_valid_jwt(issuer: OIDCIssuer) -> None:
     tokens = manager(cc(issuer), registry)
     asyncio.run(tokens.ensure_fresh())
     claims = issuer.validate(tokens.current())
-    assert claims["resource_access"] == SYSTEM["resource_access"]
+    assert claims["resource_access"] == SYSTEM_ROLE_CLAIMS["resource_access"]
     assert tokens.expires_at == claims["exp"]
     assert (
         registry.get_sample_value("iceprod_exporter_token_expiry_timestamp_seconds")

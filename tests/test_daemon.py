@@ -2,24 +2,34 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
-from iceprod_exporter.simulator import OIDCIssuer, SimulatedIceProd, Simulation, build_store
+from iceprod_exporter.simulator import (
+    SYSTEM_ROLE_CLAIMS,
+    OIDCIssuer,
+    SimulatedIceProd,
+    Simulation,
+    build_store,
+)
 
 from .monitoring_support import free_port, http_get, tool, wait_for
 
 SECRET = "daemon-test-secret-0xC0FFEE"
-SYSTEM = {"resource_access": {"iceprod": {"roles": ["iceprod-system"]}}}
 MAX_STALENESS = 6
 
 
@@ -52,7 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     log = tmp_path_factory.mktemp("daemon") / "exporter.log"
     # 7 s tokens: refreshed every few seconds, so expiries happen while the test runs
     with OIDCIssuer(token_ttl=7) as issuer:
-        issuer.register_client("exporter", SECRET, SYSTEM)
+        issuer.register_client("exporter", SECRET, SYSTEM_ROLE_CLAIMS)
         store = build_store(datasets=12, seed=7)
         simulator = SimulatedIceProd(
             store, issuer=issuer, simulation=Simulation(store, 7), tick_seconds=0.5
@@ -120,18 +130,21 @@ def test_health_readiness_and_landing_page(stack: Stack) -> None:
 
 
 def test_openmetrics_and_gzip_negotiation(stack: Stack) -> None:
-    import urllib.request
-
+    # what Prometheus itself sends
+    accept = (
+        "application/openmetrics-text;version=1.0.0;escaping=underscores;q=0.5,"
+        "text/plain;version=0.0.4;q=0.3,*/*;q=0.1"
+    )
     request = urllib.request.Request(
-        stack.url + "metrics",
-        headers={
-            "Accept": "application/openmetrics-text; version=1.0.0",
-            "Accept-Encoding": "gzip",
-        },
+        stack.url + "metrics", headers={"Accept": accept, "Accept-Encoding": "gzip"}
     )
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.headers["Content-Type"].startswith("application/openmetrics-text")
         assert response.headers["Content-Encoding"] == "gzip"
+        text = gzip.decompress(response.read()).decode()
+    assert text.count("# EOF") == 1 and text.endswith("# EOF\n")
+    names = {f.name for f in openmetrics_families(text)}
+    assert {"iceprod_up", "iceprod_dataset_jobs", "iceprod_exporter_api_requests"} <= names
 
 
 def test_promtool_check_metrics_passes(stack: Stack) -> None:

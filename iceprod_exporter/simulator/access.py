@@ -20,10 +20,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 BYPASS_ROLES = frozenset({"admin", "system"})
 SYSTEM_USER = "iceprod-system"
-SYSTEM_CLAIMS: dict[str, Any] = {
-    "sub": SYSTEM_USER,
-    "resource_access": {"iceprod": {"roles": [SYSTEM_USER]}},
-}
+# what a Keycloak client needs in its tokens to act as IceProd's system role
+SYSTEM_ROLE_CLAIMS: dict[str, Any] = {"resource_access": {"iceprod": {"roles": [SYSTEM_USER]}}}
+SYSTEM_CLAIMS: dict[str, Any] = {"sub": SYSTEM_USER, **SYSTEM_ROLE_CLAIMS}
 
 
 def _matches(claims: Mapping[str, Any], expression: str) -> bool:

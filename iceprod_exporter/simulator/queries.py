@@ -4,7 +4,7 @@ Group outputs come in the order the reference server (IceProd on mongomock) yiel
 sorted by the group key, then re-sorted by the handler where it sorts.
 """
 
-import statistics
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
@@ -37,6 +37,15 @@ def _grouped(docs: Iterable[Doc], key: Callable[[Doc], K]) -> list[tuple[K, list
     for doc in docs:
         groups[key(doc)].append(doc)
     return sorted(groups.items(), key=lambda item: item[0])
+
+
+def _stddev_sample(values: list[int | float]) -> float | None:
+    """$stdDevSamp, two-pass over floats as the reference harness's mongomock bridge does."""
+    if len(values) < 2:
+        return None
+    nums = [float(v) for v in values]
+    mean = sum(nums) / len(nums)
+    return math.sqrt(sum((x - mean) ** 2 for x in nums) / (len(nums) - 1))
 
 
 def _gpu(task: Doc) -> object:
@@ -133,7 +142,7 @@ def task_stats(store: Store, dataset_id: str) -> dict[str, dict[str, Any]]:
             "total_hrs": total,
             "total_err_hrs": total_err,
             "avg_hrs": total / float(len(walltimes)) if walltimes else None,
-            "stddev_hrs": statistics.stdev(walltimes) if len(walltimes) > 1 else None,
+            "stddev_hrs": _stddev_sample(walltimes),
             "min_hrs": min(present) if present else None,
             "max_hrs": max(present) if present else None,
             "efficiency": total / denom if denom > 0 else 0.0,

@@ -25,80 +25,34 @@ def uuid1_hex() -> str:
     return uuid.uuid1().hex
 
 
-@dataclass(frozen=True)
-class Schema:
-    """How a POST handler turns a request body into a stored document."""
-
-    required: tuple[str, ...]
-    # None: every body key is kept as given (POST /grids does not check keys)
-    optional: frozenset[str] | None
-    # keys the server fills in, in the order it adds them, when the body lacks them
-    server: tuple[str, ...]
-
-
-DATASET = Schema(
-    required=("description", "jobs_submitted", "tasks_submitted", "tasks_per_job", "group"),
-    optional=frozenset(
-        {"priority", "debug", "jobs_immutable", "always_active", "status", "username"}
-    ),
-    server=(
-        "dataset_id",
-        "dataset",
-        "status",
-        "start_date",
-        "username",
-        "priority",
-        "debug",
-        "jobs_immutable",
-        "truncated",
-        "always_active",
-    ),
+# what each POST handler requires in its body
+DATASET_REQUIRED = ("description", "jobs_submitted", "tasks_submitted", "tasks_per_job", "group")
+JOB_REQUIRED = ("dataset_id", "job_index")
+TASK_REQUIRED = (
+    "dataset_id",
+    "job_id",
+    "task_index",
+    "job_index",
+    "name",
+    "depends",
+    "requirements",
 )
-JOB = Schema(
-    required=("dataset_id", "job_index"),
-    optional=frozenset({"job_id", "status"}),
-    server=("job_id", "status", "status_changed"),
-)
-TASK = Schema(
-    required=("dataset_id", "job_id", "task_index", "job_index", "name", "depends", "requirements"),
-    optional=frozenset({"status", "priority", "instance_id"}),
-    server=(
-        "task_id",
-        "status_changed",
-        "failures",
-        "evictions",
-        "walltime",
-        "walltime_err",
-        "walltime_err_n",
-        "site",
-        "status",
-        "priority",
-        "instance_id",
-    ),
-)
-GRID = Schema(
-    required=("host", "queues", "version"),
-    optional=None,
-    server=("grid_id", "start_date", "last_update", "debug"),
-)
+GRID_REQUIRED = ("host", "queues", "version")
 
 
-def compose(schema: Schema, fields: Mapping[str, Any], defaults: Mapping[str, Any]) -> Doc:
-    """Build a document in the key order the real POST (then PUT/PATCH) would leave it.
+def compose(
+    required: tuple[str, ...], fields: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> Doc:
+    """A stored document: the given keys as given, then the server's values for the others.
 
-    Body keys keep the caller's order; server keys follow in the server's order, taking the
-    caller's value when given (a later PATCH keeps a key's position); other keys go last.
+    `fields` is a POST body, to which the server appends what it fills in (in `defaults`
+    order), or a whole document as the server returns it, kept as is. Change stored documents
+    with dict.update: like Mongo's $set it keeps each key's position and appends new keys.
     """
-    missing = [k for k in schema.required if k not in fields]
-    if missing:
-        raise ValueError(f"missing key: {missing[0]}")
-    accepted = None if schema.optional is None else set(schema.required) | schema.optional
-    doc = {k: v for k, v in fields.items() if accepted is None or k in accepted}
-    for key in schema.server:
-        if key not in doc:
-            doc[key] = fields[key] if key in fields else defaults[key]
-    doc.update(fields)
-    return doc
+    missing = next((k for k in required if k not in fields), None)
+    if missing is not None:
+        raise ValueError(f"missing key: {missing}")
+    return {**fields, **{k: v for k, v in defaults.items() if k not in fields}}
 
 
 @dataclass
@@ -139,7 +93,7 @@ class Store:
         read_groups = body.pop("auth_groups_read", ["users"])
         with self.lock:
             doc = compose(
-                DATASET,
+                DATASET_REQUIRED,
                 body,
                 {
                     "dataset_id": self.new_id(),
@@ -169,7 +123,7 @@ class Store:
         """Add a job like POST /jobs; return its job_id."""
         with self.lock:
             doc = compose(
-                JOB,
+                JOB_REQUIRED,
                 fields,
                 {"job_id": self.new_id(), "status": "processing", "status_changed": self.clock()},
             )
@@ -182,7 +136,7 @@ class Store:
         """Add a task like POST /tasks; return its task_id."""
         with self.lock:
             doc = compose(
-                TASK,
+                TASK_REQUIRED,
                 fields,
                 {
                     "task_id": self.new_id(),
@@ -209,7 +163,7 @@ class Store:
         with self.lock:
             now = self.clock()
             doc = compose(
-                GRID,
+                GRID_REQUIRED,
                 fields,
                 {"grid_id": self.new_id(), "start_date": now, "last_update": now, "debug": False},
             )

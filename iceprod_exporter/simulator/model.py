@@ -1,0 +1,266 @@
+"""A moving IceProd world: generated datasets whose jobs and tasks progress tick by tick."""
+
+import random
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .store import DATE_FORMAT, Doc, Store
+
+# (name, requirements, typical walltime in hours) of the tasks a job can have, in task order
+TASK_KINDS: tuple[tuple[str, dict[str, Any], float], ...] = (
+    ("generate", {"cpu": 1, "memory": 2.0, "disk": 10.0, "time": 4.0}, 2.0),
+    ("filter", {"cpu": 1, "memory": 4.0, "disk": 20.0, "time": 2.0}, 1.0),
+    ("gpu-step", {"cpu": 1, "gpu": 1, "memory": 8.0, "disk": 10.0, "time": 1.0}, 0.5),
+)
+_TYPICAL_HOURS = {name: hours for name, _, hours in TASK_KINDS}
+# chance per tick that a task in the key status moves to the value status
+_FLOW = {"idle": ("waiting", 0.5), "waiting": ("queued", 0.4), "queued": ("processing", 0.4)}
+_P_COMPLETE = 0.3  # per tick, for a processing task
+_P_RETRY = 0.5  # per tick, for a failed task with retries left
+_P_MATERIALIZE = 0.5  # per tick, for a dataset with jobs left to create
+_MATERIALIZE_BATCH = 2
+_MAX_FAILURES = 3  # a task failing this often stays failed and puts its job in errors
+_FAIL_RATE = 0.02  # per tick, for a processing task of a healthy dataset
+_BROKEN_FAIL_RATE = 0.4
+_P_BROKEN = 0.05  # share of datasets whose tasks fail a lot
+_P_SEEDED_RETRY = 0.1  # share of generated complete tasks that had failed once before
+_GRID_STALE_AFTER = timedelta(minutes=10)  # a grid silent this long stays silent
+_GROUPS = ("simprod", "filtering", "users")
+_USERNAMES = ("alice", "bob", "carol", "dave")
+_STATUS_WEIGHTS = {"processing": 75, "suspended": 7, "errors": 6, "complete": 12}
+
+
+def seeded_ids(rng: random.Random) -> Callable[[], str]:
+    """An id factory giving uuid1-shaped hex ids from `rng`."""
+    return lambda: uuid.UUID(int=rng.getrandbits(128), version=1).hex
+
+
+def _hours(rng: random.Random, name: str) -> float:
+    """A walltime in hours for a task called `name`."""
+    return round(rng.uniform(0.5, 1.5) * _TYPICAL_HOURS.get(name, 1.0), 4)
+
+
+def _materialize_job(store: Store, dataset: Doc, job_index: int) -> tuple[Doc, list[Doc]]:
+    """Create a job and its idle tasks from the dataset config, as materialization does."""
+    dataset_id = dataset["dataset_id"]
+    job_id = store.add_job({"dataset_id": dataset_id, "job_index": job_index})
+    task_ids: list[str] = []
+    for task_index, task in enumerate(store.configs[dataset_id]["tasks"]):
+        task_ids.append(
+            store.add_task(
+                {
+                    "dataset_id": dataset_id,
+                    "job_id": job_id,
+                    "task_index": task_index,
+                    "job_index": job_index,
+                    "name": task.get("name") or str(task_index),
+                    "depends": task_ids[-1:],
+                    "requirements": dict(task.get("requirements", {})),
+                }
+            )
+        )
+    return store.jobs[job_id], [store.tasks[t] for t in task_ids]
+
+
+def _complete(rng: random.Random, task: Doc, now: str) -> None:
+    """Finish a task with a walltime."""
+    task.update(status="complete", status_changed=now, walltime=_hours(rng, task["name"]))
+
+
+def _fail(rng: random.Random, task: Doc, now: str) -> None:
+    """Fail a task, charging the lost time to walltime_err."""
+    task.update(
+        status="failed",
+        status_changed=now,
+        failures=task["failures"] + 1,
+        walltime_err=round(task["walltime_err"] + _hours(rng, task["name"]) / 2, 4),
+        walltime_err_n=task["walltime_err_n"] + 1,
+    )
+
+
+def _job_status(tasks: list[Doc]) -> str:
+    """The status a job's tasks imply (for jobs that are not suspended)."""
+    if all(t["status"] == "complete" for t in tasks):
+        return "complete"
+    if any(t["status"] == "failed" and t["failures"] >= _MAX_FAILURES for t in tasks):
+        return "errors"
+    return "processing"
+
+
+def _seed_job(rng: random.Random, store: Store, dataset: Doc, job_index: int, now: str) -> None:
+    """Create a job part-way through, in a state that fits its dataset's status."""
+    job, tasks = _materialize_job(store, dataset, job_index)
+    status = dataset["status"]
+    done = len(tasks) if status == "complete" else rng.randint(0, len(tasks))
+    for task in tasks[:done]:
+        if rng.random() < _P_SEEDED_RETRY:
+            _fail(rng, task, now)
+        _complete(rng, task, now)
+    if done < len(tasks):
+        current = tasks[done]
+        if status == "errors":
+            for _ in range(_MAX_FAILURES):
+                _fail(rng, current, now)
+        elif status == "suspended":
+            current.update(status="suspended", status_changed=now)
+        else:
+            picked = rng.choice(("idle", "waiting", "queued", "processing", "failed"))
+            if picked == "failed":
+                _fail(rng, current, now)
+            else:
+                current.update(status=picked, status_changed=now)
+    job_status = _job_status(tasks)
+    if status == "suspended" and job_status == "processing":
+        job_status = "suspended"
+    job.update(status=job_status, status_changed=now)
+
+
+def _seed_dataset(rng: random.Random, store: Store, index: int, truncated: bool) -> None:
+    """Create one dataset with its config and materialized jobs."""
+    weights = list(_STATUS_WEIGHTS.values())
+    status = "processing" if truncated else rng.choices(list(_STATUS_WEIGHTS), weights)[0]
+    kinds = TASK_KINDS[: rng.randint(1, len(TASK_KINDS))]
+    jobs_submitted = rng.randint(1, 60)
+    dataset_id = store.add_dataset(
+        {
+            "description": f"simulated dataset {index}",
+            "jobs_submitted": jobs_submitted,
+            "tasks_submitted": jobs_submitted * len(kinds),
+            "tasks_per_job": len(kinds),
+            "group": rng.choice(_GROUPS),
+            "username": rng.choice(_USERNAMES),
+            "status": status,
+        }
+    )
+    dataset = store.datasets[dataset_id]
+    dataset["truncated"] = truncated  # the truncate action, after submission
+    store.set_config(
+        dataset_id,
+        {
+            "version": 3.2,
+            "description": f"simulated dataset {index}",
+            "options": {},
+            "steering": {"parameters": {}},
+            "tasks": [{"name": n, "requirements": r, "trays": []} for n, r, _ in kinds],
+        },
+    )
+    # a truncated dataset keeps at least one job, so it has something to finish
+    materialized = (
+        rng.randint(int(truncated), jobs_submitted) if status == "processing" else jobs_submitted
+    )
+    now = store.clock()
+    for job_index in range(materialized):
+        _seed_job(rng, store, dataset, job_index, now)
+
+
+def build_store(datasets: int, seed: int = 0, grids: int = 3) -> Store:
+    """Generate `datasets` datasets of mixed statuses; the first is processing and truncated.
+
+    The last grid has not reported for an hour, so it stays stale as the simulation runs.
+    """
+    rng = random.Random(seed)
+    store = Store(new_id=seeded_ids(random.Random(seed + 1)))
+    with store.lock:
+        for index in range(datasets):
+            _seed_dataset(rng, store, index, truncated=index == 0)
+        stale = (datetime.now(UTC) - timedelta(hours=1)).strftime(DATE_FORMAT)
+        for index in range(grids):
+            fields: dict[str, Any] = {
+                "host": f"grid{index}.icecube.wisc.edu",
+                "queues": {f"queue{index}": "htcondor"},
+                "version": "3.2.43",
+            }
+            if index == grids - 1:
+                fields.update(start_date=stale, last_update=stale)
+            store.add_grid(fields)
+    return store
+
+
+class Simulation:
+    """Advances a Store one tick at a time, deterministically from the seed."""
+
+    def __init__(self, store: Store, seed: int = 0):
+        """Simulate `store` with a random stream seeded by `seed`."""
+        self.store = store
+        self.ticks = 0
+        self._rng = random.Random(seed)
+        self._fail_rates: dict[str, float] = {}
+
+    def step(self) -> None:
+        """One tick: tasks move on, jobs and datasets settle, jobs materialize, grids report."""
+        store = self.store
+        with store.lock:
+            now = store.clock()
+            for dataset in list(store.datasets.values()):
+                if dataset["status"] == "processing":
+                    self._advance(dataset, now)
+            self._heartbeat(now)
+            self.ticks += 1
+
+    def _advance(self, dataset: Doc, now: str) -> None:
+        """Move a processing dataset's open jobs along, then materialize and settle it."""
+        store = self.store
+        dataset_id = dataset["dataset_id"]
+        fail_rate = self._fail_rates.setdefault(
+            dataset_id, _BROKEN_FAIL_RATE if self._rng.random() < _P_BROKEN else _FAIL_RATE
+        )
+        jobs = store.jobs_of(dataset_id)
+        for job in jobs:
+            if job["status"] == "processing":
+                self._advance_job(job, fail_rate, now)
+        # materialization builds jobs from the dataset config; without one it cannot
+        materializable = dataset_id in store.configs and not dataset["truncated"]
+        if materializable and self._rng.random() < _P_MATERIALIZE:
+            last = min(len(jobs) + _MATERIALIZE_BATCH, dataset["jobs_submitted"])
+            for job_index in range(len(jobs), last):
+                _materialize_job(store, dataset, job_index)
+        self._settle(dataset)
+
+    def _advance_job(self, job: Doc, fail_rate: float, now: str) -> None:
+        """Move the job's first unfinished task (later ones wait on it), then its status."""
+        tasks = self.store.tasks_of_job(job["job_id"])
+        task = next((t for t in tasks if t["status"] != "complete"), None)
+        if task is not None:
+            self._advance_task(task, fail_rate, now)
+        job_status = _job_status(tasks)
+        if job_status != job["status"]:
+            job.update(status=job_status, status_changed=now)
+
+    def _advance_task(self, task: Doc, fail_rate: float, now: str) -> None:
+        """Maybe move one task a step along its life."""
+        rng = self._rng
+        status = task["status"]
+        if status in _FLOW:
+            target, chance = _FLOW[status]
+            if rng.random() < chance:
+                task.update(status=target, status_changed=now)
+        elif status == "processing":
+            roll = rng.random()
+            if roll < fail_rate:
+                _fail(rng, task, now)
+            elif roll < fail_rate + _P_COMPLETE:
+                _complete(rng, task, now)
+        elif status == "failed" and task["failures"] < _MAX_FAILURES and rng.random() < _P_RETRY:
+            task.update(status="waiting", status_changed=now)
+
+    def _settle(self, dataset: Doc) -> None:
+        """Complete or fail a dataset once all its jobs exist and none is still running."""
+        jobs = self.store.jobs_of(dataset["dataset_id"])
+        if dataset["always_active"]:
+            return
+        if len(jobs) < dataset["jobs_submitted"] and not dataset["truncated"]:
+            return
+        statuses = {j["status"] for j in jobs}
+        if statuses <= {"complete"}:
+            dataset["status"] = "complete"
+        elif not statuses & {"processing", "suspended"}:
+            dataset["status"] = "errors"
+
+    def _heartbeat(self, now: str) -> None:
+        """Live grids PATCH last_update; a grid already stale stays silent."""
+        cutoff = (datetime.now(UTC) - _GRID_STALE_AFTER).strftime(DATE_FORMAT)
+        for grid in self.store.grids.values():
+            if grid["last_update"] >= cutoff:
+                grid["last_update"] = now
