@@ -1,0 +1,315 @@
+"""Structure of the Grafana dashboards, and every query checked against the metric contract.
+
+The end-to-end test (test_monitoring_e2e.py) runs the same queries against a real Prometheus;
+these checks need no server and point at the exact panel that drifted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from iceprod_exporter.metrics import SPECS, Group, Stability
+
+from .monitoring_support import (
+    BUILTIN_VARIABLES,
+    DASHBOARD_DIR,
+    PROMETHEUS_DIR,
+    ROOT,
+    check_expression,
+    known_metrics,
+    load_dashboards,
+    load_rules,
+    panels,
+    scan,
+    substitute,
+    targets,
+    variable_promql,
+    variable_query,
+)
+
+DS = {"type": "prometheus", "uid": "${datasource}"}
+UIDS = {
+    "iceprod-overview.json": "iceprod-overview",
+    "iceprod-dataset.json": "iceprod-dataset",
+    "iceprod-exporter.json": "iceprod-exporter",
+}
+#: values for the dashboards' own variables in the static checks
+VALUES = {"dataset": "20001", "task_name": "generate", "instance": ".*", "datasource": "x"}
+PROVISIONING = ROOT / "grafana" / "provisioning"
+
+
+def _builder() -> ModuleType:
+    path = ROOT / "grafana" / "build_dashboards.py"
+    spec = importlib.util.spec_from_file_location("build_dashboards", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+DASHBOARDS = load_dashboards()
+
+
+def _walk(node: Any, path: str = "") -> Iterator[tuple[str, str, Any]]:
+    """Every (path, key, value) in a JSON document."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield path, key, value
+            yield from _walk(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk(value, f"{path}[{index}]")
+
+
+def test_the_three_dashboards_are_shipped_with_stable_unique_uids() -> None:
+    assert {name: d["uid"] for name, d in DASHBOARDS.items()} == UIDS
+
+
+def test_committed_json_is_what_the_builder_writes() -> None:
+    rendered = _builder().render()
+    assert set(rendered) == set(UIDS)
+    for name, text in rendered.items():
+        on_disk = (DASHBOARD_DIR / name).read_text(encoding="utf-8")
+        assert on_disk == text, (
+            f"{name} differs from grafana/build_dashboards.py: edit the builder and run "
+            "`.venv/bin/python grafana/build_dashboards.py`"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_dashboard_metadata(name: str) -> None:
+    dashboard = DASHBOARDS[name]
+    assert dashboard["schemaVersion"] >= 39
+    assert dashboard["id"] is None, "an exported database id would clash on import"
+    assert dashboard["title"].startswith("IceProd")
+    assert "iceprod" in dashboard["tags"]
+    assert dashboard["description"]
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_datasource_is_always_the_variable(name: str) -> None:
+    dashboard = DASHBOARDS[name]
+    variables = dashboard["templating"]["list"]
+    datasource = variables[0]
+    assert datasource["name"] == "datasource"
+    assert datasource["type"] == "datasource"
+    assert datasource["query"] == "prometheus"
+    for path, key, value in _walk(dashboard):
+        if key == "datasource" and path != "/templating/list[0]":
+            assert value == DS, f"{name}{path}: datasource {value!r}"
+        if isinstance(value, str) and key not in ("expr", "description", "definition", "query"):
+            # a datasource uid pasted into a link, legend or option
+            assert not re.search(r"datasource[^$]*uid", value), f"{name}{path}/{key}"
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_panels_have_ids_places_and_queries(name: str) -> None:
+    dashboard = DASHBOARDS[name]
+    all_panels = list(panels(dashboard))
+    ids = [p["id"] for p in all_panels]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids in {name}"
+    occupied: dict[tuple[int, int], str] = {}
+    for panel in all_panels:
+        grid = panel["gridPos"]
+        assert {"h", "w", "x", "y"} <= set(grid), panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in occupied, f"{panel['title']} overlaps {occupied[(x, y)]}"
+                occupied[(x, y)] = panel["title"]
+        if panel["type"] == "row":
+            continue
+        assert panel["title"] and panel["description"], panel
+        assert panel["targets"], f"{panel['title']} has no query"
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].strip(), panel["title"]
+
+
+def test_required_variables() -> None:
+    def variables(name: str) -> dict[str, dict[str, Any]]:
+        return {v["name"]: v for v in DASHBOARDS[name]["templating"]["list"]}
+
+    dataset = variables("iceprod-dataset.json")
+    assert set(dataset) == {"datasource", "dataset", "task_name"}
+    assert variable_promql(variable_query(dataset["dataset"])) == (
+        "iceprod_dataset_info",
+        "dataset",
+    )
+    task_query, task_label = variable_promql(variable_query(dataset["task_name"]))
+    assert task_label == "task_name"
+    assert '"$dataset"' in task_query
+    assert dataset["task_name"]["multi"] and dataset["task_name"]["includeAll"]
+    assert dataset["task_name"]["allValue"] == ".*"
+    row = ""
+    for panel in panels(DASHBOARDS["iceprod-dataset.json"]):
+        if panel["type"] == "row":
+            row = panel["title"]
+            continue
+        for target in panel["targets"]:
+            assert '"$dataset"' in target["expr"], f"{panel['title']} ignores $dataset"
+            # the rows named after $task_name show the selected task names only
+            if "$task_name" in row and "iceprod_dataset_task" in target["expr"]:
+                assert 'task_name=~"$task_name"' in target["expr"], panel["title"]
+    assert set(variables("iceprod-overview.json")) == {"datasource"}
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_every_variable_used_is_defined(name: str) -> None:
+    dashboard = DASHBOARDS[name]
+    defined = {v["name"] for v in dashboard["templating"]["list"]} | set(BUILTIN_VARIABLES)
+    for panel, target in targets(dashboard):
+        used = set(re.findall(r"\$\{?(\w+)", target["expr"]))
+        assert used <= defined, f"{panel['title']}: undefined {used - defined}"
+
+
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_every_query_uses_only_metrics_and_labels_of_the_contract(name: str) -> None:
+    known = known_metrics()
+    dashboard = DASHBOARDS[name]
+    problems = [
+        f"{panel['title']} [{target['refId']}]: {problem}"
+        for panel, target in targets(dashboard)
+        for problem in check_expression(substitute(target["expr"], VALUES), known)
+    ]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            expr, label = variable_promql(substitute(variable_query(variable), VALUES))
+            problems += check_expression(expr, known)
+            mentioned = {s.name for s in scan(expr).selectors}
+            assert label is None or all(label in known[m].labels for m in mentioned)
+    assert problems == []
+
+
+def test_every_recording_rule_and_exporter_metric_is_on_a_dashboard() -> None:
+    """New metrics need a panel (or a rule); recorded series nobody reads are dead code."""
+    names: set[str] = set()
+    for dashboard in DASHBOARDS.values():
+        for _, target in targets(dashboard):
+            names |= {s.name for s in scan(substitute(target["expr"], VALUES)).selectors}
+    for path in (PROMETHEUS_DIR / "alerts.yaml", PROMETHEUS_DIR / "recording.yaml"):
+        for rule in load_rules(path):
+            names |= {s.name for s in scan(rule["expr"]).selectors}
+    missing = []
+    for spec in SPECS:
+        if spec.stability is Stability.DEPRECATED or spec.group is Group.COMPAT:
+            continue
+        series = (
+            {spec.name + "_bucket", spec.name + "_sum", spec.name + "_count"}
+            if spec.kind.value == "histogram"
+            else {spec.name}
+        )
+        if not series & names:
+            missing.append(spec.name)
+    assert missing == [], "add a panel to grafana/build_dashboards.py for these metrics"
+    unused = [
+        rule["record"]
+        for rule in load_rules(PROMETHEUS_DIR / "recording.yaml")
+        if rule["record"] not in names
+    ]
+    assert unused == []
+
+
+def test_exporter_dashboard_covers_health() -> None:
+    exprs = " ".join(t["expr"] for _, t in targets(DASHBOARDS["iceprod-exporter.json"]))
+    for needle in (
+        'up{job="iceprod-exporter"',
+        "iceprod_up",
+        "time() - iceprod_exporter_last_successful_poll_timestamp_seconds",
+        "iceprod_exporter_poll_duration_seconds_bucket",
+        "iceprod_exporter_api_requests_total",
+        "sum by (endpoint, reason) (rate(iceprod_exporter_api_request_failures_total",
+        "sum by (endpoint, le) (rate(iceprod_exporter_api_request_duration_seconds_bucket",
+        "iceprod_exporter_token_expiry_timestamp_seconds",
+        "sum by (reason) (increase(iceprod_exporter_token_refresh_failures_total",
+    ):
+        assert needle in exprs, needle
+
+
+def test_overview_and_dataset_dashboards_answer_their_questions() -> None:
+    def titles(name: str) -> set[str]:
+        return {p["title"] for p in panels(DASHBOARDS[name])}
+
+    assert {
+        "Datasets by status",
+        "Tasks by status",
+        "Completion throughput",
+        "Failure rate",
+        "Datasets needing attention",
+    } <= titles("iceprod-overview.json")
+    assert {
+        "Jobs complete",
+        "Tasks complete",
+        "Tasks per task name and status",
+        "Failed tasks",
+        "Mean walltime",
+        "Efficiency",
+        "Estimated time to completion",
+    } <= titles("iceprod-dataset.json")
+
+
+def test_links_point_at_shipped_dashboards() -> None:
+    uids = set(UIDS.values())
+    for name, dashboard in DASHBOARDS.items():
+        for path, key, value in _walk(dashboard):
+            if key == "url" and isinstance(value, str):
+                match = re.match(r"/d/([\w-]+)/", value)
+                assert match and match.group(1) in uids, f"{name}{path}: {value}"
+
+
+def test_provisioning_loads_the_dashboards_and_a_prometheus_datasource() -> None:
+    datasources = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yaml").read_text())
+    (prometheus,) = datasources["datasources"]
+    assert prometheus["type"] == "prometheus" and prometheus["isDefault"] is True
+    assert prometheus["jsonData"]["timeInterval"] == "30s"
+    providers = yaml.safe_load((PROVISIONING / "dashboards" / "iceprod.yaml").read_text())
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    documented = (ROOT / "grafana" / "README.md").read_text(encoding="utf-8")
+    assert provider["options"]["path"] in documented
+
+
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ("iceprod_dataset_task_count", "unknown metric"),
+        ('sum by (taskname) (iceprod_dataset_tasks{dataset="1"})', "labels of no metric"),
+        ('iceprod_dataset_jobs{task_name="x"}', "has no label 'task_name'"),
+        ('iceprod_dataset_tasks{status="completed"}', "'completed' is not one of"),
+        ('iceprod_exporter_api_request_failures_total{reason="403"}', "is not one of"),
+        ("rate(iceprod_dataset_tasks[5m])", "rate() of iceprod_dataset_tasks, a gauge"),
+        ("deriv(iceprod_exporter_api_requests_total[5m])", "a counter"),
+        ("dataset:dataset_tasks_complete:sum", "unknown metric"),
+        ("sum(iceprod_up", "unbalanced"),
+        ("absent_over_tim(iceprod_up[5m])", "unknown function"),
+    ],
+)
+def test_the_query_checker_catches_drift(expr: str, problem: str) -> None:
+    problems = check_expression(expr, known_metrics())
+    assert any(problem in p for p in problems), problems
+
+
+def test_substitution_covers_grafana_variable_forms() -> None:
+    text = 'a{d="$dataset", t=~"${task_name}"}[$__rate_interval] [[dataset]] ${dataset:raw}'
+    assert substitute(text, {"dataset": "7", "task_name": "x"}) == ('a{d="7", t=~"x"}[1m] 7 7')
+    with pytest.raises(KeyError):
+        substitute("$nope", {})
+
+
+def test_dashboard_json_is_plain_json() -> None:
+    for path in sorted(Path(DASHBOARD_DIR).glob("*.json")):
+        document = json.loads(path.read_text(encoding="utf-8"))
+        assert isinstance(document, dict) and document["panels"], path.name

@@ -1,0 +1,557 @@
+"""The shipped rules, Alertmanager routing and dashboards against real servers.
+
+A real Prometheus (Debian's package) scrapes the exporter, which polls the built-in simulated
+IceProd with tokens from the simulated OIDC issuer. Prometheus loads deploy/prometheus's
+recording and alerting rules and sends to a real Alertmanager, configured from the shipped
+alertmanager.yml with every receiver replaced by a webhook served inside this test. Everything
+listens on 127.0.0.1 only.
+
+To run in seconds instead of minutes, the test changes two things in temporary copies, and
+nothing else: every alert's ``for:`` becomes 1s, and Alertmanager's group_wait/group_interval
+become 1s. Scrapes and rule evaluation run every second and the exporter polls every second.
+
+Scenarios: IceProd goes down (IceProdAPIDown fires, reaches the on-call receiver, resolves when
+it is back); IceProd answers 403 to everything (IceProdAPITokenRejected, likewise); a dataset
+goes into errors (IceProdDatasetErrors fires for that dataset, reaches
+the operators' receiver, resolves when the dataset is processing again). Then every PromQL
+query of every dashboard panel and variable, with Grafana's variables filled in as Grafana
+would, must return data from this Prometheus.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from iceprod_exporter.simulator import OIDCIssuer, SimulatedIceProd, Simulation, build_store
+from iceprod_exporter.simulator.store import Store
+
+from .monitoring_support import (
+    EXPORTER_JOB,
+    PROMETHEUS_DIR,
+    RULE_FILES,
+    Server,
+    assert_loopback_only,
+    free_port,
+    http_get,
+    load_dashboards,
+    prom_query,
+    start_alertmanager,
+    start_prometheus,
+    substitute,
+    targets,
+    variable_promql,
+    variable_query,
+    wait_for,
+)
+
+pytestmark = pytest.mark.timeout(300)
+
+SYSTEM_CLAIMS: dict[str, object] = {"resource_access": {"iceprod": {"roles": ["iceprod-system"]}}}
+CLIENT_ID = "iceprod-exporter-e2e"
+TOKEN_TTL = 30.0  # the exporter renews at half-life: a refresh happens ~15 s after start
+ALERT_TIMEOUT = 45.0  # firing or resolving takes a few seconds; allow for a slow machine
+#: Grafana's built-in variables as a 6-hour dashboard at 1 s scrapes would set them
+RANGE_VALUES = {"__rate_interval": "1m", "__interval": "15s", "__range": "6h"}
+
+
+# ---------------------------------------------------------------------------- webhook
+
+
+@dataclass
+class Notification:
+    """One POST from Alertmanager."""
+
+    received: float
+    receiver: str
+    payload: dict[str, Any]
+
+
+@dataclass
+class Webhook:
+    """An HTTP server on 127.0.0.1 recording Alertmanager's webhook notifications."""
+
+    server: ThreadingHTTPServer
+    notifications: list[Notification] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        """Base URL; the path names the receiver."""
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def find(
+        self, alertname: str, labels: dict[str, str], status: str, since: float
+    ) -> list[tuple[Notification, dict[str, Any]]]:
+        """(notification, alert) pairs for a matching alert in a given status since a time."""
+        with self.lock:
+            received = list(self.notifications)
+        found = []
+        for note in received:
+            if note.received < since:
+                continue
+            for alert in note.payload.get("alerts", []):
+                alert_labels = alert.get("labels", {})
+                if (
+                    alert.get("status") == status
+                    and alert_labels.get("alertname") == alertname
+                    and all(alert_labels.get(k) == v for k, v in labels.items())
+                ):
+                    found.append((note, alert))
+        return found
+
+    def summary(self) -> str:
+        """What arrived, for failure messages."""
+        with self.lock:
+            return "\n".join(
+                f"{n.receiver}: "
+                + ", ".join(
+                    f"{a['labels'].get('alertname')}{{{a['labels'].get('dataset', '')}}}"
+                    f"={a['status']}"
+                    for a in n.payload.get("alerts", [])
+                )
+                for n in self.notifications[-30:]
+            )
+
+
+@contextlib.contextmanager
+def webhook_server() -> Iterator[Webhook]:
+    """Serve the webhook from a thread for the duration of the block."""
+    hook: Webhook
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            payload = json.loads(self.rfile.read(length))
+            with hook.lock:
+                hook.notifications.append(Notification(time.time(), self.path.strip("/"), payload))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    hook = Webhook(server)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
+    thread.daemon = True
+    thread.start()
+    try:
+        yield hook
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+# ---------------------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    """Everything the scenarios drive and observe."""
+
+    store: Store
+    api: SimulatedIceProd
+    issuer: OIDCIssuer
+    exporter: Server
+    target: str
+    prometheus: Server
+    alertmanager: Server
+    webhook: Webhook
+    #: dataset number driven into errors and back
+    errors_dataset: str
+    #: dataset number that stays processing; the dataset dashboard is evaluated for it
+    watched_dataset: str
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant query against the test's Prometheus."""
+        return prom_query(self.prometheus.url, expr)
+
+    def logs(self) -> str:
+        """Scrape errors and log tails of the servers, for failure messages."""
+        status, body = http_get(self.prometheus.url + "/api/v1/targets")
+        scrapes = [
+            f"scrape {t['scrapeUrl']}: health={t['health']} lastError={t['lastError']!r}"
+            for t in (json.loads(body)["data"]["activeTargets"] if status == 200 else [])
+        ]
+        tails = [s.log_tail(3000) for s in (self.exporter, self.prometheus, self.alertmanager)]
+        return "\n".join(scrapes + tails)
+
+    def set_status(self, number: str, status: str) -> None:
+        """Change a dataset's status in the simulated IceProd, as PUT .../status would."""
+        with self.store.lock:
+            for doc in self.store.datasets.values():
+                if str(doc["dataset"]) == number:
+                    doc["status"] = status
+                    return
+        raise KeyError(number)
+
+
+def _add_long_dataset(store: Store, description: str) -> str:
+    """A dataset with many jobs still to materialize: it keeps processing during the test."""
+    tasks = [
+        {"name": "generate", "requirements": {"cpu": 1, "memory": 2.0}, "trays": []},
+        {"name": "filter", "requirements": {"cpu": 1, "memory": 4.0}, "trays": []},
+    ]
+    dataset_id = store.add_dataset(
+        {
+            "description": description,
+            "jobs_submitted": 2000,
+            "tasks_submitted": 4000,
+            "tasks_per_job": 2,
+            "group": "simprod",
+            "username": "alice",
+        }
+    )
+    store.set_config(dataset_id, {"version": 3.2, "tasks": tasks, "options": {}})
+    return str(store.datasets[dataset_id]["dataset"])
+
+
+def _fast_rules(directory: Path) -> list[Path]:
+    """Copies of the shipped rule files with every ``for:`` shortened to 1s."""
+    copies = []
+    for path in RULE_FILES:
+        text = path.read_text(encoding="utf-8")
+        fast, count = re.subn(r"(?m)^(\s+for:\s*)\S+", r"\g<1>1s", text)
+        assert count or "alert:" not in text, f"no for: found in {path}"
+        copy = directory / path.name
+        copy.write_text(fast, encoding="utf-8")
+        copies.append(copy)
+    return copies
+
+
+def _alertmanager_config(path: Path, webhook: Webhook) -> None:
+    """The shipped alertmanager.yml, every receiver a webhook, grouping waits of 1s."""
+    config = yaml.safe_load((PROMETHEUS_DIR / "alertmanager.yml").read_text(encoding="utf-8"))
+    config["receivers"] = [
+        {
+            "name": receiver["name"],
+            "webhook_configs": [
+                {"url": f"{webhook.url}/{receiver['name']}", "send_resolved": True}
+            ],
+        }
+        for receiver in config["receivers"]
+    ]
+    routes = [config["route"], *config["route"].get("routes", [])]
+    for route in routes:
+        route.update(group_wait="1s", group_interval="1s")
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+def _prometheus_config(path: Path, rules: list[Path], exporter: str, alertmanager: str) -> None:
+    config = {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(p) for p in rules],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+        "scrape_configs": [
+            {"job_name": EXPORTER_JOB, "static_configs": [{"targets": [exporter]}]},
+        ],
+    }
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+def _start_exporter(workdir: Path, api_url: str, oauth_url: str, secret: str) -> Server:
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "iceprod_exporter",
+        "run",
+        f"--api-url={api_url}",
+        "--auth-mode=client_credentials",
+        f"--oauth-url={oauth_url}",
+        f"--oauth-client-id={CLIENT_ID}",
+        "--listen-address=127.0.0.1",
+        f"--port={port}",
+        "--poll-interval=1",
+        "--max-staleness=5",
+        "--task-stats-interval=2",
+        "--slow-poll-factor=1",
+        "--retries=0",
+        "--timeout=2",
+        "--log-format=json",
+    ]
+    env = {**os.environ, "ICEPROD_EXPORTER_OAUTH_CLIENT_SECRET": secret}
+    log = workdir / "exporter.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+    server = Server("exporter", proc, f"http://127.0.0.1:{port}", log, workdir)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"exporter exited with {proc.returncode}\n{server.log_tail()}")
+        return http_get(server.url + "/readyz", timeout=2)[0] == 200
+
+    try:
+        wait_for(ready, 30, "the exporter's /readyz", diagnose=server.log_tail)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("monitoring-e2e")
+    store = build_store(datasets=4, seed=7)
+    errors_dataset = _add_long_dataset(store, "e2e dataset driven into errors")
+    watched_dataset = _add_long_dataset(store, "e2e dataset that keeps processing")
+    issuer = OIDCIssuer(token_ttl=TOKEN_TTL)
+    secret = secrets.token_urlsafe(24)
+    issuer.register_client(CLIENT_ID, secret, SYSTEM_CLAIMS)
+    api = SimulatedIceProd(
+        store, issuer=issuer, simulation=Simulation(store, seed=7), tick_seconds=1.0
+    )
+    servers: list[Server] = []
+    with contextlib.ExitStack() as cleanup:
+        issuer.start()
+        cleanup.callback(issuer.stop)
+        api.start()
+        cleanup.callback(api.stop)
+        webhook = cleanup.enter_context(webhook_server())
+
+        def stop_servers() -> None:
+            for server in reversed(servers):
+                server.stop()
+
+        cleanup.callback(stop_servers)
+
+        exporter = _start_exporter(workdir, api.url, issuer.url, secret)
+        servers.append(exporter)
+        am_config = workdir / "alertmanager.yml"
+        _alertmanager_config(am_config, webhook)
+        alertmanager = start_alertmanager(am_config, workdir)
+        servers.append(alertmanager)
+        target = exporter.url.removeprefix("http://")
+        prom_config = workdir / "prometheus.yml"
+        _prometheus_config(
+            prom_config,
+            _fast_rules(workdir),
+            target,
+            alertmanager.url.removeprefix("http://"),
+        )
+        prometheus = start_prometheus(prom_config, workdir, ("--rules.alert.resend-delay=1s",))
+        servers.append(prometheus)
+        stack = Stack(
+            store,
+            api,
+            issuer,
+            exporter,
+            target,
+            prometheus,
+            alertmanager,
+            webhook,
+            errors_dataset,
+            watched_dataset,
+        )
+        _warm_up(stack)
+        yield stack
+
+
+def _warm_up(stack: Stack) -> None:
+    """Wait for scrapes, recorded series and a token refresh failure to be in Prometheus."""
+    wait_for(
+        lambda: stack.query(f'up{{job="{EXPORTER_JOB}"}} == 1') and stack.query("iceprod_up == 1"),
+        30,
+        "Prometheus to scrape the exporter with iceprod_up 1",
+        diagnose=stack.logs,
+    )
+    # The issuer refuses the next refresh (due at half the token's life), then recovers: the
+    # token-failure panels get a series. The current token stays valid meanwhile.
+    stack.issuer.fail_status = 503
+    try:
+        wait_for(
+            lambda: stack.query("iceprod_exporter_token_refresh_failures_total"),
+            TOKEN_TTL + 15,
+            "a token refresh failure to be scraped",
+            diagnose=stack.logs,
+        )
+    finally:
+        stack.issuer.fail_status = None
+    watched = f'dataset="{stack.watched_dataset}"'
+    wait_for(
+        lambda: (
+            stack.query(f"dataset:dataset_tasks_completed:deriv1h{{{watched}}} > 0")
+            and stack.query(f"iceprod_dataset_task_walltime_stddev_seconds{{{watched}}}")
+            and stack.query(f'dataset:dataset_tasks:sum_by_status{{{watched}, status="failed"}}')
+        ),
+        60,
+        f"dataset {stack.watched_dataset} to complete tasks and have walltime statistics",
+        diagnose=stack.logs,
+    )
+
+
+# ---------------------------------------------------------------------------- scenarios
+
+
+def _wait_alert(
+    stack: Stack, alertname: str, labels: dict[str, str], status: str, since: float
+) -> tuple[Notification, dict[str, Any]]:
+    found = wait_for(
+        lambda: stack.webhook.find(alertname, labels, status, since),
+        ALERT_TIMEOUT,
+        f"{alertname} {labels} {status} at the webhook",
+        diagnose=lambda: "notifications:\n" + stack.webhook.summary() + "\n" + stack.logs(),
+    )
+    note, alert = found[0]
+    return note, alert
+
+
+def _prometheus_alerts(stack: Stack, alertname: str) -> list[dict[str, Any]]:
+    status, body = http_get(stack.prometheus.url + "/api/v1/alerts")
+    assert status == 200, body[:300]
+    alerts: list[dict[str, Any]] = json.loads(body)["data"]["alerts"]
+    return [a for a in alerts if a["labels"].get("alertname") == alertname]
+
+
+def test_every_server_listens_on_loopback_only(stack: Stack) -> None:
+    for server in (stack.prometheus, stack.alertmanager, stack.exporter):
+        addresses = assert_loopback_only(server.proc, server.name)
+        assert len(addresses) == 1, f"{server.name} listens on {sorted(addresses)}"
+
+
+def test_iceprod_down_alert_reaches_oncall_and_resolves(stack: Stack) -> None:
+    labels = {"job": EXPORTER_JOB, "instance": stack.target}
+    since = time.time()
+    stack.api.down = True
+    try:
+        note, alert = _wait_alert(stack, "IceProdAPIDown", labels, "firing", since)
+        # The description's query template lists the failure reasons counted in the last 5
+        # minutes. increase() needs two samples of the new failure series, so with `for: 1s`
+        # the first notification may predate them: read the re-rendered annotation instead.
+        wait_for(
+            lambda: any(
+                "connection=" in a["annotations"]["description"]
+                for a in _prometheus_alerts(stack, "IceProdAPIDown")
+            ),
+            ALERT_TIMEOUT,
+            "IceProdAPIDown's description to name the failure reason",
+            diagnose=lambda: json.dumps(_prometheus_alerts(stack, "IceProdAPIDown")),
+        )
+    finally:
+        stack.api.down = False
+    assert note.receiver == "iceprod-oncall"  # critical alerts page
+    assert alert["labels"]["severity"] == "critical"
+    assert stack.target in alert["annotations"]["summary"]
+    assert "/d/iceprod-exporter/" in alert["annotations"]["dashboard_url"]
+    _wait_alert(stack, "IceProdAPIDown", labels, "resolved", note.received)
+    assert stack.query("iceprod_up == 1"), "iceprod_up did not recover"
+
+
+def test_token_rejected_alert_reaches_oncall_and_resolves(stack: Stack) -> None:
+    labels = {"job": EXPORTER_JOB, "instance": stack.target}
+    since = time.time()
+    stack.api.faults.fail_reason = "authentication failed"
+    stack.api.faults.fail_status = 403  # what IceProd answers a bad or expired token
+    try:
+        note, alert = _wait_alert(stack, "IceProdAPITokenRejected", labels, "firing", since)
+    finally:
+        stack.api.faults.fail_status = None
+        stack.api.faults.fail_reason = None
+    assert note.receiver == "iceprod-oncall"
+    assert "rejects the token" in alert["annotations"]["summary"]
+    assert stack.query(
+        'iceprod_exporter_api_request_failures_total{endpoint="/datasets", reason="forbidden"}'
+    ), "the exporter did not count the 403s as reason=forbidden"
+    _wait_alert(stack, "IceProdAPITokenRejected", labels, "resolved", note.received)
+
+
+def test_dataset_errors_alert_reaches_operators_and_resolves(stack: Stack) -> None:
+    number = stack.errors_dataset
+    labels = {"dataset": number}
+    since = time.time()
+    stack.set_status(number, "errors")
+    try:
+        note, alert = _wait_alert(stack, "IceProdDatasetErrors", labels, "firing", since)
+    finally:
+        stack.set_status(number, "processing")
+    assert note.receiver == "iceprod-operators"
+    assert set(alert["labels"]) == {"alertname", "dataset", "severity"}
+    annotations = alert["annotations"]
+    assert f"dataset {number} is in status errors" in annotations["summary"]
+    # the description joins iceprod_dataset_info through a query template
+    assert (
+        "e2e dataset driven into errors; group simprod, user alice" in (annotations["description"])
+    ), annotations
+    assert annotations["dashboard_url"].endswith(
+        f"/d/iceprod-dataset/iceprod-dataset?var-dataset={number}"
+    )
+    _wait_alert(stack, "IceProdDatasetErrors", labels, "resolved", note.received)
+
+
+# ---------------------------------------------------------------------------- dashboards
+
+
+def _ensure_api_failures(stack: Stack) -> None:
+    """API failure counters exist only after a failure: cause a short outage if none yet."""
+    if stack.query("iceprod_exporter_api_request_failures_total"):
+        return
+    stack.api.down = True
+    try:
+        wait_for(
+            lambda: stack.query("iceprod_exporter_api_request_failures_total"),
+            30,
+            "an API failure to be scraped",
+            diagnose=stack.logs,
+        )
+    finally:
+        stack.api.down = False
+    wait_for(lambda: stack.query("iceprod_up == 1"), 30, "IceProd to be reachable again")
+
+
+def _variable_values(stack: Stack, dashboard: dict[str, Any], values: dict[str, str]) -> None:
+    """Evaluate the dashboard's query variables in order, as Grafana does; check the values."""
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        expr, label = variable_promql(substitute(variable_query(variable), values))
+        result = stack.query(expr)
+        found = sorted({r["metric"][label] for r in result if label in r["metric"]})
+        assert found, f"variable ${variable['name']}: {expr} lists no {label}"
+        if variable["name"] == "dataset":
+            assert stack.watched_dataset in found, found
+            values["dataset"] = stack.watched_dataset
+        elif variable["name"] == "instance":
+            assert stack.target in found, found
+            values["instance"] = variable.get("allValue", found[0])
+        else:
+            # "All", the default of multi-value variables
+            values[variable["name"]] = variable.get("allValue") or found[0]
+
+
+def test_every_dashboard_query_returns_data(stack: Stack) -> None:
+    _ensure_api_failures(stack)
+    errors = f'iceprod_dataset_status{{dataset="{stack.errors_dataset}", status="errors"}} == 1'
+    stack.set_status(stack.errors_dataset, "errors")  # "Datasets needing attention" has a row
+    try:
+        wait_for(lambda: stack.query(errors), 30, "the errors dataset to be scraped")
+        empty: list[str] = []
+        evaluated = 0
+        for name, dashboard in load_dashboards().items():
+            values = dict(RANGE_VALUES)
+            _variable_values(stack, dashboard, values)
+            for panel, target in targets(dashboard):
+                expr = substitute(target["expr"], values)
+                evaluated += 1
+                if not stack.query(expr):
+                    empty.append(f"{name} / {panel['title']} [{target['refId']}]: {expr}")
+    finally:
+        stack.set_status(stack.errors_dataset, "processing")
+    assert evaluated > 50
+    assert empty == [], "queries without data:\n" + "\n".join(empty)
