@@ -23,6 +23,7 @@ DATASETS = "/datasets"
 JOB_COUNTS = "/datasets/{dataset_id}/job_counts/status"
 TASK_COUNTS_NAME = "/datasets/{dataset_id}/task_counts/name_status"
 TASK_STATS = "/datasets/{dataset_id}/task_stats"
+GRIDS = "/grids"
 
 #: reasons worth another attempt; the rest are answers, not accidents
 RETRYABLE = frozenset({"timeout", "connection", "overloaded", "server_error"})

@@ -87,6 +87,17 @@ def _dataset_counts(snapshot: Snapshot) -> Iterator[Sample]:
             yield (status,), float(n)
 
 
+def _grid_info(snapshot: Snapshot) -> Iterator[Sample]:
+    for grid in sorted((snapshot.grids or {}).values(), key=lambda g: g.grid_id):
+        yield (grid.grid_id, grid.host, grid.version), 1.0
+
+
+def _grid_update(snapshot: Snapshot) -> Iterator[Sample]:
+    for grid in sorted((snapshot.grids or {}).values(), key=lambda g: g.grid_id):
+        if grid.last_update is not None:
+            yield (grid.grid_id,), grid.last_update
+
+
 def _info(snapshot: Snapshot) -> Iterator[Sample]:
     for d in _datasets(snapshot):
         yield (d.label, d.dataset_id, d.group, d.username, d.description), 1.0
@@ -177,6 +188,7 @@ _D = ("dataset",)
 _DT = ("dataset", "task_name")
 _TASK_STATS = "/datasets/{dataset_id}/task_stats"
 _DISCOVERY = "/datasets"
+_GRIDS = "/grids"
 
 SPECS: tuple[MetricSpec, ...] = (
     # --- IceProd health as seen by the exporter
@@ -202,6 +214,24 @@ SPECS: tuple[MetricSpec, ...] = (
         ("status",),
         source=_DISCOVERY,
         sampler=_dataset_counts,
+    ),
+    MetricSpec(
+        "iceprod_grid_info",
+        Kind.GAUGE,
+        "Grids (submit sites) registered with IceProd (value 1). From GET /grids (needs a "
+        "system or admin token)." + CACHED,
+        ("grid", "host", "version"),
+        source=_GRIDS,
+        sampler=_grid_info,
+    ),
+    MetricSpec(
+        "iceprod_grid_last_update_timestamp_seconds",
+        Kind.GAUGE,
+        "Unix time a grid last reported to IceProd; time() minus it is the grid's silence. "
+        "From GET /grids." + CACHED,
+        ("grid",),
+        source=_GRIDS,
+        sampler=_grid_update,
     ),
     # --- per dataset
     MetricSpec(
@@ -399,6 +429,13 @@ SPECS: tuple[MetricSpec, ...] = (
         Kind.GAUGE,
         "Datasets whose routes answered 403 to the exporter's token in the last poll "
         "(a permission problem, not an outage).",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_permission_denied",
+        Kind.GAUGE,
+        "403 answers in the last poll by endpoint template: routes the token may not read.",
+        ("endpoint",),
         group=Group.EXPORTER,
     ),
     MetricSpec(

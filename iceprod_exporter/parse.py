@@ -6,7 +6,7 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
-from .snapshot import Counts, TaskStats, frozen_map
+from .snapshot import Counts, Grid, TaskStats, frozen_map
 
 #: the fields the poller asks GET /datasets for (a narrow projection keeps the call cheap)
 DATASET_KEYS = (
@@ -94,7 +94,7 @@ def task_stats(body: Any, what: str) -> Mapping[str, TaskStats]:
 
 
 def start_timestamp(value: Any) -> float | None:
-    """IceProd's ``start_date`` (UTC, no zone) as a Unix time; None when absent or unreadable."""
+    """An IceProd date (UTC, no zone) as a Unix time; None when absent or unreadable."""
     if not isinstance(value, str):
         return None
     try:
@@ -142,3 +142,18 @@ def dataset_row(dataset_id: str, raw: Any) -> dict[str, Any]:
         "start_timestamp": start_timestamp(row.get("start_date")),
         "truncated": row.get("truncated") is True,
     }
+
+
+def grids(body: Any, what: str) -> Mapping[str, Grid]:
+    """``{grid_id: {grid_id, host, version, last_update, ...}}`` from ``GET /grids``."""
+    result = {}
+    for grid_id, raw in _mapping(body, what).items():
+        row = _mapping(raw, f"{what}[{grid_id}]")
+        host, version = row.get("host"), row.get("version")
+        result[str(grid_id)] = Grid(
+            grid_id=str(grid_id),
+            host=host if isinstance(host, str) else "",
+            version=version if isinstance(version, str) else "",
+            last_update=start_timestamp(row.get("last_update")),
+        )
+    return frozen_map(result)

@@ -15,7 +15,7 @@ import structlog
 
 from . import api, parse
 from .api import ApiError
-from .snapshot import Dataset, Snapshot, frozen_map
+from .snapshot import Dataset, Grid, Snapshot, frozen_map
 from .telemetry import Telemetry
 
 log = structlog.get_logger(__name__)
@@ -85,6 +85,14 @@ class _Cycle:
     fetched: int = 0
     requests: int = 0
     failures: Counter[str] = dataclasses.field(default_factory=Counter)
+    #: 403 answers by endpoint template: permission problems, not outages
+    denied: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    def failed(self, error: ApiError) -> None:
+        """Count a failed call."""
+        self.failures[error.reason] += 1
+        if error.reason == "forbidden":
+            self.denied[error.endpoint] += 1
 
 
 class Poller:
@@ -104,6 +112,7 @@ class Poller:
         self.snapshot = Snapshot()
         self.progress_at = clock()
         self.consecutive_failures = 0
+        self._denied: set[str] = set()
 
     def mark_progress(self) -> None:
         """Note that the poller is alive (an API answer arrived or a cycle ended)."""
@@ -122,7 +131,7 @@ class Poller:
             snapshot = dataclasses.replace(
                 previous, up=False, polled_at=now, cycle=previous.cycle + 1
             )
-            cycle.failures[error.reason] += 1
+            cycle.failed(error)
         else:
             snapshot = await self._refresh(previous, rows, now, full, cycle)
         self.snapshot = snapshot  # the one atomic swap scrapes see
@@ -179,7 +188,10 @@ class Poller:
                 retired_at = before.retired_at or now
                 datasets[dataset_id] = dataclasses.replace(before, retired_at=retired_at)
 
-        results = await asyncio.gather(*(self._fetch(d, s, now, cycle) for d, s in work))
+        results, grids = await asyncio.gather(
+            asyncio.gather(*(self._fetch(d, s, now, cycle) for d, s in work)),
+            self._grids(previous, cycle),
+        )
         for dataset in results:
             datasets[dataset.dataset_id] = dataset
         expired = [
@@ -201,8 +213,18 @@ class Poller:
                 if schedule.shard == 0
                 else None
             ),
+            grids=grids,
             cycle=previous.cycle + 1,
         )
+
+    async def _grids(self, previous: Snapshot, cycle: _Cycle) -> Mapping[str, Grid] | None:
+        if self._schedule.shard != 0:
+            return None  # IceProd-wide: one shard reports it
+        try:
+            return await self._read(api.GRIDS, parse.grids)
+        except ApiError as error:
+            cycle.failed(error)
+            return None if error.reason == "forbidden" else previous.grids
 
     @staticmethod
     def _merge(before: Dataset | None, row: dict[str, Any]) -> Dataset:
@@ -216,19 +238,18 @@ class Poller:
     ) -> Dataset:
         cycle.fetched += 1
         try:
-            jobs = await self._read(api.JOB_COUNTS, parse.counts, dataset)
-            tasks = await self._read(api.TASK_COUNTS_NAME, parse.name_counts, dataset)
+            path = {"dataset_id": dataset.dataset_id}
+            jobs = await self._read(api.JOB_COUNTS, parse.counts, path)
+            tasks = await self._read(api.TASK_COUNTS_NAME, parse.name_counts, path)
             dataset = dataclasses.replace(
                 dataset, jobs=jobs, tasks=tasks, counted_at=now, forbidden=False
             )
             if with_stats:
-                stats = await self._read(api.TASK_STATS, parse.task_stats, dataset)
+                stats = await self._read(api.TASK_STATS, parse.task_stats, path)
                 dataset = dataclasses.replace(dataset, task_stats=stats, stats_at=now)
         except ApiError as error:
-            cycle.failures[error.reason] += 1
+            cycle.failed(error)
             if error.reason == "forbidden":
-                if not dataset.forbidden:
-                    log.warning("dataset.forbidden", dataset=dataset.label, endpoint=error.endpoint)
                 return dataclasses.replace(
                     dataset, forbidden=True, jobs=None, tasks=None, task_stats=None
                 )
@@ -238,8 +259,10 @@ class Poller:
         # on other failures the last values stay, until max_staleness drops them all
         return dataset
 
-    async def _read(self, template: str, parser: Callable[[Any, str], T], dataset: Dataset) -> T:
-        body = await self._client.get(template, dataset_id=dataset.dataset_id)
+    async def _read(
+        self, template: str, parser: Callable[[Any, str], T], path: Mapping[str, str] | None = None
+    ) -> T:
+        body = await self._client.get(template, None, **(path or {}))
         try:
             return parser(body, template)
         except parse.BadResponse as exc:
@@ -250,6 +273,17 @@ class Poller:
         telemetry.poll_duration.observe(duration)
         telemetry.datasets_watched.set(len(snapshot.watched()))
         telemetry.forbidden_datasets.set(sum(d.forbidden for d in snapshot.datasets.values()))
+        for endpoint in self._denied | set(cycle.denied):
+            telemetry.permission_denied.labels(endpoint).set(cycle.denied[endpoint])
+        for endpoint in set(cycle.denied) - self._denied:
+            # one line per route that starts refusing, not one per dataset and poll
+            log.warning(
+                "permission.denied",
+                endpoint=endpoint,
+                answers=cycle.denied[endpoint],
+                hint="the token may not read this route; this is not an outage",
+            )
+        self._denied = set(cycle.denied)
         if snapshot.up:
             self.consecutive_failures = 0
         else:

@@ -98,6 +98,16 @@ class Dataset:
 
 
 @dataclass(frozen=True, slots=True)
+class Grid:
+    """A grid (an HTCondor submit site) registered with IceProd, from ``GET /grids``."""
+
+    grid_id: str
+    host: str
+    version: str
+    last_update: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the collector exposes, as of one poll."""
 
@@ -108,13 +118,15 @@ class Snapshot:
     datasets: Mapping[str, Dataset] = field(default_factory=lambda: frozen_map({}))
     #: IceProd-wide datasets by status; None on shards that do not report IceProd-wide values
     dataset_counts: Counts | None = None
+    #: registered grids; None on other shards or when the token may not read ``/grids``
+    grids: Mapping[str, Grid] | None = None
     cycle: int = 0
 
     def visible(self, now: float, max_staleness: float) -> Snapshot:
         """Drop dataset series once the last good poll is older than ``max_staleness``."""
         if self.last_success is not None and now - self.last_success <= max_staleness:
             return self
-        return dataclasses.replace(self, datasets=frozen_map({}), dataset_counts=None)
+        return dataclasses.replace(self, datasets=frozen_map({}), dataset_counts=None, grids=None)
 
     def watched(self) -> list[Dataset]:
         """Datasets whose counts are polled, in dataset-number order."""

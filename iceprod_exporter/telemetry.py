@@ -47,6 +47,7 @@ class Telemetry:
         ).set(1)
         self.datasets_watched = gauge("iceprod_exporter_datasets_watched")
         self.forbidden_datasets = gauge("iceprod_exporter_forbidden_datasets")
+        self.permission_denied = gauge("iceprod_exporter_permission_denied")
         self.poll_duration = histogram("iceprod_exporter_poll_duration_seconds", POLL_BUCKETS)
         self.poll_failures = counter("iceprod_exporter_poll_failures_total")
         self.requests = counter("iceprod_exporter_api_requests_total")

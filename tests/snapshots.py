@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iceprod_exporter.snapshot import Dataset, Snapshot, TaskStats, frozen_map
+from iceprod_exporter.snapshot import Dataset, Grid, Snapshot, TaskStats, frozen_map
 
 NOW = 1_800_000_000.0
 
@@ -83,5 +83,11 @@ FLEET = Snapshot(
     last_success=NOW,
     datasets=frozen_map({d.dataset_id: d for d in (PROCESSING, LEGACY, FORBIDDEN, FINISHED)}),
     dataset_counts=frozen_map(counts(processing=1, suspended=1, complete=5, truncated=1)),
+    grids=frozen_map(
+        {
+            "g1": Grid("g1", "submit-1.icecube.wisc.edu", "3.2.43", NOW - 120),
+            "g2": Grid("g2", "gpu-submit.example.org", "3.2.40", None),
+        }
+    ),
     cycle=3,
 )

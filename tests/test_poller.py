@@ -24,6 +24,14 @@ class FakeSource:
         self.calls: Counter[str] = Counter()
         self.down = False
         self.sent = 0
+        self.answers["/grids"] = {
+            "g1": {
+                "grid_id": "g1",
+                "host": "submit.example",
+                "version": "3.2.43",
+                "last_update": "2026-11-26T10:00:00.000000",
+            }
+        }
 
     def add(self, dataset_id: str, number: int, status: str = "processing", **extra: Any) -> None:
         self.datasets[dataset_id] = {
@@ -106,6 +114,8 @@ def test_first_poll_reads_everything_and_fills_the_snapshot() -> None:
     assert snap.datasets["a"].task_stats["generate"].avg_hrs == 1.0
     assert source.calls[api.TASK_COUNTS_NAME] == 2
     assert source.calls[api.DATASETS] == 1
+    assert snap.grids["g1"].host == "submit.example"
+    assert snap.grids["g1"].last_update == 1795687200.0
 
 
 def test_slow_cadence_for_suspended_and_slower_task_stats() -> None:
@@ -241,5 +251,29 @@ def test_one_summary_event_per_poll() -> None:
     with capture_logs() as logs:
         poll(make(source, clock))
     (summary,) = [e for e in logs if e["event"] == "poll.finished"]
-    assert summary["requests"] == source.sent == 4
+    assert summary["requests"] == source.sent == 5
     assert summary["up"] is True and summary["fetched"] == 1 and summary["failures"] == {}
+
+
+def test_global_route_forbidden_to_a_user_token_is_reported_once() -> None:
+    from structlog.testing import capture_logs
+
+    source, clock = FakeSource(), Clock()
+    source.add("a", 1)
+    source.answers["/grids"] = ApiError(api.GRIDS, "forbidden", "403", 403)
+    registry = CollectorRegistry()
+    poller = Poller(source, Schedule(poll_interval=60.0), Telemetry(registry), clock)
+    with capture_logs() as logs:
+        first = poll(poller)
+        clock.now += 60
+        poll(poller)
+    assert first.up and first.grids is None, "a permission problem, not an outage"
+    denied = [e for e in logs if e["event"] == "permission.denied"]
+    assert len(denied) == 1 and denied[0]["endpoint"] == "/grids"
+    value = registry.get_sample_value("iceprod_exporter_permission_denied", {"endpoint": "/grids"})
+    assert value == 1
+    source.answers["/grids"] = {}
+    poll(poller)
+    assert (
+        registry.get_sample_value("iceprod_exporter_permission_denied", {"endpoint": "/grids"}) == 0
+    )
