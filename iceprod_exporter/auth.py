@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import jwt
 import requests
 import structlog
+from pydantic import SecretStr
 
 from .config import AuthMode, ConfigError, Settings, read_secret
 from .telemetry import Telemetry
@@ -196,12 +197,8 @@ class RefreshTokenGrant:
 
     def fetch(self) -> tuple[str, float | None]:
         """Run the refresh-token grant and save the rotated refresh token."""
-        try:
-            refresh_token = self._path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise TokenError("config", f"refresh_token_file: {exc.strerror}") from None
-        if not refresh_token:
-            raise TokenError("config", "refresh_token_file: empty; run iceprod-exporter login")
+        refresh_token = _configured(None, self._path, "refresh_token_file")
+        assert refresh_token is not None  # a path was given
         secret = self._secret()
         auth = (self._client_id, secret) if secret else None
         body = self._provider.post(
@@ -227,17 +224,10 @@ class StaticTokenGrant:
 
     def fetch(self) -> tuple[str, float | None]:
         """Return the configured token."""
-        if self._path is not None:
-            try:
-                text = self._path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise TokenError("config", f"token_file: {exc.strerror}") from None
-            if not text:
-                raise TokenError("config", "token_file: empty")
-            return text, None
-        if not self._value:
+        token = _configured(self._value, self._path, "token_file")
+        if not token:
             raise TokenError("config", "token: empty")
-        return self._value, None
+        return token, None
 
 
 class TokenManager:
@@ -334,16 +324,21 @@ class TokenManager:
         log.warning("token.refresh_failed", reason=error.reason, error=str(error))
 
 
-def _client_secret(settings: Settings) -> str | None:
-    # read per grant, so a rotated Kubernetes Secret is picked up without a restart
+def _configured(value: str | None, path: Path | None, setting: str) -> str | None:
+    """A credential given inline or in a file, read at every grant (rotated files are seen)."""
     try:
-        return read_secret(
-            settings.oauth_client_secret,
-            settings.oauth_client_secret_file,
-            "oauth_client_secret_file",
-        )
+        return read_secret(SecretStr(value) if value else None, path, setting)
     except ConfigError as exc:
         raise TokenError("config", str(exc)) from None
+
+
+def _client_secret(settings: Settings) -> str | None:
+    secret = settings.oauth_client_secret
+    return _configured(
+        secret.get_secret_value() if secret else None,
+        settings.oauth_client_secret_file,
+        "oauth_client_secret_file",
+    )
 
 
 def grant_from_settings(settings: Settings) -> Grant:

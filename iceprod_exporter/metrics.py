@@ -184,6 +184,32 @@ def _compat_future(snapshot: Snapshot) -> Iterator[Sample]:
         yield (resource,), float(total)
 
 
+#: task_stats fields exported per task name: (metric, field, conversion, what it is)
+_TASK_STAT_METRICS: tuple[tuple[str, str, Callable[[float], float], str], ...] = (
+    ("iceprod_dataset_task_walltime_mean_seconds", "avg_hrs", _hours, "Mean walltime"),
+    (
+        "iceprod_dataset_task_walltime_stddev_seconds",
+        "stddev_hrs",
+        _hours,
+        "Sample standard deviation of the walltime (absent below 2 tasks)",
+    ),
+    ("iceprod_dataset_task_walltime_min_seconds", "min_hrs", _hours, "Shortest walltime"),
+    ("iceprod_dataset_task_walltime_max_seconds", "max_hrs", _hours, "Longest walltime"),
+    ("iceprod_dataset_task_walltime_complete_seconds", "total_hrs", _hours, "Total walltime"),
+    (
+        "iceprod_dataset_task_walltime_error_seconds",
+        "total_err_hrs",
+        _hours,
+        "Walltime lost to failed attempts",
+    ),
+    (
+        "iceprod_dataset_task_efficiency_ratio",
+        "efficiency",
+        _ratio,
+        "Good walltime over all walltime (0-1)",
+    ),
+)
+
 _D = ("dataset",)
 _DT = ("dataset", "task_name")
 _TASK_STATS = "/datasets/{dataset_id}/task_stats"
@@ -310,71 +336,17 @@ SPECS: tuple[MetricSpec, ...] = (
         source="/datasets/{dataset_id}/task_counts/name_status",
         sampler=_tasks,
     ),
-    MetricSpec(
-        "iceprod_dataset_task_walltime_mean_seconds",
-        Kind.GAUGE,
-        "Mean walltime of the task name's complete tasks. From GET "
-        + _TASK_STATS
-        + " (polled every task_stats_interval)."
-        + CACHED,
-        _DT,
-        source=_TASK_STATS,
-        sampler=_task_stat(_hours, "avg_hrs"),
-    ),
-    MetricSpec(
-        "iceprod_dataset_task_walltime_stddev_seconds",
-        Kind.GAUGE,
-        "Sample standard deviation of the walltime of complete tasks (absent below 2 tasks). "
-        "From GET " + _TASK_STATS + "." + CACHED,
-        _DT,
-        source=_TASK_STATS,
-        sampler=_task_stat(_hours, "stddev_hrs"),
-    ),
-    MetricSpec(
-        "iceprod_dataset_task_walltime_min_seconds",
-        Kind.GAUGE,
-        "Shortest walltime of a complete task. From GET " + _TASK_STATS + "." + CACHED,
-        _DT,
-        source=_TASK_STATS,
-        sampler=_task_stat(_hours, "min_hrs"),
-    ),
-    MetricSpec(
-        "iceprod_dataset_task_walltime_max_seconds",
-        Kind.GAUGE,
-        "Longest walltime of a complete task. From GET " + _TASK_STATS + "." + CACHED,
-        _DT,
-        source=_TASK_STATS,
-        sampler=_task_stat(_hours, "max_hrs"),
-    ),
-    MetricSpec(
-        "iceprod_dataset_task_walltime_complete_seconds",
-        Kind.GAUGE,
-        "Walltime summed over complete tasks. From GET " + _TASK_STATS + "." + CACHED,
-        _DT,
-        source=_TASK_STATS,
-        sampler=_task_stat(_hours, "total_hrs"),
-    ),
-    MetricSpec(
-        "iceprod_dataset_task_walltime_error_seconds",
-        Kind.GAUGE,
-        "Walltime lost to failed attempts of tasks that later completed. From GET "
-        + _TASK_STATS
-        + "."
-        + CACHED,
-        _DT,
-        source=_TASK_STATS,
-        sampler=_task_stat(_hours, "total_err_hrs"),
-    ),
-    MetricSpec(
-        "iceprod_dataset_task_efficiency_ratio",
-        Kind.GAUGE,
-        "Good walltime over all walltime (0-1) of complete tasks. From GET "
-        + _TASK_STATS
-        + "."
-        + CACHED,
-        _DT,
-        source=_TASK_STATS,
-        sampler=_task_stat(_ratio, "efficiency"),
+    *(
+        MetricSpec(
+            name,
+            Kind.GAUGE,
+            f"{text} of the task name's complete tasks. From GET {_TASK_STATS} "
+            f"(polled every task_stats_interval).{CACHED}",
+            _DT,
+            source=_TASK_STATS,
+            sampler=_task_stat(convert, field),
+        )
+        for name, field, convert, text in _TASK_STAT_METRICS
     ),
     # --- IceProd's own dataset_monitor names (compatibility mode)
     MetricSpec(
