@@ -1,5 +1,6 @@
-# Every target sets up what it needs: the virtual environment, the Python packages and, for the
-# tests, the Debian tools (prometheus, promtool, alertmanager, docker-compose) they run for real.
+# Every target sets up what it needs: the virtual environment and the Python packages. The tests
+# install the Debian tools they run for real (prometheus, promtool, alertmanager, docker-compose)
+# and the pinned IceProd server environment in their own set-up, and fail loudly if they cannot.
 
 SHELL := /bin/bash
 VENV := .venv
@@ -8,9 +9,7 @@ PY := $(VENV)/bin/python
 # (pyenv's python3.12 shim fails unless 3.12 is the active version, so ask the interpreter itself)
 PYTHON312 ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
 	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
-DEBIAN_TOOLS := prometheus prometheus-alertmanager docker-compose
-
-.PHONY: demo test lint typecheck unit docs bench tools clean
+.PHONY: demo test lint docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found (pyenv install 3.12)"; exit 1; }
@@ -22,19 +21,12 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## run the exporter on its built-in simulated IceProd
 	$(VENV)/bin/iceprod-exporter demo $(ARGS)
 
-tools:  ## Debian packages the tests run for real (installed once)
-	@missing=""; for p in $(DEBIAN_TOOLS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
-
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check iceprod_exporter
 	$(VENV)/bin/mypy
 
-test: $(VENV)/.installed tools lint  ## the whole suite: lint, types, unit, integration, real IceProd
+test: $(VENV)/.installed lint  ## the whole suite: lint, types, unit, integration, real IceProd
 	$(VENV)/bin/iceprod-exporter docs --check
 	$(PY) -m pytest -q
 

@@ -270,22 +270,31 @@ class TokenManager:
             self._token = None
 
     async def ensure_fresh(self, force: bool = False) -> None:
-        """Refresh when there is no token or it is close to expiry; raise TokenError on failure."""
+        """Refresh when there is no token or it is close to expiry.
+
+        Raises TokenError only when no usable token is left: while the issuer fails, a token
+        that has not expired yet keeps being used, and the issuer is asked again with backoff
+        rather than once per API request.
+        """
         if not force and self._is_fresh():
             return
         async with self._lock:
             if not force and self._is_fresh():
                 return  # another request refreshed while this one waited
-            if self.last_error is not None and self._clock() < self._retry_at:
-                if self._token is not None and not self._expired():
-                    return  # keep using the current token until the issuer is asked again
-                # back off instead of asking a failing issuer once per API request
-                raise self.last_error
-            await self._refresh()
+            if self.last_error is None or self._clock() >= self._retry_at:
+                try:
+                    await self._refresh()
+                    return
+                except TokenError:
+                    pass  # counted and logged; fall back to the current token if it still works
+            if self._usable():
+                return
+            assert self.last_error is not None
+            raise self.last_error
 
-    def _expired(self) -> bool:
+    def _usable(self) -> bool:
         token = self._token
-        return token is None or (token.expires_at is not None and self._clock() >= token.expires_at)
+        return token is not None and (token.expires_at is None or self._clock() < token.expires_at)
 
     def _is_fresh(self) -> bool:
         token = self._token

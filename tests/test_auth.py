@@ -187,3 +187,25 @@ def test_login_device_flow_writes_a_private_refresh_token(tmp_path: Path) -> Non
         tokens = manager(grant)
         asyncio.run(tokens.ensure_fresh())
         assert issuer.validate(tokens.current())["groups"] == ["/institutions/IceCube"]
+
+
+def test_failing_issuer_does_not_break_a_token_that_still_works(issuer: OIDCIssuer) -> None:
+    issuer.token_ttl = 4
+    registry = CollectorRegistry()
+    tokens = manager(cc(issuer), registry)
+    asyncio.run(tokens.ensure_fresh())
+    first = tokens.current()
+    issuer.fail_status = 503
+    time.sleep(2.2)  # past the refresh margin (half the lifetime), not past expiry
+    asyncio.run(tokens.ensure_fresh())  # does not raise
+    assert tokens.current() == first
+    assert (
+        registry.get_sample_value(
+            "iceprod_exporter_token_refresh_failures_total", {"reason": "rejected"}
+        )
+        == 1
+    )
+    issuer.fail_status = None
+    time.sleep(1.0)  # the first backoff step
+    asyncio.run(tokens.ensure_fresh())
+    assert tokens.current() != first
