@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 # (pyenv's python3.12 shim fails unless 3.12 is the active version, so ask the interpreter itself)
 PYTHON312 ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
 	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+
 .PHONY: demo test lint docs bench clean
 
 $(VENV)/.installed: pyproject.toml
