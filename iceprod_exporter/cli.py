@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "demo":
             sub.add_argument("--datasets", type=int, default=20, help="simulated datasets")
             sub.add_argument(
-                "--tick", type=float, default=2.0, help="seconds between simulation steps"
+                "--tick", type=float, default=10.0, help="seconds between simulation steps"
             )
             sub.add_argument("--seed", type=int, default=0, help="simulation seed")
     docs = commands.add_parser("docs", help="write the generated metrics/config references")
