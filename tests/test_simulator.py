@@ -533,6 +533,23 @@ def test_roles_and_dataset_acls(
     assert get(api, "/dataset_summaries/status", alice).json() == {"processing": [ids["d1"]]}
 
 
+def test_username_is_the_claim_as_given(
+    issuer: OIDCIssuer, world: tuple[SimulatedIceProd, dict[str, str]]
+) -> None:
+    """IceProd's get_current_user takes preferred_username as it is: any truthy JSON value.
+
+    Found by comparing with the real server (tests/test_real_iceprod.py): a token whose
+    preferred_username is a number still authenticates there; only a missing or empty one fails.
+    """
+    api, ids = world
+    issuer.register_client("numbered", "numbered-secret", {**ALICE, "preferred_username": 7})
+    issuer.register_client("empty", "empty-secret", {**ALICE, "preferred_username": ""})
+    numbered, empty = client_token(issuer, "numbered"), client_token(issuer, "empty")
+    assert get(api, "/datasets", numbered).json() == {ids["d1"]: {"dataset_id": ids["d1"]}}
+    assert get(api, "/grids", numbered).json()["error"] == "authorization failed"
+    assert get(api, "/datasets", empty).json()["error"] == "authentication failed"
+
+
 def test_without_issuer_every_request_is_system() -> None:
     """With issuer=None the API needs no token and grants the system role."""
     store, ids = scenario()

@@ -49,13 +49,16 @@ def groups_of(claims: Mapping[str, Any]) -> list[str]:
     return sorted(g for g, exprs in GROUPS.items() if any(_matches(claims, e) for e in exprs))
 
 
-def username_of(claims: Mapping[str, Any]) -> str | None:
-    """The username the server sees: iceprod-system for system tokens, else preferred_username."""
+def username_of(claims: Mapping[str, Any]) -> Any:
+    """The username the server sees: iceprod-system for system tokens, else preferred_username.
+
+    Like IceProd's APIBase.get_current_user, the claim is taken as it is (any JSON value): the
+    handlers only test it for truth, so a missing or empty one means "not authenticated".
+    """
     roles = claims.get("resource_access", {}).get("iceprod", {}).get("roles", [])
     if SYSTEM_USER in roles:
         return SYSTEM_USER
-    name = claims.get("preferred_username")
-    return name if isinstance(name, str) else None
+    return claims.get("preferred_username")
 
 
 class TokenValidator:

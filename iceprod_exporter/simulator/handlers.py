@@ -121,8 +121,8 @@ class ApiHandler(_Instrumented):
         """Write rest_tools' JSON error body."""
         self.finish({"code": status_code, "error": self._reason})
 
-    def get_current_user(self) -> str | None:
-        """The username APIBase derives from a valid token, or None."""
+    def get_current_user(self) -> Any:
+        """The username APIBase derives from a valid token (any claim value), or None."""
         claims = self._validated_claims()
         if claims is None or not claims.get("sub"):
             return None

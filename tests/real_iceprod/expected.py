@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from typing import Any
 
-from .scenario import JOB_STATUSES, SCENARIO, TASK_STATUSES, Dataset, Scenario
+from .scenario import DATASET_STATUSES, JOB_STATUSES, SCENARIO, TASK_STATUSES, Dataset, Scenario
 
 
 def dataset_numbers(scenario: Scenario = SCENARIO) -> dict[str, int]:
@@ -128,3 +129,92 @@ def dataset_monitor(scenario: Scenario = SCENARIO) -> dict[str, dict[tuple[str, 
         "iceprod_tasks": tasks,
         "iceprod_future_resources_hours": {(k,): float(math.trunc(v)) for k, v in future.items()},
     }
+
+
+# --------------------------------------------------------------------------- the exporter
+
+#: one series: its labels as sorted (name, value) pairs
+Labels = tuple[tuple[str, str], ...]
+HOUR = 3600.0
+#: task_stats field -> the exporter's walltime gauge it feeds (hours become seconds)
+WALLTIME_METRICS = {
+    "avg_hrs": "iceprod_dataset_task_walltime_mean_seconds",
+    "stddev_hrs": "iceprod_dataset_task_walltime_stddev_seconds",
+    "min_hrs": "iceprod_dataset_task_walltime_min_seconds",
+    "max_hrs": "iceprod_dataset_task_walltime_max_seconds",
+    "total_hrs": "iceprod_dataset_task_walltime_complete_seconds",
+    "total_err_hrs": "iceprod_dataset_task_walltime_error_seconds",
+}
+
+
+def labels(**values: str) -> Labels:
+    """Canonical label set of one series."""
+    return tuple(sorted(values.items()))
+
+
+def visible_datasets(scenario: Scenario = SCENARIO, *, as_user: bool = False) -> list[Dataset]:
+    """Datasets ``GET /datasets`` lists: all for system/admin, readable ones for a user.
+
+    A plain IceCube user (groups ``/institutions/IceCube...`` -> IceProd group ``users``) who
+    submitted none of them sees the datasets whose read ACL holds ``users``; the real server
+    drops the others from the list (per-row ``manual_attr_auth``), it does not mark them.
+    """
+    return [ds for ds in scenario.datasets if not as_user or ds.readable_by_users]
+
+
+def dataset_counts(scenario: Scenario = SCENARIO, *, as_user: bool = False) -> dict[str, int]:
+    """``iceprod_datasets{status}``: visible datasets by status, every status."""
+    c = Counter(ds.status for ds in visible_datasets(scenario, as_user=as_user))
+    return {s: c[s] for s in DATASET_STATUSES}
+
+
+def exporter_series(dataset_ids: Mapping[str, str], grid_ids: Mapping[str, str],
+                    scenario: Scenario = SCENARIO, *, as_user: bool = False,
+                    ) -> dict[str, dict[Labels, float]]:
+    """Every IceProd-derived series the exporter should expose after a full poll.
+
+    ``dataset_ids`` (scenario key -> dataset_id) and ``grid_ids`` (host -> grid_id) are the
+    ids the server generated; everything else comes from the scenario. Complete datasets are
+    only counted (``iceprod_datasets``), not watched. Grids need a system/admin token: a user
+    gets none. Server-made timestamps (start_date, last_update) are checked by the tests.
+    """
+    numbers = dataset_numbers(scenario)
+    series: dict[str, dict[Labels, float]] = defaultdict(dict)
+    series["iceprod_up"][()] = 1.0
+    for status, n in dataset_counts(scenario, as_user=as_user).items():
+        series["iceprod_datasets"][labels(status=status)] = float(n)
+    for ds in visible_datasets(scenario, as_user=as_user):
+        if ds.status == "complete":
+            continue
+        num = str(numbers[ds.key])
+        one = labels(dataset=num)
+        series["iceprod_dataset_info"][labels(
+            dataset=num, dataset_id=dataset_ids[ds.key], group=ds.group,
+            username=ds.username, description=ds.description)] = 1.0
+        for s in DATASET_STATUSES:
+            series["iceprod_dataset_status"][labels(dataset=num, status=s)] = \
+                float(s == ds.status)
+        series["iceprod_dataset_priority"][one] = ds.priority
+        series["iceprod_dataset_truncated"][one] = float(ds.truncated)
+        series["iceprod_dataset_jobs_submitted"][one] = float(ds.jobs_submitted)
+        series["iceprod_dataset_tasks_submitted"][one] = float(ds.jobs_submitted
+                                                               * ds.tasks_per_job)
+        jc = job_counts(ds)
+        for s in JOB_STATUSES:
+            series["iceprod_dataset_jobs"][labels(dataset=num, status=s)] = float(jc.get(s, 0))
+        for name, counts in task_counts_name_status(ds).items():
+            for s in TASK_STATUSES:
+                series["iceprod_dataset_tasks"][labels(dataset=num, task_name=name, status=s)] = \
+                    float(counts.get(s, 0))
+        for name, stats in task_stats(ds).items():
+            per_name = labels(dataset=num, task_name=name)
+            for field, metric in WALLTIME_METRICS.items():
+                if stats[field] is not None:
+                    series[metric][per_name] = stats[field] * HOUR
+            series["iceprod_dataset_task_efficiency_ratio"][per_name] = stats["efficiency"]
+    if not as_user:
+        for grid in scenario.grids:
+            version = grid.patch.get("version", grid.version)
+            series["iceprod_grid_info"][labels(grid=grid_ids[grid.host], host=grid.host,
+                                               version=version)] = 1.0
+    return dict(series)

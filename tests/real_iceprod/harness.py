@@ -180,6 +180,11 @@ class RealIceProd:
         return f"http://127.0.0.1:{self._prometheus_port}/metrics"
 
     @property
+    def pid(self) -> int | None:
+        """The server process id while it runs (e.g. to list its sockets)."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def returncode(self) -> int | None:
         """Exit code after stop() (0 = clean SIGTERM shutdown); None before."""
         return self._returncode

@@ -12,6 +12,7 @@ Coverage (checked by :func:`validate`):
 - every job and task status somewhere, while most datasets lack some statuses;
 - ``jobs_submitted`` above the number of materialized jobs;
 - completed tasks with walltimes (some with ``walltime_err``), so ``task_stats`` has data;
+- one processing dataset that plain IceCube users may not read (``auth_groups_read=[]``);
 - two grids.
 """
 
@@ -77,6 +78,15 @@ class Dataset:
     # When set, POST with this value, then raise it to jobs_submitted with
     # PUT /datasets/{id}/jobs_submitted (an admin-only, transactional route).
     initial_jobs_submitted: int | None = None
+    # POST /datasets ``auth_groups_read``; None = the server default ['users']. The read ACL
+    # becomes {admin, group} | auth_groups_read, plus the submitting user.
+    auth_groups_read: tuple[str, ...] | None = None
+
+    @property
+    def readable_by_users(self) -> bool:
+        """Whether group ``users`` (every /institutions/IceCube... member) may read it."""
+        groups = ("users",) if self.auth_groups_read is None else self.auth_groups_read
+        return self.group == "users" or "users" in groups
 
     @property
     def tasks_per_job(self) -> int:
@@ -168,6 +178,16 @@ SCENARIO = Scenario(
                 Job("complete", (T("complete", 2.75, 0.5), T("complete", 1.25))),
             ),
         ),
+        Dataset(
+            key="sim_restricted", description="IceTop 21500 (simprod only)", group="simprod",
+            username="frank", status="processing", priority=0.25, jobs_submitted=4,
+            task_defs=(GENERATE, RECO_GPU), auth_groups_read=(),
+            jobs=(
+                Job("complete", (T("complete", 0.625), T("complete", 0.75, 0.25))),
+                Job("processing", (T("complete", 0.375), T("queued"))),
+                Job("processing", (T("processing"), T("idle"))),
+            ),
+        ),
     ),
     grids=(
         Grid(host="npx.icecube.wisc.edu", queues={"npx": "condor"}, version="3.2.43"),
@@ -199,4 +219,5 @@ def validate(scenario: Scenario = SCENARIO) -> None:
     assert any(d.truncated for d in scenario.datasets)
     assert any(td.gpu for d in scenario.datasets for td in d.task_defs)
     assert any(d.jobs_submitted > len(d.jobs) for d in scenario.datasets)
+    assert any(not d.readable_by_users and d.status != "complete" for d in scenario.datasets)
     assert len(scenario.grids) >= 2

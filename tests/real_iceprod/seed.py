@@ -104,16 +104,24 @@ def _move_task(api: _Api, dataset_id: str, task: Task, task_id: str) -> None:
         })
 
 
-def _seed_dataset(api: _Api, ds: Dataset, admin_token: Token) -> SeededDataset:
+def dataset_post_body(ds: Dataset) -> dict[str, Any]:
+    """The POST /datasets body for ``ds`` (also used to load the simulator's Store)."""
     posted_jobs = ds.initial_jobs_submitted or ds.jobs_submitted
-    dataset_id = api.call("POST", "/datasets", {
+    body: dict[str, Any] = {
         "description": ds.description,
         "jobs_submitted": posted_jobs,
         "tasks_submitted": posted_jobs * ds.tasks_per_job,
         "tasks_per_job": ds.tasks_per_job,
         "group": ds.group,
         "username": ds.username,
-    })["result"]
+    }
+    if ds.auth_groups_read is not None:
+        body["auth_groups_read"] = list(ds.auth_groups_read)
+    return body
+
+
+def _seed_dataset(api: _Api, ds: Dataset, admin_token: Token) -> SeededDataset:
+    dataset_id = api.call("POST", "/datasets", dataset_post_body(ds))["result"]
     base = f"/datasets/{dataset_id}"
     if ds.initial_jobs_submitted is not None:
         # Only roles admin/user may call this route; a system token gets 403.
