@@ -9,7 +9,8 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterable
 from typing import Any, TypeVar
 
-from .states import DATASET_STATUS, JOB_STATUS, TASK_STATUS, sort_by_status
+from ..snapshot import DATASET_STATUSES, JOB_STATUSES, TASK_STATUSES
+from .states import sort_by_status
 from .store import Doc, Store
 
 _MISSING = object()
@@ -92,13 +93,13 @@ def dataset_summaries(store: Store, readable: Callable[[str], bool]) -> dict[str
     for doc in store.datasets.values():
         if readable(doc["dataset_id"]):
             ret[doc["status"]].append(doc["dataset_id"])
-    return sort_by_status(ret, DATASET_STATUS)
+    return sort_by_status(ret, DATASET_STATUSES)
 
 
 def job_counts(store: Store, dataset_id: str) -> dict[str, int]:
     """GET /datasets/{id}/job_counts/status."""
     counts = Counter(job["status"] for job in store.jobs_of(dataset_id))
-    return sort_by_status(counts, JOB_STATUS)
+    return sort_by_status(counts, JOB_STATUSES)
 
 
 def task_counts(
@@ -111,7 +112,7 @@ def task_counts(
         if (statuses is None or task["status"] in statuses)
         and (gpu is None or _gpu_matches(task, gpu))
     )
-    return sort_by_status(counts, TASK_STATUS)
+    return sort_by_status(counts, TASK_STATUSES)
 
 
 def name_status_counts(store: Store, dataset_id: str) -> dict[str, dict[str, int]]:

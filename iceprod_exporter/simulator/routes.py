@@ -9,8 +9,9 @@ from typing import Any
 from tornado.web import HTTPError
 from wipac_dev_tools import strtobool
 
+from ..snapshot import DATASET_STATUSES, TASK_STATUSES
 from . import queries
-from .states import DATASET_STATUS, TASK_STATUS, unknown
+from .states import unknown
 from .store import Doc, Store
 
 ALL_ROLES = ("admin", "user", "system")
@@ -78,7 +79,7 @@ def _datasets(call: Call) -> dict[str, Any]:
     keys = _pipe_list(call, "keys")
     return queries.list_datasets(
         call.store,
-        statuses=_status_filter(call, DATASET_STATUS, "unknown status"),
+        statuses=_status_filter(call, DATASET_STATUSES, "unknown status"),
         groups=_pipe_list(call, "groups"),
         users=_pipe_list(call, "users"),
         keys=[k for k in keys if k] if keys else None,
@@ -105,7 +106,7 @@ def _dataset_task_counts(call: Call) -> dict[str, Any]:
     """GET /datasets/{dataset_id}/task_counts/status."""
     return queries.task_counts(
         call.store.tasks_of(call.path["dataset_id"]),
-        _status_filter(call, TASK_STATUS, "Unknown task status"),
+        _status_filter(call, TASK_STATUSES, "Unknown task status"),
         _gpu_filter(call),
     )
 
@@ -114,7 +115,7 @@ def _task_counts(call: Call) -> dict[str, Any]:
     """GET /task_counts/status (every task)."""
     return queries.task_counts(
         call.store.tasks.values(),
-        _status_filter(call, TASK_STATUS, "Unknown task status"),
+        _status_filter(call, TASK_STATUSES, "Unknown task status"),
         _gpu_filter(call),
     )
 

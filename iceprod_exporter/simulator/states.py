@@ -1,21 +1,9 @@
-"""Status values of IceProd 3.2.43 (iceprod/server/states.py), in the order responses sort them."""
+"""Status ordering as IceProd 3.2.43 sorts responses (the status lists live in snapshot.py)."""
 
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TypeVar
 
 V = TypeVar("V")
-
-DATASET_STATUS: tuple[str, ...] = ("processing", "suspended", "errors", "complete")
-JOB_STATUS: tuple[str, ...] = ("processing", "suspended", "errors", "complete")
-TASK_STATUS: tuple[str, ...] = (
-    "idle",
-    "waiting",
-    "queued",
-    "processing",
-    "suspended",
-    "failed",
-    "complete",
-)
 
 
 def sort_by_status(values: Mapping[str, V], order: Sequence[str]) -> dict[str, V]:
