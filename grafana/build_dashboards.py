@@ -8,6 +8,12 @@ tests/test_dashboards.py fails when the committed JSON differs from what this sc
 and checks every query against the exporter's metric table (iceprod_exporter/metrics.py) and
 the recording rules (deploy/prometheus/recording.yaml). Keeping the layout in code gives every
 panel a datasource of ``${datasource}``, a unique id and a gridPos without hand bookkeeping.
+
+Every query of IceProd's state is HA- and shard-safe: a raw per-dataset (or IceProd-wide) series
+is first reduced to one copy with :func:`one_copy` (``max without (instance, pod)``) or another
+``max``/``topk`` before anything sums it, so two identical replicas count once and shards add up.
+tests/test_dashboards.py checks this for every query. The exporter's own metrics stay per
+instance (legend ``{{instance}}``) where a slow or failing replica must stand out.
 """
 
 from __future__ import annotations
@@ -36,6 +42,18 @@ DATASET_LINK = {
 }
 
 Json = dict[str, Any]
+
+#: target labels that tell two copies of a series apart (HA replicas; shards use them too)
+REPLICA_LABELS = "instance, pod"
+
+
+def one_copy(selector: str) -> str:
+    """One copy of a series exported by identical replicas and/or by several shards.
+
+    Copies from HA replicas differ only in ``instance`` and ``pod``; shards export disjoint
+    datasets (``dataset`` is unique across shards), so ``max`` keeps every dataset once.
+    """
+    return f"max without ({REPLICA_LABELS}) ({selector})"
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -292,7 +310,15 @@ def dashboard(
 # ---------------------------------------------------------------------------- overview
 
 PROCESSING = 'max by (dataset) (iceprod_dataset_status{status="processing"}) == 1'
-INFO_JOIN = "* on (dataset) group_left (description, group, username) iceprod_dataset_info"
+#: seconds without a grid report: late (several missed reports), and IceProdGridSilent's threshold
+GRID_LATE = 600
+GRID_SILENT = 3600
+#: dataset metadata joined onto a per-dataset result; topk keeps one series per dataset even
+#: while two replicas (or an old and a new shard) briefly disagree about the description
+INFO_JOIN = (
+    "* on (dataset) group_left (description, group, username)\n"
+    "topk by (dataset) (1, iceprod_dataset_info)"
+)
 
 
 def overview() -> Json:
@@ -300,9 +326,9 @@ def overview() -> Json:
     attention = (
         "(\n"
         "  (\n"
-        '    sum by (dataset) (iceprod_dataset_tasks{status="failed"})\n'
-        "    * on (dataset) group_left (status) (max by (dataset, status) "
-        "(iceprod_dataset_status) == 1)\n"
+        '    sum by (dataset) (dataset:dataset_tasks:sum_by_status{status="failed"})\n'
+        "    * on (dataset) group_left (status)\n"
+        "    topk by (dataset) (1, max by (dataset, status) (iceprod_dataset_status) == 1)\n"
         "  )\n"
         "  and on (dataset)\n"
         "  (\n"
@@ -313,7 +339,7 @@ def overview() -> Json:
         "      (\n"
         "        (dataset:dataset_tasks_completed:deriv1h == 0)\n"
         "        and on (dataset) (sum by (dataset) "
-        '(iceprod_dataset_tasks{status=~"idle|waiting|queued|processing"}) > 0)\n'
+        '(dataset:dataset_tasks:sum_by_status{status=~"idle|waiting|queued|processing"}) > 0)\n'
         f"        and on (dataset) ({PROCESSING})\n"
         "      )\n"
         "  )\n"
@@ -321,10 +347,11 @@ def overview() -> Json:
         f"{INFO_JOIN}"
     )
     processing_only = f"and on (dataset) ({PROCESSING})"
+    jobs_complete = one_copy('iceprod_dataset_jobs{status="complete"}')
     progress_columns = [
         Target(
-            'sum by (dataset) (iceprod_dataset_jobs{status="complete"})\n'
-            "/ on (dataset) (sum by (dataset) (iceprod_dataset_jobs_submitted) > 0)\n"
+            f"sum by (dataset) ({jobs_complete})\n"
+            "/ on (dataset) (max by (dataset) (iceprod_dataset_jobs_submitted) > 0)\n"
             f"{processing_only}",
             instant=True,
             table=True,
@@ -376,7 +403,7 @@ def overview() -> Json:
             "stat",
             "Datasets by status",
             "Datasets in IceProd by status (iceprod_datasets).",
-            [Target("sum by (status) (iceprod_datasets)", "{{status}}")],
+            [Target(f"sum by (status) ({one_copy('iceprod_datasets')})", "{{status}}")],
             width=8,
             height=5,
             defaults={"color": {"mode": "fixed", "fixedColor": "blue"}},
@@ -501,6 +528,58 @@ def overview() -> Json:
                 },
             ],
         ),
+        Row("Grids"),
+        Panel(
+            "table",
+            "Grids",
+            "Grids (HTCondor submit sites) registered with IceProd, the longest silent first: "
+            "host, IceProd version, and the time since the grid last reported (its daemon "
+            "PATCHes last_update regularly). Orange after 10 minutes (several missed reports), "
+            "red after 1 hour (IceProdGridSilent fires when that lasts 15 minutes more). From "
+            "GET /grids, read by shard 0; empty when the exporter's token may not read /grids.",
+            [
+                Target(
+                    "max by (grid, host, version) (iceprod_grid_info)", instant=True, table=True
+                ),
+                Target(
+                    "time() - max by (grid) (iceprod_grid_last_update_timestamp_seconds)",
+                    instant=True,
+                    table=True,
+                ),
+            ],
+            width=24,
+            height=7,
+            overrides=[
+                {
+                    "matcher": {"id": "byName", "options": "Silent for"},
+                    "properties": [
+                        {"id": "unit", "value": "s"},
+                        {"id": "custom.cellOptions", "value": {"type": "color-background"}},
+                        {
+                            "id": "thresholds",
+                            "value": thresholds(
+                                (None, "green"), (GRID_LATE, "orange"), (GRID_SILENT, "red")
+                            )["thresholds"],
+                        },
+                    ],
+                }
+            ],
+            transformations=[
+                {"id": "merge", "options": {}},
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True, "Value #A": True},
+                        "indexByName": {"grid": 0, "host": 1, "version": 2, "Value #B": 3},
+                        "renameByName": {"Value #B": "Silent for"},
+                    },
+                },
+                {
+                    "id": "sortBy",
+                    "options": {"sort": [{"field": "Silent for", "desc": True}]},
+                },
+            ],
+        ),
     ]
     return dashboard(
         OVERVIEW_UID,
@@ -537,6 +616,14 @@ def _unit(field_name: str, unit: str) -> Json:
 
 D = 'dataset="$dataset"'
 DT = 'dataset="$dataset", task_name=~"$task_name"'
+COMPLETE = 'status="complete"'
+FAILED = 'status="failed"'
+TO_RUN = 'status=~"idle|waiting|queued|processing"'
+
+
+def one(metric: str, *matchers: str) -> str:
+    """One copy (see :func:`one_copy`) of ``metric{matchers}``."""
+    return one_copy(f"{metric}{{{', '.join(matchers)}}}")
 
 
 def dataset_board() -> Json:
@@ -569,7 +656,12 @@ def dataset_board() -> Json:
             "stat",
             "Description",
             "Description, group and submitting user (iceprod_dataset_info).",
-            [Target(f"iceprod_dataset_info{{{D}}}", "{{description}} ({{group}}, {{username}})")],
+            [
+                Target(
+                    f"topk(1, iceprod_dataset_info{{{D}}})",
+                    "{{description}} ({{group}}, {{username}})",
+                )
+            ],
             width=8,
             height=4,
             options={"textMode": "name", "colorMode": "none"},
@@ -601,7 +693,7 @@ def dataset_board() -> Json:
             [
                 Target(
                     f"max(iceprod_dataset_jobs_submitted{{{D}}})\n"
-                    f"- sum(iceprod_dataset_jobs{{{D}}})",
+                    f"- sum({one('iceprod_dataset_jobs', D)})",
                     "not materialized",
                 )
             ],
@@ -635,7 +727,7 @@ def dataset_board() -> Json:
             "Complete jobs over jobs submitted.",
             [
                 Target(
-                    f'sum(iceprod_dataset_jobs{{{D}, status="complete"}})\n'
+                    f"sum({one('iceprod_dataset_jobs', D, COMPLETE)})\n"
                     f"/ (max(iceprod_dataset_jobs_submitted{{{D}}}) > 0)",
                     "jobs",
                 )
@@ -651,7 +743,7 @@ def dataset_board() -> Json:
             "Complete tasks over tasks submitted.",
             [
                 Target(
-                    f'sum(iceprod_dataset_tasks{{{D}, status="complete"}})\n'
+                    f"sum({one('iceprod_dataset_tasks', D, COMPLETE)})\n"
                     f"/ (max(iceprod_dataset_tasks_submitted{{{D}}}) > 0)",
                     "tasks",
                 )
@@ -696,13 +788,13 @@ def dataset_board() -> Json:
             "timeseries",
             "Tasks by status",
             "Tasks of the selected task names by status.",
-            [Target(f"sum by (status) (iceprod_dataset_tasks{{{DT}}})", "{{status}}")],
+            [Target(f"sum by (status) ({one('iceprod_dataset_tasks', DT)})", "{{status}}")],
         ),
         Panel(
             "timeseries",
             "Jobs by status",
             "Materialized jobs by status.",
-            [Target(f"sum by (status) (iceprod_dataset_jobs{{{D}}})", "{{status}}")],
+            [Target(f"sum by (status) ({one('iceprod_dataset_jobs', D)})", "{{status}}")],
         ),
         Panel(
             "table",
@@ -710,7 +802,7 @@ def dataset_board() -> Json:
             "Current task counts: one row per task name, one column per status.",
             [
                 Target(
-                    f"sum by (task_name, status) (iceprod_dataset_tasks{{{DT}}})",
+                    f"sum by (task_name, status) ({one('iceprod_dataset_tasks', DT)})",
                     instant=True,
                     table=True,
                 )
@@ -751,9 +843,9 @@ def dataset_board() -> Json:
             "Per task name: slope of the complete count over the last hour.",
             [
                 Target(
-                    "sum by (task_name) (clamp_min(deriv(\n"
+                    f"sum by (task_name) (max without ({REPLICA_LABELS}) (clamp_min(deriv(\n"
                     f'  iceprod_dataset_tasks{{{DT}, status="complete"}}[1h]\n'
-                    "), 0)) * 3600",
+                    "), 0))) * 3600",
                     "{{task_name}}",
                 )
             ],
@@ -766,7 +858,7 @@ def dataset_board() -> Json:
             "Tasks in status failed (a failed task has used up its retries).",
             [
                 Target(
-                    f'sum by (task_name) (iceprod_dataset_tasks{{{DT}, status="failed"}})',
+                    f"sum by (task_name) ({one('iceprod_dataset_tasks', DT, FAILED)})",
                     "{{task_name}}",
                 )
             ],
@@ -778,9 +870,9 @@ def dataset_board() -> Json:
             "failed / (failed + complete) per task name.",
             [
                 Target(
-                    f'sum by (task_name) (iceprod_dataset_tasks{{{DT}, status="failed"}})\n'
+                    f"sum by (task_name) ({one('iceprod_dataset_tasks', DT, FAILED)})\n"
                     "/ (sum by (task_name) "
-                    f'(iceprod_dataset_tasks{{{DT}, status=~"failed|complete"}}) > 0)',
+                    f"""({one("iceprod_dataset_tasks", DT, 'status=~"failed|complete"')}) > 0)""",
                     "{{task_name}}",
                 )
             ],
@@ -796,7 +888,7 @@ def dataset_board() -> Json:
             "task_stats_interval).",
             [
                 Target(
-                    f"iceprod_dataset_task_walltime_mean_seconds{{{DT}}}",
+                    f"max by (task_name) (iceprod_dataset_task_walltime_mean_seconds{{{DT}}})",
                     "{{task_name}}",
                 )
             ],
@@ -808,7 +900,12 @@ def dataset_board() -> Json:
             "Efficiency",
             "Good walltime over all walltime of complete tasks (time lost to failed attempts "
             "lowers it).",
-            [Target(f"iceprod_dataset_task_efficiency_ratio{{{DT}}}", "{{task_name}}")],
+            [
+                Target(
+                    f"max by (task_name) (iceprod_dataset_task_efficiency_ratio{{{DT}}})",
+                    "{{task_name}}",
+                )
+            ],
             width=8,
             unit="percentunit",
             defaults={"min": 0, "max": 1},
@@ -818,9 +915,12 @@ def dataset_board() -> Json:
             "Walltime used",
             "Walltime of complete tasks, and walltime lost to failed attempts of those tasks.",
             [
-                Target(f"sum(iceprod_dataset_task_walltime_complete_seconds{{{DT}}})", "complete"),
                 Target(
-                    f"sum(iceprod_dataset_task_walltime_error_seconds{{{DT}}})",
+                    f"sum({one('iceprod_dataset_task_walltime_complete_seconds', DT)})",
+                    "complete",
+                ),
+                Target(
+                    f"sum({one('iceprod_dataset_task_walltime_error_seconds', DT)})",
                     "lost to failures",
                 ),
             ],
@@ -832,21 +932,14 @@ def dataset_board() -> Json:
             "Walltime per task name",
             "Walltime statistics of complete tasks.",
             [
-                Target(
-                    f"iceprod_dataset_task_walltime_mean_seconds{{{DT}}}", instant=True, table=True
-                ),
-                Target(
-                    f"iceprod_dataset_task_walltime_stddev_seconds{{{DT}}}",
-                    instant=True,
-                    table=True,
-                ),
-                Target(
-                    f"iceprod_dataset_task_walltime_min_seconds{{{DT}}}", instant=True, table=True
-                ),
-                Target(
-                    f"iceprod_dataset_task_walltime_max_seconds{{{DT}}}", instant=True, table=True
-                ),
-                Target(f"iceprod_dataset_task_efficiency_ratio{{{DT}}}", instant=True, table=True),
+                Target(f"max by (task_name) ({metric}{{{DT}}})", instant=True, table=True)
+                for metric in (
+                    "iceprod_dataset_task_walltime_mean_seconds",
+                    "iceprod_dataset_task_walltime_stddev_seconds",
+                    "iceprod_dataset_task_walltime_min_seconds",
+                    "iceprod_dataset_task_walltime_max_seconds",
+                    "iceprod_dataset_task_efficiency_ratio",
+                )
             ],
             width=16,
             height=7,
@@ -877,8 +970,7 @@ def dataset_board() -> Json:
             [
                 Target(
                     "sum(\n"
-                    "  sum by (dataset, task_name) (iceprod_dataset_tasks{"
-                    f'{DT}, status=~"idle|waiting|queued|processing"}})\n'
+                    f"  sum by (dataset, task_name) ({one('iceprod_dataset_tasks', DT, TO_RUN)})\n"
                     "  * on (dataset, task_name)\n"
                     f"  max by (dataset, task_name) (iceprod_dataset_task_walltime_mean_seconds"
                     f"{{{DT}}})\n"
@@ -959,11 +1051,18 @@ def exporter_board() -> Json:
         Panel(
             "stat",
             "Datasets watched",
-            "Datasets whose counts the exporter polls, and datasets whose routes answer 403 to "
-            "its token.",
+            "Per exporter instance: datasets whose counts it polls, and datasets whose routes "
+            "answer 403 to its token. Shards split the datasets between them; HA replicas each "
+            "watch the same ones.",
             [
-                Target(f"sum(iceprod_exporter_datasets_watched{{{I_}}})", "watched"),
-                Target(f"sum(iceprod_exporter_forbidden_datasets{{{I_}}})", "forbidden"),
+                Target(
+                    f"sum by (instance) (iceprod_exporter_datasets_watched{{{I_}}})",
+                    "watched {{instance}}",
+                ),
+                Target(
+                    f"sum by (instance) (iceprod_exporter_forbidden_datasets{{{I_}}})",
+                    "forbidden {{instance}}",
+                ),
             ],
             width=6,
             height=5,
@@ -1003,38 +1102,40 @@ def exporter_board() -> Json:
         Panel(
             "timeseries",
             "Poll duration",
-            "Duration of poll cycles (quantiles from iceprod_exporter_poll_duration_seconds) "
-            "and failed polls per minute.",
+            "Per exporter instance (a slow shard or replica stands out): duration of poll "
+            "cycles (quantiles from iceprod_exporter_poll_duration_seconds) and failed polls "
+            "per minute.",
             [
                 Target(
-                    "histogram_quantile(0.5, sum by (le) "
+                    "histogram_quantile(0.5, sum by (instance, le) "
                     f"(rate(iceprod_exporter_poll_duration_seconds_bucket{{{I_}}}"
                     "[$__rate_interval])))",
-                    "p50",
+                    "p50 {{instance}}",
                 ),
                 Target(
-                    "histogram_quantile(0.95, sum by (le) "
+                    "histogram_quantile(0.95, sum by (instance, le) "
                     f"(rate(iceprod_exporter_poll_duration_seconds_bucket{{{I_}}}"
                     "[$__rate_interval])))",
-                    "p95",
+                    "p95 {{instance}}",
                 ),
                 Target(
-                    f"sum(rate(iceprod_exporter_poll_duration_seconds_sum{{{I_}}}"
+                    f"sum by (instance) (rate(iceprod_exporter_poll_duration_seconds_sum{{{I_}}}"
                     "[$__rate_interval]))\n"
-                    f"/ sum(rate(iceprod_exporter_poll_duration_seconds_count{{{I_}}}"
+                    "/ sum by (instance) "
+                    f"(rate(iceprod_exporter_poll_duration_seconds_count{{{I_}}}"
                     "[$__rate_interval]))",
-                    "mean",
+                    "mean {{instance}}",
                 ),
                 Target(
-                    f"sum(rate(iceprod_exporter_poll_failures_total{{{I_}}}"
+                    f"sum by (instance) (rate(iceprod_exporter_poll_failures_total{{{I_}}}"
                     "[$__rate_interval])) * 60",
-                    "failed polls / min",
+                    "failed polls / min {{instance}}",
                 ),
             ],
             unit="s",
             overrides=[
                 {
-                    "matcher": {"id": "byName", "options": "failed polls / min"},
+                    "matcher": {"id": "byRegexp", "options": "^failed polls / min"},
                     "properties": [
                         {"id": "unit", "value": "short"},
                         {"id": "custom.axisPlacement", "value": "right"},
@@ -1136,6 +1237,23 @@ def exporter_board() -> Json:
                 )
             ],
             width=8,
+        ),
+        Panel(
+            "timeseries",
+            "Permission denied by endpoint",
+            "403 answers in the last poll, by endpoint template and exporter instance: routes "
+            "the token may not read. A permission problem, not an outage: /grids needs the "
+            "iceprod-system role (or admin group), per-dataset routes need read access to the "
+            "dataset. IceProdExporterPermissionDenied fires when a route keeps answering 403 "
+            "for 30 minutes.",
+            [
+                Target(
+                    f"max by (instance, endpoint) (iceprod_exporter_permission_denied{{{I_}}})",
+                    "{{endpoint}} {{instance}}",
+                )
+            ],
+            width=16,
+            defaults={"min": 0, "decimals": 0},
         ),
         Row("Token"),
         Panel(

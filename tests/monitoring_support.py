@@ -9,6 +9,8 @@
   labels and function calls of an expression, so that dashboards and rules can be checked
   against the metric table (:data:`iceprod_exporter.metrics.SPECS`) without a server.
 * The dashboards' Grafana variables are substituted by :func:`substitute`.
+* :func:`replica_problems` finds raw IceProd series that are summed (or shown) without first
+  being reduced to one copy per HA replica.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from iceprod_exporter.metrics import SPECS, Kind
+from iceprod_exporter.metrics import SPECS, Group, Kind
 from iceprod_exporter.snapshot import DATASET_STATUSES, JOB_STATUSES, TASK_STATUSES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -350,6 +352,22 @@ def prom_query(prometheus_url: str, expr: str, at: float | None = None) -> list[
 
 #: labels Prometheus adds to every scraped series (job, instance) plus the histogram bucket label
 TARGET_LABELS = frozenset({"job", "instance"})
+#: target labels that tell the copies of one series from HA replicas apart: `instance`, and `pod`
+#: under Kubernetes service discovery (the ServiceMonitor). Rules and dashboards may name them in
+#: grouping clauses (`max without (instance, pod)`) though a plain scrape config has no `pod`.
+REPLICA_LABELS = frozenset({"instance", "pod"})
+#: metrics of the IceProd group that describe one exporter instance, not IceProd's state: every
+#: replica has its own value, and they are meant to be read per instance
+PER_INSTANCE = frozenset({"iceprod_up", "iceprod_exporter_last_successful_poll_timestamp_seconds"})
+#: IceProd's state: identical replicas export identical copies of these (differing only in the
+#: REPLICA_LABELS), so a query must reduce them to one copy before it sums or shows them
+REPLICATED = frozenset(
+    spec.name
+    for spec in SPECS
+    if spec.group is not Group.EXPORTER and spec.name not in PER_INSTANCE
+)
+#: aggregations that keep one copy of identical series (when they do not group by a replica label)
+DEDUPLICATING = frozenset({"max", "min", "topk", "bottomk", "group"})
 
 #: reason values of iceprod_exporter_api_request_failures_total
 API_FAILURE_REASONS = frozenset(
@@ -694,9 +712,89 @@ def check_expression(expr: str, known: Mapping[str, MetricInfo]) -> list[str]:
             problems.append(f"{sel.function}() of {sel.name}, a {info.kind} (in {expr!r})")
         if sel.function == "histogram_quantile" and info.kind != "bucket":
             problems.append(f"histogram_quantile() of {sel.name}, not a _bucket (in {expr!r})")
-    unknown = scanned.grouping_labels - used_labels - TARGET_LABELS
+    unknown = scanned.grouping_labels - used_labels - TARGET_LABELS - REPLICA_LABELS
     if unknown:
         problems.append(f"grouping by {sorted(unknown)}, labels of no metric in {expr!r}")
+    return problems
+
+
+def replica_problems(expr: str) -> list[str]:
+    """Raw IceProd series (:data:`REPLICATED`) not reduced to one copy per HA replica.
+
+    Every selector of such a series must have, as its innermost enclosing aggregation, one of
+    :data:`DEDUPLICATING` that does not keep a replica label: ``max without (instance, pod)``,
+    ``max by (dataset)``, ``topk by (grid) (1, ...)``, ``max(...)``. Functions in between are fine
+    (``max without (instance, pod) (deriv(x[1h]))``). A ``sum``/``count``/``avg`` first, or no
+    aggregation at all, counts or shows every replica's copy. Only the prefix form of an
+    aggregation (``sum by (x) (...)``) is understood, which is the form used throughout.
+    """
+    try:
+        tokens = _tokens(expr)
+    except ValueError as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    # one entry per open "(": (aggregation, "by"/"without"/None, its labels) or None
+    stack: list[tuple[str, str | None, frozenset[str]] | None] = []
+    pending: tuple[str, str | None, frozenset[str]] | None = None
+    i = 0
+
+    def labels_at(j: int) -> tuple[frozenset[str], int]:
+        """The label list starting at the "(" at j, and the index after its ")"."""
+        found = set()
+        j += 1
+        while tokens[j][1] != ")":
+            if tokens[j][0] == "ident":
+                found.add(tokens[j][1])
+            j += 1
+        return frozenset(found), j + 1
+
+    while i < len(tokens):
+        kind, text = tokens[i]
+        following = tokens[i + 1][1] if i + 1 < len(tokens) else ""
+        if kind == "ident" and text in AGGREGATIONS and following in ("(", "by", "without"):
+            i += 1
+            mode: str | None = None
+            labels: frozenset[str] = frozenset()
+            if tokens[i][1] in ("by", "without"):
+                mode = tokens[i][1]
+                labels, i = labels_at(i + 1)
+            pending = (text, mode, labels)
+            continue
+        if kind == "ident" and text in GROUPING:
+            i += 1
+            if following == "(":
+                _, i = labels_at(i)
+            continue
+        if kind == "ident" and (following == "(" or text.lower() in KEYWORDS):
+            # a function's name (its "(" opens no aggregation), or and/or/unless/offset/bool
+            i += 1
+            continue
+        if kind == "op" and text == "(":
+            stack.append(pending)
+            pending = None
+        elif kind == "op" and text == ")":
+            if stack:
+                stack.pop()
+        elif kind == "op" and text == "[":
+            while tokens[i][1] != "]":
+                i += 1
+        elif kind == "op" and text == "{":
+            while tokens[i][1] != "}":
+                i += 1
+        elif kind == "ident" and text in REPLICATED:
+            enclosing = next((s for s in reversed(stack) if s is not None), None)
+            if enclosing is None:
+                problems.append(f"{text} is not reduced to one copy per replica in {expr!r}")
+            else:
+                name, mode, labels = enclosing
+                kept = labels & REPLICA_LABELS if mode == "by" else REPLICA_LABELS - labels
+                keeps_replicas = mode is not None and bool(kept)
+                if name not in DEDUPLICATING or keeps_replicas:
+                    problems.append(
+                        f"{text} goes through {name} {mode or ''} ({', '.join(sorted(labels))}) "
+                        f"before one copy per replica is kept, in {expr!r}"
+                    )
+        i += 1
     return problems
 
 

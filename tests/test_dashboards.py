@@ -30,6 +30,7 @@ from .monitoring_support import (
     load_dashboards,
     load_rules,
     panels,
+    replica_problems,
     scan,
     substitute,
     targets,
@@ -193,6 +194,99 @@ def test_every_query_uses_only_metrics_and_labels_of_the_contract(name: str) -> 
     assert problems == []
 
 
+@pytest.mark.parametrize("name", sorted(UIDS))
+def test_every_query_counts_each_replica_once(name: str) -> None:
+    """HA and sharding: raw IceProd series are reduced to one copy before they are summed."""
+    problems = [
+        f"{panel['title']} [{target['refId']}]: {problem}"
+        for panel, target in targets(DASHBOARDS[name])
+        for problem in replica_problems(substitute(target["expr"], VALUES))
+    ]
+    assert problems == [], "wrap the series in one_copy() (max without (instance, pod))"
+
+
+@pytest.mark.parametrize(
+    ("expr", "double_counts"),
+    [
+        ("sum by (status) (iceprod_dataset_tasks)", True),
+        ("sum by (status) (max without (instance) (iceprod_dataset_tasks))", True),
+        ('iceprod_dataset_info{dataset="1"}', True),
+        ("max by (instance, dataset) (iceprod_dataset_jobs)", True),
+        ("max(sum by (dataset) (iceprod_dataset_jobs))", True),
+        ("sum(clamp_min(deriv(iceprod_dataset_tasks[1h]), 0))", True),
+        ("sum by (status) (max without (instance, pod) (iceprod_dataset_tasks))", False),
+        (
+            "sum(max without (instance, pod) (clamp_min(deriv(iceprod_dataset_tasks[1h]), 0)))",
+            False,
+        ),
+        ("x * on (grid) group_left (host) topk by (grid) (1, iceprod_grid_info)", False),
+        ("max by (dataset) (iceprod_dataset_status) == 1", False),
+        # the exporter's own metrics are per replica on purpose
+        ("min(iceprod_up)", False),
+        ("sum(rate(iceprod_exporter_api_requests_total[5m]))", False),
+    ],
+)
+def test_the_replica_check_catches_double_counting(expr: str, double_counts: bool) -> None:
+    assert bool(replica_problems(expr)) is double_counts, replica_problems(expr)
+
+
+def test_exporter_health_stays_per_instance() -> None:
+    """One slow or failing replica (or shard) must stand out, not be averaged away."""
+    per_instance = (
+        "iceprod_up",
+        "iceprod_exporter_last_successful_poll_timestamp_seconds",
+        "iceprod_exporter_poll_duration_seconds",
+        "iceprod_exporter_poll_failures_total",
+        "iceprod_exporter_datasets_watched",
+        "iceprod_exporter_forbidden_datasets",
+        "iceprod_exporter_permission_denied",
+    )
+    checked = 0
+    for panel, target in targets(DASHBOARDS["iceprod-exporter.json"]):
+        if not any(metric in target["expr"] for metric in per_instance):
+            continue
+        checked += 1
+        scanned = scan(substitute(target["expr"], VALUES))
+        where = f"{panel['title']} [{target['refId']}]"
+        assert "{{instance}}" in target["legendFormat"], where
+        assert not scanned.aggregations or "instance" in scanned.by_labels, where
+    assert checked >= 10
+
+
+def test_grids_table_shows_the_silence_sorted_with_the_alert_threshold() -> None:
+    (panel,) = [
+        p
+        for p in panels(DASHBOARDS["iceprod-overview.json"])
+        if p["title"] == "Grids" and p["type"] == "table"
+    ]
+    exprs = [t["expr"] for t in panel["targets"]]
+    assert any("iceprod_grid_info" in e and "host" in e and "version" in e for e in exprs)
+    assert any(
+        e.startswith("time() - ") and "iceprod_grid_last_update_timestamp_seconds" in e
+        for e in exprs
+    )
+    transformations = {t["id"]: t["options"] for t in panel["transformations"]}
+    assert transformations["sortBy"]["sort"] == [{"field": "Silent for", "desc": True}]
+    renamed = transformations["organize"]["renameByName"]
+    assert "Silent for" in renamed.values()
+    (override,) = [
+        o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["options"] == "Silent for"
+    ]
+    properties = {p["id"]: p["value"] for p in override["properties"]}
+    assert properties["unit"] == "s"
+    colours = [step["color"] for step in properties["thresholds"]["steps"]]
+    steps = [step["value"] for step in properties["thresholds"]["steps"]]
+    assert colours == ["green", "orange", "red"]
+    assert steps[0] is None and 0 < steps[1] < steps[2]
+    # red where IceProdGridSilent starts counting its `for:`
+    (rule,) = [
+        r
+        for r in load_rules(PROMETHEUS_DIR / "alerts.yaml")
+        if r.get("alert") == "IceProdGridSilent"
+    ]
+    assert f"> {steps[-1]})" in rule["expr"], (steps, rule["expr"])
+
+
 def test_every_recording_rule_and_exporter_metric_is_on_a_dashboard() -> None:
     """New metrics need a panel (or a rule); recorded series nobody reads are dead code."""
     names: set[str] = set()
@@ -234,6 +328,7 @@ def test_exporter_dashboard_covers_health() -> None:
         "sum by (endpoint, le) (rate(iceprod_exporter_api_request_duration_seconds_bucket",
         "iceprod_exporter_token_expiry_timestamp_seconds",
         "sum by (reason) (increase(iceprod_exporter_token_refresh_failures_total",
+        "max by (instance, endpoint) (iceprod_exporter_permission_denied",
     ):
         assert needle in exprs, needle
 
@@ -248,6 +343,7 @@ def test_overview_and_dataset_dashboards_answer_their_questions() -> None:
         "Completion throughput",
         "Failure rate",
         "Datasets needing attention",
+        "Grids",
     } <= titles("iceprod-overview.json")
     assert {
         "Jobs complete",

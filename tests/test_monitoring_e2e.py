@@ -10,12 +10,19 @@ To run in seconds instead of minutes, the test changes two things in temporary c
 nothing else: every alert's ``for:`` becomes 1s, and Alertmanager's group_wait/group_interval
 become 1s. Scrapes and rule evaluation run every second and the exporter polls every second.
 
+High availability: Prometheus scrapes the exporter as two targets, labelled
+``pod="iceprod-exporter-a"`` and ``pod="iceprod-exporter-b"``, as the Prometheus Operator
+scrapes two replicas. Every series therefore exists twice, and every rule, alert and dashboard
+query below runs on that: totals must not double, alerts about IceProd's state must fire once.
+
 Scenarios: IceProd goes down (IceProdAPIDown fires, reaches the on-call receiver, resolves when
 it is back); IceProd answers 403 to everything (IceProdAPITokenRejected, likewise); a dataset
 goes into errors (IceProdDatasetErrors fires for that dataset, reaches
-the operators' receiver, resolves when the dataset is processing again). Then every PromQL
-query of every dashboard panel and variable, with Grafana's variables filled in as Grafana
-would, must return data from this Prometheus.
+the operators' receiver, resolves when the dataset is processing again); the simulated grid that
+stopped reporting an hour ago (IceProdGridSilent names grid and host, once, and resolves when it
+reports again); the token may not read one dataset (IceProdExporterPermissionDenied names the
+route while iceprod_up stays 1). Then every PromQL query of every dashboard panel and variable,
+with Grafana's variables filled in as Grafana would, must return data from this Prometheus.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import pytest
 import yaml
 
 from iceprod_exporter.simulator import OIDCIssuer, SimulatedIceProd, Simulation, build_store
+from iceprod_exporter.simulator.faults import DatasetFault
 from iceprod_exporter.simulator.store import Store
 
 from .monitoring_support import (
@@ -68,6 +76,8 @@ TOKEN_TTL = 30.0  # the exporter renews at half-life: a refresh happens ~15 s af
 ALERT_TIMEOUT = 45.0  # firing or resolving takes a few seconds; allow for a slow machine
 #: Grafana's built-in variables as a 6-hour dashboard at 1 s scrapes would set them
 RANGE_VALUES = {"__rate_interval": "1m", "__interval": "15s", "__range": "6h"}
+#: the exporter is scraped as two HA replicas, told apart by this target label
+REPLICAS = ("iceprod-exporter-a", "iceprod-exporter-b")
 
 
 # ---------------------------------------------------------------------------- webhook
@@ -178,6 +188,8 @@ class Stack:
     errors_dataset: str
     #: dataset number that stays processing; the dataset dashboard is evaluated for it
     watched_dataset: str
+    #: dataset number whose routes answer 403 when a test says so
+    forbidden_dataset: str
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query against the test's Prometheus."""
@@ -192,6 +204,14 @@ class Stack:
         ]
         tails = [s.log_tail(3000) for s in (self.exporter, self.prometheus, self.alertmanager)]
         return "\n".join(scrapes + tails)
+
+    def dataset_id(self, number: str) -> str:
+        """The dataset_id of a dataset number."""
+        with self.store.lock:
+            for dataset_id, doc in self.store.datasets.items():
+                if str(doc["dataset"]) == number:
+                    return str(dataset_id)
+        raise KeyError(number)
 
     def set_status(self, number: str, status: str) -> None:
         """Change a dataset's status in the simulated IceProd, as PUT .../status would."""
@@ -260,7 +280,13 @@ def _prometheus_config(path: Path, rules: list[Path], exporter: str, alertmanage
         "rule_files": [str(p) for p in rules],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
         "scrape_configs": [
-            {"job_name": EXPORTER_JOB, "static_configs": [{"targets": [exporter]}]},
+            {
+                "job_name": EXPORTER_JOB,
+                # the same exporter twice: two identical replicas, as Kubernetes would label them
+                "static_configs": [
+                    {"targets": [exporter], "labels": {"pod": pod}} for pod in REPLICAS
+                ],
+            },
         ],
     }
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -312,6 +338,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     store = build_store(datasets=4, seed=7)
     errors_dataset = _add_long_dataset(store, "e2e dataset driven into errors")
     watched_dataset = _add_long_dataset(store, "e2e dataset that keeps processing")
+    forbidden_dataset = _add_long_dataset(store, "e2e dataset the token may not read")
     issuer = OIDCIssuer(token_ttl=TOKEN_TTL)
     secret = secrets.token_urlsafe(24)
     issuer.register_client(CLIENT_ID, secret, SYSTEM_CLAIMS)
@@ -359,6 +386,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             webhook,
             errors_dataset,
             watched_dataset,
+            forbidden_dataset,
         )
         _warm_up(stack)
         yield stack
@@ -367,9 +395,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def _warm_up(stack: Stack) -> None:
     """Wait for scrapes, recorded series and a token refresh failure to be in Prometheus."""
     wait_for(
-        lambda: stack.query(f'up{{job="{EXPORTER_JOB}"}} == 1') and stack.query("iceprod_up == 1"),
+        lambda: (
+            len(stack.query(f'up{{job="{EXPORTER_JOB}"}} == 1')) == len(REPLICAS)
+            and len(stack.query("iceprod_up == 1")) == len(REPLICAS)
+        ),
         30,
-        "Prometheus to scrape the exporter with iceprod_up 1",
+        "Prometheus to scrape both replicas with iceprod_up 1",
         diagnose=stack.logs,
     )
     # The issuer refuses the next refresh (due at half the token's life), then recovers: the
@@ -495,6 +526,77 @@ def test_dataset_errors_alert_reaches_operators_and_resolves(stack: Stack) -> No
     _wait_alert(stack, "IceProdDatasetErrors", labels, "resolved", note.received)
 
 
+def test_replicas_are_counted_once(stack: Stack) -> None:
+    """Every series exists twice (two replicas); the recorded totals count each once."""
+    assert stack.query("count by (dataset, task_name, status) (iceprod_dataset_tasks) == 2")
+    assert stack.query("count by (dataset, task_name, status) (iceprod_dataset_tasks) != 2") == []
+    one = f'pod="{REPLICAS[0]}"'
+    for recorded, raw in (
+        ("iceprod:dataset_jobs:sum_by_status", f"iceprod_dataset_jobs{{{one}}}"),
+        ("iceprod:dataset_tasks:sum_by_status", f"iceprod_dataset_tasks{{{one}}}"),
+        ("dataset:dataset_tasks:sum_by_status", f"iceprod_dataset_tasks{{{one}}}"),
+    ):
+        # the replicas are scraped a moment apart and IceProd moves on: about 1, never 2
+        (ratio,) = stack.query(f"sum({recorded}) / sum({raw})")
+        assert 0.8 < float(ratio["value"][1]) < 1.25, (recorded, ratio)
+    (remaining,) = stack.query(
+        f'dataset:dataset_tasks_remaining:sum{{dataset="{stack.watched_dataset}"}}'
+    )
+    assert float(remaining["value"][1]) <= 4000, "tasks_submitted (4000) counted twice"
+
+
+def test_silent_grid_alert_names_grid_and_host_once_and_resolves(stack: Stack) -> None:
+    # build_store's last grid last reported an hour before the stack started
+    with stack.store.lock:
+        grid = min(stack.store.grids.values(), key=lambda g: g["last_update"])
+        grid_id, host = grid["grid_id"], grid["host"]
+    labels = {"grid": grid_id}
+    # it went silent before the test started: its first notification may be from the warm-up
+    note, alert = _wait_alert(stack, "IceProdGridSilent", labels, "firing", 0.0)
+    assert note.receiver == "iceprod-operators"
+    assert set(alert["labels"]) == {"alertname", "grid", "host", "severity"}
+    assert alert["labels"]["host"] == host
+    assert alert["labels"]["severity"] == "warning"
+    assert (
+        f"Grid {grid_id} on {host} last updated IceProd 1h" in alert["annotations"]["description"]
+    )
+    assert alert["annotations"]["dashboard_url"].endswith("/d/iceprod-overview/iceprod-overview")
+    # two replicas export the grid, one alert fires
+    firing = [
+        a for a in _prometheus_alerts(stack, "IceProdGridSilent") if a["labels"]["grid"] == grid_id
+    ]
+    assert len(firing) == 1, firing
+    since = time.time()
+    with stack.store.lock:
+        grid["last_update"] = stack.store.clock()  # the grid daemon reports again (PATCH)
+    _wait_alert(stack, "IceProdGridSilent", labels, "resolved", since)
+
+
+def test_permission_denied_alert_names_the_route_without_an_outage(stack: Stack) -> None:
+    # IceProd answers 403 on the routes of one (processing) dataset: its ACL excludes the token
+    dataset_id = stack.dataset_id(stack.forbidden_dataset)
+    endpoint = "/datasets/{dataset_id}/job_counts/status"
+    labels = {"job": EXPORTER_JOB, "instance": stack.target, "endpoint": endpoint}
+    since = time.time()
+    stack.api.faults.datasets[dataset_id] = DatasetFault()
+    try:
+        note, alert = _wait_alert(stack, "IceProdExporterPermissionDenied", labels, "firing", since)
+        assert stack.query(
+            f'max_over_time(iceprod_exporter_permission_denied{{endpoint="{endpoint}"}}[1m]) > 0'
+        )
+        assert len(stack.query("iceprod_up == 1")) == len(REPLICAS), "a 403 is not an outage"
+        assert not _prometheus_alerts(stack, "IceProdAPITokenRejected")
+    finally:
+        del stack.api.faults.datasets[dataset_id]
+    assert note.receiver == "iceprod-operators"
+    assert alert["labels"]["severity"] == "warning"
+    annotations = alert["annotations"]
+    assert annotations["summary"] == f"iceprod-exporter {stack.target} may not read {endpoint}"
+    assert "not an outage" in annotations["description"]
+    assert "iceprod_exporter_forbidden_datasets" in annotations["description"]
+    # it resolves 10 minutes after the last 403 (max_over_time window): not waited for here
+
+
 # ---------------------------------------------------------------------------- dashboards
 
 
@@ -513,6 +615,23 @@ def _ensure_api_failures(stack: Stack) -> None:
     finally:
         stack.api.down = False
     wait_for(lambda: stack.query("iceprod_up == 1"), 30, "IceProd to be reachable again")
+
+
+def _ensure_permission_denied(stack: Stack) -> None:
+    """The 403 gauge has a series per route only after a 403: cause one if none yet."""
+    if stack.query("iceprod_exporter_permission_denied"):
+        return
+    dataset_id = stack.dataset_id(stack.forbidden_dataset)
+    stack.api.faults.datasets[dataset_id] = DatasetFault()
+    try:
+        wait_for(
+            lambda: stack.query("iceprod_exporter_permission_denied"),
+            30,
+            "a 403 to be scraped",
+            diagnose=stack.logs,
+        )
+    finally:
+        del stack.api.faults.datasets[dataset_id]
 
 
 def _variable_values(stack: Stack, dashboard: dict[str, Any], values: dict[str, str]) -> None:
@@ -537,6 +656,7 @@ def _variable_values(stack: Stack, dashboard: dict[str, Any], values: dict[str, 
 
 def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     _ensure_api_failures(stack)
+    _ensure_permission_denied(stack)
     errors = f'iceprod_dataset_status{{dataset="{stack.errors_dataset}", status="errors"}} == 1'
     stack.set_status(stack.errors_dataset, "errors")  # "Datasets needing attention" has a row
     try:

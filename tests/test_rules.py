@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,14 @@ from .monitoring_support import (
     DASHBOARD_DIR,
     EXPORTER_JOB,
     PROMETHEUS_DIR,
+    REPLICA_LABELS,
     RULE_FILES,
     RULE_TEST_FILES,
     check_expression,
     known_metrics,
     load_dashboards,
     load_rules,
+    replica_problems,
     run_tool,
     tool_version,
 )
@@ -40,7 +43,15 @@ REQUIRED_ALERTS = {
     "IceProdDatasetStalled",
     "IceProdDatasetTaskFailureRatioHigh",
     "IceProdQueueStarved",
+    "IceProdGridSilent",
+    "IceProdExporterPermissionDenied",
 }
+#: the cases of recording-test.yaml that export one IceProd in three ways (see its header)
+ONE_EXPORTER = "one exporter"
+TWO_SHARDS = "two shards with disjoint datasets"
+HA_SHARDS = "two shards, each as two identical replicas (HA)"
+ROLLING_UPDATE = "a replica is replaced during a rolling update"
+_LABEL_RE = re.compile(r'(\w+)="([^"]*)"')
 SEVERITIES = {"critical", "warning"}
 
 
@@ -173,6 +184,95 @@ def test_rules_use_only_metrics_and_labels_of_the_contract() -> None:
         for problem in check_expression(rule["expr"], known)
     ]
     assert problems == []
+
+
+def test_rules_count_each_replica_once() -> None:
+    """HA and sharding: raw IceProd series are reduced to one copy before they are summed."""
+    problems = [
+        f"{rule.get('alert') or rule.get('record')}: {problem}"
+        for path in RULE_FILES
+        for rule in load_rules(path)
+        for problem in replica_problems(rule["expr"])
+    ]
+    assert problems == [], "wrap the series in max without (instance, pod) (...)"
+
+
+def _series(case: dict[str, Any]) -> list[tuple[str, dict[str, str], str]]:
+    """(metric name, labels, values) of every input series of a promtool test case."""
+    found = []
+    for entry in case["input_series"]:
+        name = entry["series"].split("{", 1)[0]
+        found.append((name, dict(_LABEL_RE.findall(entry["series"])), str(entry["values"])))
+    return found
+
+
+def _without_targets(series: list[tuple[str, dict[str, str], str]]) -> Counter[str]:
+    drop = REPLICA_LABELS | {"job"}
+    return Counter(
+        f"{name}{sorted((k, v) for k, v in labels.items() if k not in drop)} {values}"
+        for name, labels, values in series
+    )
+
+
+def test_recording_cases_export_one_iceprod_three_ways() -> None:
+    """The HA and sharding cases of recording-test.yaml prove what their names say.
+
+    Same expectations for all three (a YAML anchor); the sharded inputs are the unsharded ones
+    split into disjoint datasets; the HA inputs are the sharded ones, each exactly twice, the
+    copies differing only in `instance` and `pod`.
+    """
+    cases = {case["name"]: case for case in _unit_tests(RULE_TEST_FILES[0])}
+    one, shards, ha = cases[ONE_EXPORTER], cases[TWO_SHARDS], cases[HA_SHARDS]
+    assert one["promql_expr_test"] == shards["promql_expr_test"] == ha["promql_expr_test"]
+    tested = " ".join(check["expr"] for check in one["promql_expr_test"])
+    assert all(r["record"] in tested for r in _records()), "every rule, in all three ways"
+
+    assert len({labels["instance"] for _, labels, _ in _series(one)}) == 1
+    assert _without_targets(_series(shards)) == _without_targets(_series(one))
+    owners: dict[str, set[str]] = {}
+    for _, labels, _ in _series(shards):
+        owners.setdefault(labels["dataset"], set()).add(labels["instance"])
+    assert all(len(o) == 1 for o in owners.values()), f"a dataset on two shards: {owners}"
+    assert len(set().union(*owners.values())) == 2, "two shards"
+
+    twice = _without_targets(_series(shards))
+    assert _without_targets(_series(ha)) == twice + twice
+    copies: dict[str, set[tuple[str, str]]] = {}
+    for name, labels, _ in _series(ha):
+        key = f"{name}{sorted((k, v) for k, v in labels.items() if k not in REPLICA_LABELS)}"
+        copies.setdefault(key, set()).add((labels["instance"], labels["pod"]))
+    assert all(len(c) == 2 for c in copies.values()), "each series from two replicas"
+
+
+def test_recording_rules_without_deduplication_fail_the_ha_cases(tmp_path: Path) -> None:
+    """The HA cases have teeth: rules that sum every replica's copy fail them.
+
+    Those were the rules before HA support; the one-exporter and sharded cases still pass.
+    """
+    rules = tmp_path / "rules"
+    shutil.copytree(PROMETHEUS_DIR, rules, ignore=shutil.ignore_patterns("*.md"))
+    recording = rules / "recording.yaml"
+    text = recording.read_text(encoding="utf-8")
+    naive, count = re.subn(r"max without \(instance, pod\) \((\w+)\)", r"\1", text)
+    assert count >= 4, "the rules no longer deduplicate as this test expects"
+    recording.write_text(naive, encoding="utf-8")
+    document = yaml.safe_load(RULE_TEST_FILES[0].read_text(encoding="utf-8"))
+    results = {}
+    for index, case in enumerate(document["tests"]):
+        single = {**document, "tests": [case]}
+        path = rules / "tests" / f"case-{index}.yaml"
+        path.write_text(yaml.safe_dump(single), encoding="utf-8")
+        try:
+            run_tool("promtool", "test", "rules", path.name, cwd=path.parent)
+            results[case["name"]] = "pass"
+        except AssertionError:
+            results[case["name"]] = "fail"
+    assert results == {
+        ONE_EXPORTER: "pass",
+        TWO_SHARDS: "pass",
+        HA_SHARDS: "fail",
+        ROLLING_UPDATE: "fail",
+    }
 
 
 def test_prometheus_config_is_valid_and_scrapes_the_exporter() -> None:
