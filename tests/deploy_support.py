@@ -24,14 +24,12 @@ from typing import Any
 
 import yaml
 
+from .debian import ToolError, apt_install
+
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 NAMESPACE = "iceprod-exporter"
-
-
-class ToolError(RuntimeError):
-    """A tool the deployment tests need is missing and could not be installed."""
 
 
 def run(
@@ -98,24 +96,6 @@ def kubernetes_validate() -> ModuleType:
         return importlib.import_module("kubernetes_validate.utils")
 
 
-def _apt_install(package: str) -> None:
-    if os.geteuid() != 0:
-        raise ToolError(f"{package} is missing; install it with: sudo apt-get install {package}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # Wait for a concurrent apt-get (another test's tool install) instead of failing at once.
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-q"]
-    install += ["--no-install-recommends", package]
-    result = run(install, env=env, timeout=600)
-    if result.returncode != 0:
-        # A fresh machine has no package lists yet.
-        update = run(["apt-get", "update", "-q"], env=env, timeout=600)
-        if update.returncode != 0:
-            raise ToolError(f"apt-get update failed\n{describe(update)}")
-        result = run(install, env=env, timeout=600)
-    if result.returncode != 0:
-        raise ToolError(f"cannot install {package} with apt-get\n{describe(result)}")
-
-
 def compose_command() -> list[str]:
     """Return a compose implementation's command: the docker CLI plugin, else docker-compose.
 
@@ -125,7 +105,7 @@ def compose_command() -> list[str]:
     if shutil.which("docker") and run(["docker", "compose", "version"]).returncode == 0:
         return ["docker", "compose"]
     if not shutil.which("docker-compose"):
-        _apt_install("docker-compose")
+        apt_install("docker-compose")
     if not shutil.which("docker-compose"):
         raise ToolError("docker-compose installed but not on PATH")
     return ["docker-compose"]

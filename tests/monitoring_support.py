@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -36,6 +35,8 @@ import yaml
 
 from iceprod_exporter.metrics import SPECS, Group, Kind
 from iceprod_exporter.snapshot import DATASET_STATUSES, JOB_STATUSES, TASK_STATUSES
+
+from .debian import ToolError, apt_install
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -66,12 +67,6 @@ MIN_VERSIONS: Mapping[str, tuple[int, int]] = {
 _SEARCH_PATH = os.pathsep.join(
     [os.environ.get("PATH", ""), "/usr/bin", "/usr/local/bin", "/usr/sbin"]
 )
-_APT_LOCK = Path("/tmp/iceprod-exporter-monitoring-apt.lock")
-_APT_TIMEOUT = 900
-
-
-class ToolError(RuntimeError):
-    """A monitoring tool is missing and could not be installed, or is too old."""
 
 
 def _which(names: tuple[str, ...]) -> Path | None:
@@ -82,49 +77,13 @@ def _which(names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _apt_install(packages: list[str]) -> None:
-    if shutil.which("apt-get") is None:
-        raise ToolError(
-            f"{', '.join(packages)} missing and this machine has no apt-get: install "
-            "Prometheus and Alertmanager so that promtool, prometheus, amtool and "
-            "(prometheus-)alertmanager are on PATH"
-        )
-    if os.geteuid() != 0:
-        raise ToolError(
-            f"{', '.join(packages)} missing and not running as root: run "
-            f"`apt-get update && apt-get install -y {' '.join(packages)}`"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        ["apt-get", "update"],
-        ["apt-get", "install", "-y", "--no-install-recommends", *packages],
-    ):
-        done = subprocess.run(
-            command, env=env, capture_output=True, text=True, timeout=_APT_TIMEOUT, check=False
-        )
-        if done.returncode != 0:
-            raise ToolError(
-                f"`{' '.join(command)}` failed ({done.returncode}):\n{done.stdout[-2000:]}"
-                f"\n{done.stderr[-2000:]}"
-            )
-
-
 def tool(name: str) -> Path:
     """Return the path of a monitoring tool, installing its Debian package if needed."""
     package, names = TOOLS[name]
     found = _which(names)
     if found is None:
-        _APT_LOCK.touch(exist_ok=True)
-        with _APT_LOCK.open("r+") as lock:
-            # one installer at a time (pytest-xdist workers, parallel sessions)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                found = _which(names)
-                if found is None:
-                    _apt_install(sorted({p for p, _ in TOOLS.values()}))
-                    found = _which(names)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        apt_install(*sorted({p for p, _ in TOOLS.values()}))
+        found = _which(names)
     if found is None:
         raise ToolError(f"{name}: package {package} is installed but none of {names} is on PATH")
     return found

@@ -258,7 +258,10 @@ def _check_service_monitor(obj: dict[str, Any], objects: list[dict[str, Any]]) -
     assert spec["endpoints"], "a ServiceMonitor needs at least one endpoint"
     for endpoint in spec["endpoints"]:
         assert endpoint["port"] in port_names
-        assert set(endpoint) <= {"port", "path", "scheme", "interval", "scrapeTimeout"}
+        keys = {"port", "path", "scheme", "interval", "scrapeTimeout", "honorLabels"}
+        assert set(endpoint) <= keys
+        # the operator's `endpoint` target label must not rename the exporter's `endpoint` label
+        assert endpoint["honorLabels"] is True
 
 
 def _check_prometheus_rule(obj: dict[str, Any]) -> None:
