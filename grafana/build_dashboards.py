@@ -47,6 +47,17 @@ Json = dict[str, Any]
 REPLICA_LABELS = "instance, pod"
 
 
+
+def right_axis(matcher: str, options: str, unit: str) -> dict[str, Any]:
+    """A field override putting the matched series on a right-hand axis with its own unit."""
+    return {
+        "matcher": {"id": matcher, "options": options},
+        "properties": [
+            {"id": "unit", "value": unit},
+            {"id": "custom.axisPlacement", "value": "right"},
+        ],
+    }
+
 def one_copy(selector: str) -> str:
     """One copy of a series exported by identical replicas and/or by several shards.
 
@@ -458,15 +469,7 @@ def overview() -> Json:
                 Target("iceprod:dataset_tasks_failed:ratio", "failed / finished"),
             ],
             defaults={"min": 0},
-            overrides=[
-                {
-                    "matcher": {"id": "byName", "options": "failed / finished"},
-                    "properties": [
-                        {"id": "unit", "value": "percentunit"},
-                        {"id": "custom.axisPlacement", "value": "right"},
-                    ],
-                }
-            ],
+            overrides=[right_axis("byName", "failed / finished", "percentunit")],
         ),
         Row("Datasets"),
         Panel(
@@ -1133,15 +1136,7 @@ def exporter_board() -> Json:
                 ),
             ],
             unit="s",
-            overrides=[
-                {
-                    "matcher": {"id": "byRegexp", "options": "^failed polls / min"},
-                    "properties": [
-                        {"id": "unit", "value": "short"},
-                        {"id": "custom.axisPlacement", "value": "right"},
-                    ],
-                }
-            ],
+            overrides=[right_axis("byRegexp", "^failed polls / min", "short")],
         ),
         Row("IceProd API requests"),
         Panel(
