@@ -129,7 +129,7 @@ class Poller:
             rows = await self._discover()
         except ApiError as error:
             snapshot = dataclasses.replace(
-                previous, up=False, polled_at=now, cycle=previous.cycle + 1
+                previous, up=False, polled_at=self._clock(), cycle=previous.cycle + 1
             )
             cycle.failed(error)
         else:
@@ -203,10 +203,11 @@ class Poller:
             del datasets[dataset_id]
 
         healthy = not (set(cycle.failures) - DATASET_PROBLEMS)
+        finished = self._clock()
         return Snapshot(
             up=healthy,
-            polled_at=now,
-            last_success=now if healthy else previous.last_success,
+            polled_at=finished,
+            last_success=finished if healthy else previous.last_success,
             datasets=frozen_map(datasets),
             dataset_counts=(
                 frozen_map(Counter(row["status"] for row in rows.values()))
