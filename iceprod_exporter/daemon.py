@@ -23,7 +23,7 @@ from . import __version__
 from .api import ApiClient
 from .auth import TokenError, TokenManager, grant_from_settings
 from .collector import RenderedSnapshot, SnapshotCollector
-from .config import Settings
+from .config import ConfigError, Settings
 from .logs import register_secret
 from .poller import Poller, Schedule
 from .server import HttpServer, Status, make_app, render_metrics
@@ -149,11 +149,13 @@ class Exporter:
 
     def start_http(self) -> HttpServer:
         """Start the HTTP server in its own thread."""
-        self.http = HttpServer(
-            make_app(self.registry, self.rendered, self.status),
-            self.settings.listen_address,
-            self.settings.port,
-        )
+        address, port = self.settings.listen_address, self.settings.port
+        try:
+            self.http = HttpServer(
+                make_app(self.registry, self.rendered, self.status), address, port
+            )
+        except OSError as exc:
+            raise ConfigError(f"port: cannot listen on {address}:{port}: {exc.strerror}") from None
         self.http.start()
         return self.http
 

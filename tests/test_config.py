@@ -173,3 +173,27 @@ def test_cli_check_config_prints_redacted_settings() -> None:
 def test_cli_version() -> None:
     result = cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("iceprod-exporter 0.")
+
+
+def test_cli_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = cli(
+            "run",
+            "--api-url",
+            "http://127.0.0.1:9",
+            "--token",
+            "t",
+            "--listen-address",
+            "127.0.0.1",
+            "--port",
+            port,
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        f"port: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
