@@ -11,12 +11,13 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .service import Service
 
 REALM_PATH = "/realms/IceCube"
 _OIDC_PATH = "/protocol/openid-connect"
@@ -66,7 +67,7 @@ class OAuthError(Exception):
             self.body["error_description"] = description
 
 
-class OIDCIssuer:
+class OIDCIssuer(Service):
     """Discovery, JWKS and a token endpoint (client credentials, rotating refresh, device)."""
 
     def __init__(
@@ -126,20 +127,6 @@ class OIDCIssuer:
         self._server.server_close()
         self._thread.join()
         self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        """Start."""
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop."""
-        self.stop()
 
     def register_client(
         self, client_id: str, secret: str | None, claims: Mapping[str, object]

@@ -4,8 +4,7 @@ import asyncio
 import socket
 import threading
 from collections.abc import Coroutine
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
@@ -17,10 +16,11 @@ from .handlers import Context, make_app
 from .issuer import OIDCIssuer
 from .model import Simulation
 from .records import Records
+from .service import Service
 from .store import Store
 
 
-class SimulatedIceProd:
+class SimulatedIceProd(Service):
     """IceProd 3.2.43's read API over a Store, on 127.0.0.1, with faults and records.
 
     With an issuer, requests need its RS256 tokens (60 s leeway, like the real server);
@@ -80,20 +80,6 @@ class SimulatedIceProd:
         self._loop.call_soon_threadsafe(self._stopping.set)
         self._thread.join()
         self._thread = self._loop = self._stopping = None
-
-    def __enter__(self) -> Self:
-        """Start."""
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Stop."""
-        self.stop()
 
     @property
     def down(self) -> bool:
