@@ -78,7 +78,9 @@ class Settings(BaseModel):
     )
     oauth_client_id: str = Field("iceprod", description="OAuth2 client id.")
     oauth_client_secret: SecretStr | None = Field(
-        None, description="OAuth2 client secret for the client-credentials grant."
+        None,
+        description="OAuth2 client secret for the client-credentials grant (prefer the "
+        "environment or the file: flags show in the process list).",
     )
     oauth_client_secret_file: Path | None = Field(
         None, description="File holding the client secret (e.g. a mounted Kubernetes Secret)."
@@ -198,6 +200,14 @@ class Settings(BaseModel):
             raise ConfigError("refresh_token_file: required for refresh_token")
         if mode is AuthMode.STATIC_TOKEN and not (self.token or self.token_file):
             raise ConfigError("token: required for static_token")
+        # fail at start-up, not at the first grant, when a credential file cannot be read
+        # (the files are read again at every grant, so rotated secrets are picked up)
+        for name in ("oauth_client_secret_file", "refresh_token_file", "token_file"):
+            path = getattr(self, name)
+            if path is not None and (
+                name != "refresh_token_file" or mode is AuthMode.REFRESH_TOKEN
+            ):
+                read_secret(None, path, name)
 
     def effective_auth_mode(self) -> AuthMode:
         """Resolve ``auto`` to the concrete mode the given credentials imply."""

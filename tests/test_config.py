@@ -197,3 +197,14 @@ def test_cli_port_in_use_is_a_clear_error() -> None:
     assert result.stderr.strip().endswith(
         f"port: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+@pytest.mark.parametrize("name", ["oauth_client_secret_file", "token_file", "refresh_token_file"])
+def test_unreadable_credential_file_fails_at_start_up(tmp_path: Path, name: str) -> None:
+    values = {"api_url": "http://x", name: str(tmp_path / "missing")}
+    with pytest.raises(ConfigError, match=f"^{name}: cannot read"):
+        config.validate(values).require_api()
+    (tmp_path / "empty").write_text("\n")
+    values[name] = str(tmp_path / "empty")
+    with pytest.raises(ConfigError, match=f"^{name}: .* is empty"):
+        config.validate(values).require_api()

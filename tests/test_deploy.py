@@ -379,7 +379,10 @@ def test_pods_are_locked_down(rendered: dict[str, list[dict[str, Any]]], directo
 
 def test_configmap_settings_are_valid(tmp_path: Path) -> None:
     settings = config.load({}, environ={}, config_file=KUBERNETES / "base" / "config.yaml")
-    settings.require_api()
+    # require_api reads the credential file: stand in for the mounted Secret
+    secret = tmp_path / "client-secret"
+    secret.write_text("placeholder\n")
+    settings.model_copy(update={"oauth_client_secret_file": secret}).require_api()
     assert settings.port == config.DEFAULT_PORT
 
 
@@ -667,6 +670,7 @@ def test_systemd_env_example_is_valid(tmp_path: Path) -> None:
     assert not {"OAUTH_CLIENT_SECRET", "ICEPROD_EXPORTER_OAUTH_CLIENT_SECRET"} & set(environ)
     # What the unit adds: the credential file systemd provides under %d.
     environ["ICEPROD_EXPORTER_OAUTH_CLIENT_SECRET_FILE"] = str(tmp_path / "oauth-client-secret")
+    (tmp_path / "oauth-client-secret").write_text("placeholder\n")
     settings = config.load({}, environ=environ)
     settings.require_api()
     assert settings.port == config.DEFAULT_PORT
