@@ -821,3 +821,20 @@ def test_cli_serves_until_sigterm() -> None:
             assert proc.wait(timeout=10) == 0
         finally:
             proc.kill()
+
+
+def test_new_submissions_keep_a_long_run_moving() -> None:
+    store = build_store(datasets=12, seed=5)
+    simulation = Simulation(store, seed=5)
+
+    def processing() -> int:
+        return sum(d["status"] == "processing" for d in store.datasets.values())
+
+    start, datasets = processing(), len(store.datasets)
+    completed = 0
+    for _ in range(400):
+        simulation.step()
+        completed = sum(d["status"] == "complete" for d in store.datasets.values())
+    assert completed > 0, "datasets finish"
+    assert len(store.datasets) > datasets, "new datasets are submitted"
+    assert 0 < processing() <= start, "about as many processing as at the start, never more"

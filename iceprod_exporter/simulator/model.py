@@ -30,6 +30,7 @@ _GRID_STALE_AFTER = timedelta(minutes=10)  # a grid silent this long stays silen
 _GROUPS = ("simprod", "filtering", "users")
 _USERNAMES = ("alice", "bob", "carol", "dave")
 _STATUS_WEIGHTS = {"processing": 75, "suspended": 7, "errors": 6, "complete": 12}
+_P_SUBMIT = 0.3  # per tick, while fewer datasets are processing than at the start
 
 
 def seeded_ids(rng: random.Random) -> Callable[[], str]:
@@ -117,10 +118,15 @@ def _seed_job(rng: random.Random, store: Store, dataset: Doc, job_index: int, no
     job.update(status=job_status, status_changed=now)
 
 
-def _seed_dataset(rng: random.Random, store: Store, index: int, truncated: bool) -> None:
-    """Create one dataset with its config and materialized jobs."""
+def _seed_dataset(
+    rng: random.Random, store: Store, index: int, truncated: bool, status: str | None = None
+) -> None:
+    """Create one dataset (of a random status unless given) with its config and jobs."""
     weights = list(_STATUS_WEIGHTS.values())
-    status = "processing" if truncated else rng.choices(list(_STATUS_WEIGHTS), weights)[0]
+    if truncated:
+        status = "processing"
+    elif status is None:
+        status = rng.choices(list(_STATUS_WEIGHTS), weights)[0]
     kinds = TASK_KINDS[: rng.randint(1, len(TASK_KINDS))]
     jobs_submitted = rng.randint(1, 60)
     dataset_id = store.add_dataset(
@@ -187,6 +193,11 @@ class Simulation:
         self.ticks = 0
         self._rng = random.Random(seed)
         self._fail_rates: dict[str, float] = {}
+        # new submissions replace finished datasets, so a long demo keeps moving
+        self._processing_target = self._processing()
+
+    def _processing(self) -> int:
+        return sum(d["status"] == "processing" for d in self.store.datasets.values())
 
     def step(self) -> None:
         """One tick: tasks move on, jobs and datasets settle, jobs materialize, grids report."""
@@ -196,6 +207,9 @@ class Simulation:
             for dataset in list(store.datasets.values()):
                 if dataset["status"] == "processing":
                     self._advance(dataset, now)
+            if self._processing() < self._processing_target and self._rng.random() < _P_SUBMIT:
+                index = len(store.datasets)
+                _seed_dataset(self._rng, store, index, truncated=False, status="processing")
             self._heartbeat(now)
             self.ticks += 1
 
