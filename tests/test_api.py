@@ -212,3 +212,28 @@ def test_rate_limit_bounds_real_request_rate(server: ScriptedServer) -> None:
 
     elapsed = asyncio.run(run())
     assert elapsed >= 1.4, f"25 requests at 10 rps (burst 10) took {elapsed:.2f}s"
+
+
+def test_401_fetches_a_new_token_from_the_issuer(server: ScriptedServer) -> None:
+    from iceprod_exporter.auth import ClientCredentialsGrant, OpenIDProvider
+    from iceprod_exporter.simulator import SYSTEM_ROLE_CLAIMS, OIDCIssuer
+
+    server.script[ROUTE] = [Reply(401, {"code": 401}), Reply(200, {"queued": 2})]
+    with OIDCIssuer() as issuer:
+        issuer.register_client("exporter", "pw", SYSTEM_ROLE_CLAIMS)
+        telemetry = Telemetry(CollectorRegistry())
+        grant = ClientCredentialsGrant(OpenIDProvider(issuer.url, 5), "exporter", lambda: "pw")
+        c = ApiClient(
+            server.url,
+            TokenManager(grant, telemetry),
+            telemetry,
+            timeout=2,
+            retries=0,
+            backoff_max=1,
+            concurrency=2,
+            rate_limit=0,
+        )
+        assert get(c) == {"queued": 2}
+        assert issuer.token_requests["client_credentials"] == 2, "a new grant after the 401"
+    first, second = (seen.authorization for seen in server.seen)
+    assert first != second and second == f"Bearer {issuer.issued[-1].token}"
