@@ -88,14 +88,6 @@ class Dataset:
         """The ``dataset`` label value: the dataset number, as IceProd's own metrics use."""
         return str(self.number)
 
-    def task_totals(self) -> Counts:
-        """Task counts by status summed over task names (saves a ``task_counts/status`` call)."""
-        totals: dict[str, int] = {}
-        for by_status in (self.tasks or {}).values():
-            for status, n in by_status.items():
-                totals[status] = totals.get(status, 0) + n
-        return totals
-
 
 @dataclass(frozen=True, slots=True)
 class Grid:

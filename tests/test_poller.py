@@ -110,7 +110,7 @@ def test_first_poll_reads_everything_and_fills_the_snapshot() -> None:
     assert set(snap.datasets) == {"a", "b"}, "complete datasets are only counted"
     assert dict(snap.dataset_counts) == {"processing": 1, "suspended": 1, "complete": 1}
     assert snap.datasets["a"].jobs == {"processing": 2}
-    assert snap.datasets["a"].task_totals() == {"waiting": 1, "complete": 1}
+    assert snap.datasets["a"].tasks == {"generate": {"waiting": 1, "complete": 1}}
     assert snap.datasets["a"].task_stats["generate"].avg_hrs == 1.0
     assert source.calls[api.TASK_COUNTS_NAME] == 2
     assert source.calls[api.DATASETS] == 1
