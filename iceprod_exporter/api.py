@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import email.utils
 import logging
 import random
@@ -17,22 +19,30 @@ from requests_futures.sessions import FuturesSession
 from rest_tools.client import RestClient
 
 from .auth import TokenError, TokenManager
+from .labels import RETRYABLE, Endpoint, Reason
 from .telemetry import Telemetry
 
-DATASETS = "/datasets"
-JOB_COUNTS = "/datasets/{dataset_id}/job_counts/status"
-TASK_COUNTS_NAME = "/datasets/{dataset_id}/task_counts/name_status"
-TASK_STATS = "/datasets/{dataset_id}/task_stats"
-GRIDS = "/grids"
+#: endpoint templates, re-exported for callers that think of them as the client's routes
+DATASETS = Endpoint.DATASETS
+JOB_COUNTS = Endpoint.JOB_COUNTS
+TASK_COUNTS_NAME = Endpoint.TASK_COUNTS_NAME
+TASK_STATS = Endpoint.TASK_STATS
+GRIDS = Endpoint.GRIDS
 
-#: reasons worth another attempt; the rest are answers, not accidents
-RETRYABLE = frozenset({"timeout", "connection", "overloaded", "server_error"})
+#: the request thread (if any) of the attempt running in this task, so its slot outlives it
+_THREAD: contextvars.ContextVar[list[concurrent.futures.Future[Any]]] = contextvars.ContextVar(
+    "iceprod_exporter_request_thread"
+)
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 class ApiError(Exception):
     """A call that failed for good; ``reason`` is a bounded metric label."""
 
-    def __init__(self, endpoint: str, reason: str, detail: str, status: int | None = None):
+    def __init__(self, endpoint: str, reason: Reason, detail: str, status: int | None = None):
         super().__init__(f"{endpoint}: {reason} ({detail})")
         self.endpoint = endpoint
         self.reason = reason
@@ -71,6 +81,17 @@ class RateLimiter:
                 await self._sleep((1 - self._tokens) / self._rate)
 
 
+class _TrackedSession(FuturesSession):  # type: ignore[misc]  # untyped library
+    """A FuturesSession that tells the running attempt which worker thread serves it."""
+
+    def request(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = super().request(*args, **kwargs)
+        holder = _THREAD.get(None)
+        if holder is not None:
+            holder.append(future)
+        return future
+
+
 class _RestSession(RestClient):
     """rest-tools' client with its session replaced: no urllib3 retries and a sized pool.
 
@@ -83,7 +104,7 @@ class _RestSession(RestClient):
         super().__init__(address, **kwargs)
 
     def open(self, sync: bool = False) -> requests.Session:
-        session: requests.Session = FuturesSession(max_workers=self._workers)
+        session: requests.Session = _TrackedSession(max_workers=self._workers)
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._workers, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -92,23 +113,30 @@ class _RestSession(RestClient):
         return session
 
 
-def _reason(exc: BaseException) -> tuple[str, int | None]:
+_BY_STATUS = {
+    401: Reason.UNAUTHORIZED,
+    403: Reason.FORBIDDEN,
+    404: Reason.NOT_FOUND,
+    429: Reason.OVERLOADED,
+    503: Reason.OVERLOADED,
+}
+
+
+def _reason(exc: BaseException) -> tuple[Reason, int | None]:
     if isinstance(exc, TokenError):
-        return "token", None
+        return Reason.TOKEN, None
     if isinstance(exc, TimeoutError | requests.Timeout):
-        return "timeout", None
+        return Reason.TIMEOUT, None
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         status = exc.response.status_code
-        by_status = {401: "unauthorized", 403: "forbidden", 404: "not_found", 429: "overloaded"}
-        if status in by_status:
-            return by_status[status], status
-        if status == 503:
-            return "overloaded", status
-        return ("server_error" if status >= 500 else "client_error"), status
+        if status in _BY_STATUS:
+            return _BY_STATUS[status], status
+        return (Reason.SERVER_ERROR if status >= 500 else Reason.CLIENT_ERROR), status
     if isinstance(exc, requests.ConnectionError):
         # rest-tools/urllib3 report read timeouts as ConnectionError
-        return ("timeout" if "timed out" in str(exc).lower() else "connection"), None
-    return "bad_response", None
+        timed_out = "timed out" in str(exc).lower()
+        return (Reason.TIMEOUT if timed_out else Reason.CONNECTION), None
+    return Reason.BAD_RESPONSE, None
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -166,23 +194,37 @@ class ApiClient:
         """Shut the HTTP session and its worker threads down."""
         self._rest.close()
 
-    async def get(self, template: str, args: dict[str, str] | None = None, **path: str) -> Any:
-        """GET a route; retries transient failures, honours Retry-After, refreshes on 401."""
+    async def get(
+        self,
+        template: str,
+        args: dict[str, str] | None = None,
+        *,
+        deadline: float | None = None,
+        **path: str,
+    ) -> Any:
+        """GET a route; retries fast failures, honours Retry-After, refreshes on 401.
+
+        ``deadline`` (event-loop time) bounds everything: the wait for a slot, the attempts and
+        the pauses between them. Past it the call fails with reason ``deadline``.
+        """
         route = template.format(**path)
         refreshed = False
         attempt = 0
         while True:
             try:
-                return await self._attempt(template, route, args)
+                return await self._attempt(template, route, args, deadline)
             except ApiError as error:
-                if error.reason == "unauthorized" and not refreshed:
+                if error.reason == Reason.UNAUTHORIZED and not refreshed:
                     refreshed = True
                     await self._drop_token()
                     continue
                 if error.reason not in RETRYABLE or attempt >= self._retries:
                     raise
                 attempt += 1
-                await self._sleep(self._backoff(attempt, error))
+                delay = self._backoff(attempt, error)
+                if deadline is not None and _now() + delay >= deadline:
+                    raise  # the retry would end past the poll's deadline
+                await self._sleep(delay)
 
     async def _drop_token(self) -> None:
         self._tokens.invalidate()
@@ -198,34 +240,80 @@ class ApiClient:
         delay: float = min(self._backoff_max, 0.5 * 2.0 ** (attempt - 1))
         return delay * random.uniform(0.8, 1.2)
 
-    async def _attempt(self, template: str, route: str, args: dict[str, str] | None) -> Any:
+    async def _attempt(
+        self, template: str, route: str, args: dict[str, str] | None, deadline: float | None
+    ) -> Any:
         telemetry = self._telemetry
         telemetry.in_flight.inc()
         try:
-            async with self._slots:
-                await self._limiter.acquire()
-                telemetry.requests.labels(template).inc()
-                self.sent += 1
-                started = time.perf_counter()
-                try:
-                    await self._tokens.ensure_fresh()
-                    result = await asyncio.wait_for(
-                        self._rest.request("GET", route, args), self._timeout
-                    )
-                except Exception as exc:
-                    reason, status = _reason(exc)
-                    telemetry.request_failures.labels(template, reason).inc()
-                    raise ApiError(template, reason, type(exc).__name__, status) from exc
-                finally:
-                    telemetry.request_duration.labels(template).observe(
-                        time.perf_counter() - started
-                    )
-                    self._on_response()
-                return result
+            await self._take_slot(template, deadline)
+            thread: list[concurrent.futures.Future[Any]] = []
+            context = _THREAD.set(thread)
+            try:
+                return await self._send(template, route, args, deadline)
+            finally:
+                _THREAD.reset(context)
+                self._give_slot(thread)
         finally:
             telemetry.in_flight.dec()
 
+    async def _take_slot(self, template: str, deadline: float | None) -> None:
+        """Wait for a free worker and the rate limiter, no longer than ``deadline``."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+                try:
+                    await self._limiter.acquire()
+                except BaseException:
+                    self._slots.release()
+                    raise
+        except TimeoutError:
+            raise self._failed(
+                template, Reason.DEADLINE, "no free worker before the deadline"
+            ) from None
+
+    def _give_slot(self, thread: list[concurrent.futures.Future[Any]]) -> None:
+        if not thread or thread[0].done():
+            self._slots.release()
+            return
+        # the worker thread still waits on IceProd: its slot stays taken until the thread is
+        # free, so threads and sockets never exceed `concurrency` however long IceProd hangs,
+        # and a queued request's own timeout only starts once a worker can serve it
+        loop = asyncio.get_running_loop()
+
+        def release(_: concurrent.futures.Future[Any]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing waits
+                loop.call_soon_threadsafe(self._slots.release)
+
+        thread[0].add_done_callback(release)
+
+    async def _send(
+        self, template: str, route: str, args: dict[str, str] | None, deadline: float | None
+    ) -> Any:
+        telemetry = self._telemetry
+        telemetry.requests.labels(template).inc()
+        self.sent += 1
+        budget = self._timeout if deadline is None else min(self._timeout, deadline - _now())
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(max(budget, 0.0)):
+                await self._tokens.ensure_fresh()
+                return await self._rest.request("GET", route, args)
+        except Exception as exc:
+            reason, status = _reason(exc)
+            if reason == Reason.TIMEOUT and budget < self._timeout:
+                reason = Reason.DEADLINE
+            raise self._failed(template, reason, type(exc).__name__, status) from exc
+        finally:
+            telemetry.request_duration.labels(template).observe(time.perf_counter() - started)
+            self._on_response()
+
+    def _failed(
+        self, template: str, reason: Reason, detail: str, status: int | None = None
+    ) -> ApiError:
+        self._telemetry.request_failures.labels(template, reason).inc()
+        return ApiError(template, reason, detail, status)
+
     def bad_response(self, template: str, detail: str) -> ApiError:
         """Count and return the error for a body that is JSON but not the shape expected."""
-        self._telemetry.request_failures.labels(template, "bad_response").inc()
-        return ApiError(template, "bad_response", detail)
+        return self._failed(template, Reason.BAD_RESPONSE, detail)

@@ -24,6 +24,7 @@ import structlog
 from pydantic import SecretStr
 
 from .config import AuthMode, ConfigError, Settings, read_secret
+from .labels import Reason
 from .telemetry import Telemetry
 
 log = structlog.get_logger(__name__)
@@ -37,7 +38,7 @@ TOKEN_BACKOFF_MAX = 60.0
 class TokenError(Exception):
     """No token could be obtained; ``reason`` is a bounded metric label."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: Reason, message: str) -> None:
         super().__init__(message)
         self.reason = reason
 
@@ -81,10 +82,10 @@ def _expiry(value: str) -> float | None:
 
 def _request_error(exc: requests.RequestException, what: str) -> TokenError:
     if isinstance(exc, requests.Timeout):
-        return TokenError("timeout", f"{what}: timed out")
+        return TokenError(Reason.TIMEOUT, f"{what}: timed out")
     if isinstance(exc, requests.ConnectionError):
-        return TokenError("connection", f"{what}: cannot connect")
-    return TokenError("bad_response", f"{what}: {type(exc).__name__}")
+        return TokenError(Reason.CONNECTION, f"{what}: cannot connect")
+    return TokenError(Reason.BAD_RESPONSE, f"{what}: {type(exc).__name__}")
 
 
 class OpenIDProvider:
@@ -107,10 +108,12 @@ class OpenIDProvider:
                 raise _request_error(exc, "OpenID discovery") from None
             except (ValueError, KeyError, TypeError):
                 raise TokenError(
-                    "bad_response", "OpenID discovery: no token_endpoint in the answer"
+                    Reason.BAD_RESPONSE, "OpenID discovery: no token_endpoint in the answer"
                 ) from None
             if not isinstance(endpoint, str):
-                raise TokenError("bad_response", "OpenID discovery: token_endpoint not a string")
+                raise TokenError(
+                    Reason.BAD_RESPONSE, "OpenID discovery: token_endpoint not a string"
+                )
             self._token_endpoint = endpoint
         return self._token_endpoint
 
@@ -129,10 +132,11 @@ class OpenIDProvider:
         if response.status_code >= 400:
             error = body.get("error", "") if isinstance(body, dict) else ""
             raise TokenError(
-                "rejected", f"token request failed: HTTP {response.status_code} {error}".strip()
+                Reason.REJECTED,
+                f"token request failed: HTTP {response.status_code} {error}".strip(),
             )
         if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
-            raise TokenError("bad_response", "token request: no access_token in the answer")
+            raise TokenError(Reason.BAD_RESPONSE, "token request: no access_token in the answer")
         return body
 
 
@@ -226,7 +230,7 @@ class StaticTokenGrant:
         """Return the configured token."""
         token = _configured(self._value, self._path, "token_file")
         if not token:
-            raise TokenError("config", "token: empty")
+            raise TokenError(Reason.CONFIG, "token: empty")
         return token, None
 
 
@@ -255,7 +259,7 @@ class TokenManager:
         with self._swap:
             token = self._token
         if token is None:
-            raise TokenError("token", "no access token available")
+            raise TokenError(Reason.TOKEN, "no access token available")
         return token.value
 
     @property
@@ -308,7 +312,7 @@ class TokenManager:
             self._fail(exc)
             raise
         except Exception as exc:  # a grant must never take the poller down
-            error = TokenError("bad_response", f"token request: {type(exc).__name__}")
+            error = TokenError(Reason.BAD_RESPONSE, f"token request: {type(exc).__name__}")
             self._fail(error)
             raise error from None
         expires_at = _expiry(value)
@@ -338,7 +342,7 @@ def _configured(value: str | None, path: Path | None, setting: str) -> str | Non
     try:
         return read_secret(SecretStr(value) if value else None, path, setting)
     except ConfigError as exc:
-        raise TokenError("config", str(exc)) from None
+        raise TokenError(Reason.CONFIG, str(exc)) from None
 
 
 def _client_secret(settings: Settings) -> str | None:
@@ -369,7 +373,7 @@ def grant_from_settings(settings: Settings) -> Grant:
     def secret() -> str:
         value = _client_secret(settings)
         if value is None:
-            raise TokenError("config", "oauth_client_secret: not set")
+            raise TokenError(Reason.CONFIG, "oauth_client_secret: not set")
         return value
 
     return ClientCredentialsGrant(provider, settings.oauth_client_id, secret)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .labels import Endpoint
 from .snapshot import DATASET_STATUSES, JOB_STATUSES, TASK_STATUSES, Dataset, Snapshot, dense
 
 HOUR = 3600.0
@@ -146,7 +147,7 @@ def _ratio(r: float) -> float:
 
 
 def _processing(snapshot: Snapshot) -> Iterator[Dataset]:
-    return (d for d in _datasets(snapshot) if d.status == "processing" and d.retired_at is None)
+    return (d for d in _datasets(snapshot) if d.status == "processing" and d.watched)
 
 
 def _compat_jobs(snapshot: Snapshot) -> Iterator[Sample]:
@@ -170,7 +171,7 @@ def future_resource_hours(datasets: Iterable[Dataset]) -> dict[str, int]:
     """
     hours = {"cpu": 0.0, "gpu": 0.0}
     for d in datasets:
-        unmaterialized = d.jobs_submitted - sum((d.jobs or {}).values())
+        unmaterialized = (d.jobs_submitted or 0) - sum((d.jobs or {}).values())
         for name, stats in (d.task_stats or {}).items():
             by_status = (d.tasks or {}).get(name, {})
             pending = sum(by_status.get(s, 0) for s in ("waiting", "queued", "processing"))
@@ -212,9 +213,9 @@ _TASK_STAT_METRICS: tuple[tuple[str, str, Callable[[float], float], str], ...] =
 
 _D = ("dataset",)
 _DT = ("dataset", "task_name")
-_TASK_STATS = "/datasets/{dataset_id}/task_stats"
-_DISCOVERY = "/datasets"
-_GRIDS = "/grids"
+_TASK_STATS = Endpoint.TASK_STATS.value
+_DISCOVERY = Endpoint.DATASETS.value
+_GRIDS = Endpoint.GRIDS.value
 
 SPECS: tuple[MetricSpec, ...] = (
     # --- IceProd health as seen by the exporter
@@ -308,7 +309,7 @@ SPECS: tuple[MetricSpec, ...] = (
         "jobs not yet materialized. From GET /datasets." + CACHED,
         _D,
         source=_DISCOVERY,
-        sampler=_per_dataset(lambda d: float(d.jobs_submitted)),
+        sampler=_per_dataset(lambda d: d.jobs_submitted),
     ),
     MetricSpec(
         "iceprod_dataset_tasks_submitted",
@@ -316,7 +317,7 @@ SPECS: tuple[MetricSpec, ...] = (
         "Tasks the dataset was submitted with. From GET /datasets." + CACHED,
         _D,
         source=_DISCOVERY,
-        sampler=_per_dataset(lambda d: float(d.tasks_submitted)),
+        sampler=_per_dataset(lambda d: d.tasks_submitted),
     ),
     MetricSpec(
         "iceprod_dataset_jobs",
@@ -324,7 +325,7 @@ SPECS: tuple[MetricSpec, ...] = (
         "Materialized jobs by status (every known status, 0 included). "
         "From GET /datasets/{dataset_id}/job_counts/status." + CACHED,
         ("dataset", "status"),
-        source="/datasets/{dataset_id}/job_counts/status",
+        source=Endpoint.JOB_COUNTS.value,
         sampler=_jobs,
     ),
     MetricSpec(
@@ -333,7 +334,7 @@ SPECS: tuple[MetricSpec, ...] = (
         "Tasks by task name and status (every known status, 0 included). "
         "From GET /datasets/{dataset_id}/task_counts/name_status." + CACHED,
         ("dataset", "task_name", "status"),
-        source="/datasets/{dataset_id}/task_counts/name_status",
+        source=Endpoint.TASK_COUNTS_NAME.value,
         sampler=_tasks,
     ),
     *(
@@ -357,7 +358,7 @@ SPECS: tuple[MetricSpec, ...] = (
         ("dataset", "status"),
         group=Group.COMPAT,
         stability=Stability.DEPRECATED,
-        source="/datasets/{dataset_id}/job_counts/status",
+        source=Endpoint.JOB_COUNTS.value,
         sampler=_compat_jobs,
     ),
     MetricSpec(
@@ -368,7 +369,7 @@ SPECS: tuple[MetricSpec, ...] = (
         ("dataset", "taskname", "status"),
         group=Group.COMPAT,
         stability=Stability.DEPRECATED,
-        source="/datasets/{dataset_id}/task_counts/name_status",
+        source=Endpoint.TASK_COUNTS_NAME.value,
         sampler=_compat_tasks,
     ),
     MetricSpec(
@@ -419,7 +420,23 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "iceprod_exporter_poll_failures_total",
         Kind.COUNTER,
-        "Poll cycles that could not read IceProd's dataset list.",
+        "Poll cycles that failed (iceprod_up 0): IceProd unreachable, a call failed for good, "
+        "the poll deadline passed, or an unexpected error.",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_poll_crashes_total",
+        Kind.COUNTER,
+        "Poll cycles ended by an unexpected error inside the exporter (a bug; see the log "
+        "event poll.crashed). Each also counts as a failed poll.",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_bad_values_total",
+        Kind.COUNTER,
+        "Values in IceProd's answers dropped because the exposition cannot carry them (out of "
+        "range, not finite, not UTF-8, a duplicate dataset number), by field.",
+        ("field",),
         group=Group.EXPORTER,
     ),
     MetricSpec(

@@ -1,11 +1,21 @@
-"""Checks IceProd responses and turns them into snapshot values; bad input raises BadResponse."""
+"""The one boundary between IceProd's JSON and the snapshot.
+
+Every value is checked against what the exposition can carry: counts are integers from 0 to 2**53
+(exact as floats), other numbers finite floats, label values strings that encode as UTF-8, and
+dataset numbers unique. A value that does not fit drops only its field, its task name or its
+dataset; :class:`Rejects` counts what was dropped. A body of the wrong shape (not an object where
+IceProd documents one) raises :class:`BadResponse`: that is a broken answer, not a bad value.
+"""
 
 from __future__ import annotations
 
 import datetime
+import math
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from .labels import ValueField
 from .snapshot import Counts, Grid, TaskStats, frozen_map
 
 #: the fields the poller asks GET /datasets for (a narrow projection keeps the call cheap)
@@ -22,10 +32,26 @@ DATASET_KEYS = (
     "start_date",
     "truncated",
 )
+#: the largest count a float64 sample holds exactly
+MAX_COUNT = 2**53
 
 
 class BadResponse(ValueError):
     """A body that is JSON but not the shape IceProd documents."""
+
+
+class Rejects:
+    """Values of one poll dropped because the exposition cannot carry them, by field."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[ValueField] = Counter()
+        #: one example per field, for the log line (dataset id and what was wrong; never a value)
+        self.examples: dict[ValueField, str] = {}
+
+    def drop(self, field: ValueField, where: str) -> None:
+        """Count one dropped value of ``field`` found at ``where``."""
+        self.counts[field] += 1
+        self.examples.setdefault(field, where)
 
 
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:
@@ -34,66 +60,106 @@ def _mapping(value: Any, what: str) -> Mapping[str, Any]:
     return value
 
 
-def _count(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadResponse(f"{what}: expected a count, got {value!r}")
+def label(value: Any) -> str | None:
+    """``value`` if it can be a label value (a string that encodes as UTF-8), else None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800" is valid JSON
+        return None
     return value
 
 
-def counts(body: Any, what: str) -> Counts:
-    """``{status: count}`` as returned by the ``*_counts/status`` routes."""
-    return frozen_map(
-        (str(status), _count(n, f"{what}[{status}]")) for status, n in _mapping(body, what).items()
-    )
-
-
-def name_counts(body: Any, what: str) -> Mapping[str, Counts]:
-    """``{task_name: {status: count}}`` from ``task_counts/name_status``."""
-    return frozen_map(
-        (str(name), counts(by_status, f"{what}[{name}]"))
-        for name, by_status in _mapping(body, what).items()
-    )
-
-
-def _number(value: Any, what: str, optional: bool = False) -> float | None:
-    if value is None and optional:
+def count(value: Any) -> int | None:
+    """``value`` if it is a count a sample carries exactly, else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
         return None
+    return value
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a finite float, else None (JSON allows NaN, Infinity, huge integers)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadResponse(f"{what}: expected a number, got {value!r}")
-    return float(value)
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
-def _stats_row(raw: Any, what: str) -> TaskStats:
+def _counts(body: Any, what: str) -> Counts | None:
+    result = {}
+    for status, n in _mapping(body, what).items():
+        name, value = label(status), count(n)
+        if name is None or value is None:
+            return None
+        result[name] = value
+    return frozen_map(result)
+
+
+def counts(body: Any, what: str, rejects: Rejects) -> Counts | None:
+    """``{status: count}`` from ``job_counts/status``; None when a value does not fit."""
+    result = _counts(body, what)
+    if result is None:
+        rejects.drop(ValueField.JOB_COUNTS, what)
+    return result
+
+
+def name_counts(body: Any, what: str, rejects: Rejects) -> Mapping[str, Counts]:
+    """``{task_name: {status: count}}`` from ``task_counts/name_status``; unfit names dropped."""
+    result = {}
+    for name, by_status in _mapping(body, what).items():
+        task_name = label(name)
+        inner = _counts(by_status, what) if task_name is not None else None
+        if task_name is None or inner is None:
+            rejects.drop(ValueField.TASK_COUNTS, what)
+            continue
+        result[task_name] = inner
+    return frozen_map(result)
+
+
+def _stats_row(raw: Any, what: str) -> TaskStats | None:
     row = _mapping(raw, what)
-
-    def num(key: str) -> float:
-        return _number(row.get(key), f"{what}.{key}") or 0.0
-
-    def optional(key: str) -> float | None:
-        return _number(row.get(key), f"{what}.{key}", optional=True)
-
+    required = {
+        key: finite(row.get(key, 0))
+        for key in ("gpu", "total_hrs", "total_err_hrs", "avg_hrs", "min_hrs", "max_hrs")
+    }
+    optional = {key: row.get(key) for key in ("stddev_hrs", "efficiency")}
+    checked = {key: None if v is None else finite(v) for key, v in optional.items()}
+    n = count(row.get("count"))
+    if n is None or None in required.values():
+        return None
+    if any(checked[key] is None and optional[key] is not None for key in optional):
+        return None
     return TaskStats(
-        count=_count(row.get("count"), f"{what}.count"),
-        gpu=num("gpu"),
-        total_hrs=num("total_hrs"),
-        total_err_hrs=num("total_err_hrs"),
-        avg_hrs=num("avg_hrs"),
-        stddev_hrs=optional("stddev_hrs"),
-        min_hrs=num("min_hrs"),
-        max_hrs=num("max_hrs"),
-        efficiency=optional("efficiency"),
+        count=n,
+        gpu=required["gpu"] or 0.0,
+        total_hrs=required["total_hrs"] or 0.0,
+        total_err_hrs=required["total_err_hrs"] or 0.0,
+        avg_hrs=required["avg_hrs"] or 0.0,
+        stddev_hrs=checked["stddev_hrs"],
+        min_hrs=required["min_hrs"] or 0.0,
+        max_hrs=required["max_hrs"] or 0.0,
+        efficiency=checked["efficiency"],
     )
 
 
-def task_stats(body: Any, what: str) -> Mapping[str, TaskStats]:
-    """``{task_name: {count, gpu, total_hrs, ...}}`` from ``/datasets/{id}/task_stats``."""
-    return frozen_map(
-        (str(name), _stats_row(raw, f"{what}[{name}]"))
-        for name, raw in _mapping(body, what).items()
-    )
+def task_stats(body: Any, what: str, rejects: Rejects) -> Mapping[str, TaskStats]:
+    """``{task_name: {count, gpu, total_hrs, ...}}`` from ``task_stats``; unfit names dropped."""
+    result = {}
+    for name, raw in _mapping(body, what).items():
+        task_name = label(name)
+        stats = _stats_row(raw, what) if task_name is not None else None
+        if task_name is None or stats is None:
+            rejects.drop(ValueField.TASK_STATS, what)
+            continue
+        result[task_name] = stats
+    return frozen_map(result)
 
 
-def start_timestamp(value: Any) -> float | None:
+def timestamp(value: Any) -> float | None:
     """An IceProd date (UTC, no zone) as a Unix time; None when absent or unreadable."""
     if not isinstance(value, str):
         return None
@@ -106,54 +172,124 @@ def start_timestamp(value: Any) -> float | None:
     return parsed.timestamp()
 
 
-def dataset_row(dataset_id: str, raw: Any) -> dict[str, Any]:
-    """One ``GET /datasets`` row as keyword arguments of :class:`~.snapshot.Dataset`."""
-    row = _mapping(raw, f"/datasets[{dataset_id}]")
-    number = row.get("dataset")
-    status = row.get("status")
-    if isinstance(number, bool) or not isinstance(number, int):
-        raise BadResponse(f"/datasets[{dataset_id}].dataset: expected a number, got {number!r}")
-    if not isinstance(status, str) or not status:
-        raise BadResponse(f"/datasets[{dataset_id}].status: expected a status, got {status!r}")
+class _Row:
+    """Reads the fields of one object, dropping (and counting) those that do not fit."""
 
-    def text(key: str) -> str:
-        value = row.get(key)
-        return value if isinstance(value, str) else ""
+    def __init__(self, row: Mapping[str, Any], where: str, rejects: Rejects) -> None:
+        self._row = row
+        self._where = where
+        self._rejects = rejects
 
-    def whole(key: str) -> int:
-        value = row.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    def _drop(self, field: ValueField) -> None:
+        self._rejects.drop(field, self._where)
 
-    priority = row.get("priority")
+    def text(self, key: str, field: ValueField) -> str:
+        value = self._row.get(key)
+        if value is None:
+            return ""
+        checked = label(value)
+        if checked is None:
+            self._drop(field)
+            return ""
+        return checked
+
+    def whole(self, key: str, field: ValueField) -> int | None:
+        value = self._row.get(key)
+        if value is None:
+            return 0
+        checked = count(value)
+        if checked is None:
+            self._drop(field)
+        return checked
+
+    def number(self, key: str, field: ValueField) -> float | None:
+        value = self._row.get(key)
+        if value is None:
+            return None
+        checked = finite(value)
+        if checked is None:
+            self._drop(field)
+        return checked
+
+    def time(self, key: str, field: ValueField) -> float | None:
+        value = self._row.get(key)
+        if value is None:
+            return None
+        checked = timestamp(value)
+        if checked is None or not math.isfinite(checked):
+            self._drop(field)
+            return None
+        return checked
+
+
+def dataset_row(dataset_id: str, raw: Any, rejects: Rejects) -> dict[str, Any] | None:
+    """One ``GET /datasets`` row as keyword arguments of :class:`~.snapshot.Dataset`.
+
+    None when the dataset cannot be exposed at all (no usable id, number or status).
+    """
+    where = f"/datasets[{label(dataset_id) or '?'}]"
+    row = _mapping(raw, where)
+    number, status = count(row.get("dataset")), label(row.get("status"))
+    if label(dataset_id) is None or number is None:
+        rejects.drop(ValueField.DATASET, where)
+        return None
+    if not status:
+        rejects.drop(ValueField.STATUS, where)
+        return None
+    fields = _Row(row, where, rejects)
     return {
         "dataset_id": dataset_id,
         "number": number,
         "status": status,
-        "description": text("description"),
-        "group": text("group"),
-        "username": text("username"),
-        "jobs_submitted": whole("jobs_submitted"),
-        "tasks_submitted": whole("tasks_submitted"),
-        "priority": (
-            float(priority)
-            if isinstance(priority, int | float) and not isinstance(priority, bool)
-            else None
-        ),
-        "start_timestamp": start_timestamp(row.get("start_date")),
+        "description": fields.text("description", ValueField.DESCRIPTION),
+        "group": fields.text("group", ValueField.GROUP),
+        "username": fields.text("username", ValueField.USERNAME),
+        "jobs_submitted": fields.whole("jobs_submitted", ValueField.JOBS_SUBMITTED),
+        "tasks_submitted": fields.whole("tasks_submitted", ValueField.TASKS_SUBMITTED),
+        "priority": fields.number("priority", ValueField.PRIORITY),
+        "start_timestamp": fields.time("start_date", ValueField.START_DATE),
         "truncated": row.get("truncated") is True,
     }
 
 
-def grids(body: Any, what: str) -> Mapping[str, Grid]:
+def datasets(body: Any, rejects: Rejects) -> dict[str, dict[str, Any]]:
+    """``GET /datasets`` as rows by dataset id, with dataset numbers made unique.
+
+    When two datasets carry the same number, the one whose ``dataset_id`` sorts first wins (the
+    same one on every poll and replica); the other is dropped and counted as ``dataset_conflict``.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    owner: dict[int, str] = {}
+    for dataset_id, raw in sorted(_mapping(body, "/datasets").items()):
+        row = dataset_row(str(dataset_id), raw, rejects)
+        if row is None:
+            continue
+        if row["number"] in owner:
+            rejects.drop(
+                ValueField.DATASET_CONFLICT,
+                f"/datasets[{row['dataset_id']}] has the number of {owner[row['number']]}",
+            )
+            continue
+        owner[row["number"]] = row["dataset_id"]
+        rows[row["dataset_id"]] = row
+    return rows
+
+
+def grids(body: Any, what: str, rejects: Rejects) -> Mapping[str, Grid]:
     """``{grid_id: {grid_id, host, version, last_update, ...}}`` from ``GET /grids``."""
     result = {}
     for grid_id, raw in _mapping(body, what).items():
-        row = _mapping(raw, f"{what}[{grid_id}]")
-        host, version = row.get("host"), row.get("version")
-        result[str(grid_id)] = Grid(
-            grid_id=str(grid_id),
-            host=host if isinstance(host, str) else "",
-            version=version if isinstance(version, str) else "",
-            last_update=start_timestamp(row.get("last_update")),
+        where = f"{what}[{label(grid_id) or '?'}]"
+        row = _mapping(raw, where)
+        checked_id = label(grid_id)
+        if checked_id is None:
+            rejects.drop(ValueField.GRID, where)
+            continue
+        fields = _Row(row, where, rejects)
+        result[checked_id] = Grid(
+            grid_id=checked_id,
+            host=fields.text("host", ValueField.GRID),
+            version=fields.text("version", ValueField.GRID),
+            last_update=fields.time("last_update", ValueField.GRID),
         )
     return frozen_map(result)

@@ -1,4 +1,10 @@
-"""One poll cycle: discover datasets, fan out per dataset, publish the next snapshot."""
+"""One poll cycle: discover datasets, plan what to fetch, fetch it, assemble the next snapshot.
+
+The cycle is three steps, so the rules of what to read and what to expose can be tested without
+I/O: :func:`plan` (pure: which datasets to count this cycle), the fan-out (the only I/O, bounded by
+the poll's deadline) and :func:`assemble` (pure: the next snapshot and the poller's bookkeeping).
+The bookkeeping (:class:`Tracking`) stays with the poller; the snapshot holds only what is exposed.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,16 @@ import dataclasses
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from . import api, parse
+from . import parse
 from .api import ApiError
-from .snapshot import Dataset, Grid, Snapshot, frozen_map
+from .labels import DATASET_PROBLEMS, Endpoint, Reason, ValueField
+from .snapshot import Counts, Dataset, Grid, Snapshot, TaskStats, frozen_map
 from .telemetry import Telemetry
 
 log = structlog.get_logger(__name__)
@@ -23,13 +30,13 @@ T = TypeVar("T")
 
 #: statuses counted on the slow cadence; ``complete`` is only counted once, when it is reached
 SLOW_STATUSES = frozenset({"suspended", "errors"})
-#: failures that are about one dataset, not about IceProd being unwell
-DATASET_PROBLEMS = frozenset({"forbidden", "not_found"})
+#: how many past cycles the landing page shows
+HISTORY = 10
 
 
 def shard_of(dataset_id: str, total_shards: int) -> int:
     """Stable shard of a dataset: the same on every replica, release and restart."""
-    digest = hashlib.sha256(dataset_id.encode()).digest()
+    digest = hashlib.sha256(dataset_id.encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big") % total_shards
 
 
@@ -38,8 +45,15 @@ class Source(Protocol):
 
     sent: int  # requests sent so far
 
-    async def get(self, template: str, args: dict[str, str] | None = None, **path: str) -> Any:
-        """GET a route by endpoint template."""
+    async def get(
+        self,
+        template: str,
+        args: dict[str, str] | None = None,
+        *,
+        deadline: float | None = None,
+        **path: str,
+    ) -> Any:
+        """GET a route by endpoint template, failing with reason ``deadline`` past ``deadline``."""
         ...
 
     def bad_response(self, template: str, detail: str) -> ApiError:
@@ -55,48 +69,240 @@ class Schedule:
     slow_poll_factor: int = 5
     task_stats_interval: float = 600.0
     grace_period: float = 900.0
+    #: seconds one cycle may take before what is still outstanding is abandoned
+    poll_timeout: float = 300.0
     shard: int = 0
     total_shards: int = 1
 
-    def counts_due(self, dataset: Dataset, now: float) -> bool:
+    def counts_due(self, dataset: Dataset, tracking: Tracking, now: float) -> bool:
         """Whether a watched dataset's job and task counts should be read this cycle."""
-        if dataset.counted_at is None:
+        if tracking.counted_at is None:
             return True
         if dataset.status in SLOW_STATUSES:
             # half an interval of slack so timer jitter does not skip a whole slow cycle
-            return now - dataset.counted_at >= (self.slow_poll_factor - 0.5) * self.poll_interval
+            age = now - tracking.counted_at
+            return age >= (self.slow_poll_factor - 0.5) * self.poll_interval
         return True
 
-    def stats_due(self, dataset: Dataset, now: float) -> bool:
+    def stats_due(self, dataset: Dataset, tracking: Tracking, now: float) -> bool:
         """Whether ``task_stats`` should be read along with the counts."""
         if self.task_stats_interval <= 0:
             return False
-        return dataset.stats_at is None or now - dataset.stats_at >= self.task_stats_interval
+        if dataset.task_stats is None or tracking.stats_at is None:
+            return True  # never read, or lost (a 403 that has cleared): restore it now
+        return now - tracking.stats_at >= self.task_stats_interval
 
     def mine(self, dataset_id: str) -> bool:
         """Whether this replica polls the dataset."""
         return self.total_shards == 1 or shard_of(dataset_id, self.total_shards) == self.shard
 
 
+@dataclass(frozen=True, slots=True)
+class Tracking:
+    """The poller's bookkeeping of one dataset; never exposed."""
+
+    counted_at: float | None = None
+    stats_at: float | None = None
+    #: when the dataset completed or vanished; its series go after the grace period
+    retired_at: float | None = None
+    #: the token may not read the dataset's routes (HTTP 403)
+    forbidden: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """One dataset to read this cycle."""
+
+    dataset: Dataset
+    stats: bool
+    #: the dataset just completed: read its final state once, then retire it
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one cycle reads: the datasets to fetch and the ones that keep their values."""
+
+    fetches: tuple[Fetch, ...]
+    #: this shard's datasets as discovery describes them, with their last counts
+    kept: Mapping[str, Dataset]
+    #: datasets that left discovery this cycle or earlier (kept until the grace period ends)
+    gone: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What the fan-out read of one dataset; unread parts stay None."""
+
+    jobs: Counts | None = None
+    tasks: Mapping[str, Counts] | None = None
+    stats: Mapping[str, TaskStats] | None = None
+    counted: bool = False
+    stats_read: bool = False
+    error: ApiError | None = None
+
+
+@dataclass(frozen=True)
+class PollRecord:
+    """One past cycle, for the landing page."""
+
+    finished_at: float
+    up: bool
+    duration: float
+    requests: int
+    fetched: int
+    failures: Mapping[str, int]
+    error: str | None
+
+
+@dataclass(frozen=True)
+class EndpointError:
+    """The last failure of one endpoint template, for the landing page."""
+
+    reason: str
+    status: int | None
+    at: float
+    detail: str
+
+
 @dataclass
 class _Cycle:
-    """Book-keeping of one cycle, for the summary event."""
+    """Book-keeping of one cycle, for the summary event and the snapshot's ``up``."""
 
     fetched: int = 0
     requests: int = 0
     failures: Counter[str] = dataclasses.field(default_factory=Counter)
     #: 403 answers by endpoint template: permission problems, not outages
     denied: Counter[str] = dataclasses.field(default_factory=Counter)
+    errors: dict[str, ApiError] = field(default_factory=dict)
+    rejects: parse.Rejects = field(default_factory=parse.Rejects)
+    #: why the whole cycle failed, if it did (the deadline passed, an unexpected error)
+    fatal: str | None = None
 
     def failed(self, error: ApiError) -> None:
         """Count a failed call."""
         self.failures[error.reason] += 1
-        if error.reason == "forbidden":
+        self.errors[error.endpoint] = error
+        if error.reason == Reason.FORBIDDEN:
             self.denied[error.endpoint] += 1
+
+    @property
+    def healthy(self) -> bool:
+        """Whether IceProd answered all it should (a 403 or 404 is about one route, not IceProd)."""
+        return self.fatal is None and not set(self.failures) - DATASET_PROBLEMS
+
+
+def plan(
+    previous: Snapshot,
+    tracking: Mapping[str, Tracking],
+    rows: Mapping[str, Mapping[str, Any]],
+    schedule: Schedule,
+    now: float,
+    full: bool = False,
+) -> Plan:
+    """Decide what this cycle reads (pure): due datasets are fetched, the others keep values."""
+    fetches: list[Fetch] = []
+    kept: dict[str, Dataset] = {}
+    for dataset_id, row in rows.items():
+        if not schedule.mine(dataset_id):
+            continue
+        before = previous.datasets.get(dataset_id)
+        track = tracking.get(dataset_id, Tracking())
+        # discovery refreshes the metadata; the last counts and stats stay until read again
+        current = Dataset(**row) if before is None else dataclasses.replace(before, **row)
+        if current.status == "complete":
+            if before is not None and track.retired_at is None and before.status != "complete":
+                fetches.append(Fetch(current, stats=schedule.task_stats_interval > 0, final=True))
+            elif before is not None and track.retired_at is not None:
+                kept[dataset_id] = dataclasses.replace(current, watched=False)
+            continue  # a dataset first seen complete is counted in iceprod_datasets only
+        current = dataclasses.replace(current, watched=True)
+        if full or track.retired_at is not None or schedule.counts_due(current, track, now):
+            stats = full or schedule.stats_due(current, track, now)
+            fetches.append(Fetch(current, stats=stats and schedule.task_stats_interval > 0))
+        else:
+            kept[dataset_id] = current
+    gone = frozenset(
+        dataset_id
+        for dataset_id in previous.datasets
+        if dataset_id not in rows and schedule.mine(dataset_id)
+    )
+    return Plan(tuple(fetches), frozen_map(kept), gone)
+
+
+def assemble(
+    previous: Snapshot,
+    tracking: Mapping[str, Tracking],
+    work: Plan,
+    fetched: Mapping[str, Fetched],
+    *,
+    schedule: Schedule,
+    now: float,
+    finished: float,
+    healthy: bool,
+    dataset_counts: Counts | None,
+    grids: Mapping[str, Grid] | None,
+) -> tuple[Snapshot, dict[str, Tracking]]:
+    """Build the next snapshot and bookkeeping from a plan and what was read (pure)."""
+    datasets: dict[str, Dataset] = dict(work.kept)
+    tracks: dict[str, Tracking] = {
+        dataset_id: tracking.get(dataset_id, Tracking()) for dataset_id in work.kept
+    }
+    for dataset_id in work.gone:
+        track = tracking.get(dataset_id, Tracking())
+        datasets[dataset_id] = dataclasses.replace(previous.datasets[dataset_id], watched=False)
+        tracks[dataset_id] = dataclasses.replace(track, retired_at=track.retired_at or now)
+    for job in work.fetches:
+        dataset_id = job.dataset.dataset_id
+        track = tracking.get(dataset_id, Tracking())
+        if track.retired_at is not None and not job.final:
+            track = dataclasses.replace(track, retired_at=None)  # back in the watched set
+        dataset, track = _apply(job, fetched.get(dataset_id, Fetched()), track, now)
+        datasets[dataset_id], tracks[dataset_id] = dataset, track
+    for dataset_id, track in list(tracks.items()):
+        if track.retired_at is not None and now - track.retired_at > schedule.grace_period:
+            del datasets[dataset_id], tracks[dataset_id]
+    snapshot = Snapshot(
+        up=healthy,
+        polled_at=finished,
+        last_success=finished if healthy else previous.last_success,
+        datasets=frozen_map(datasets),
+        dataset_counts=dataset_counts,
+        grids=grids,
+        cycle=previous.cycle + 1,
+    )
+    return snapshot, tracks
+
+
+def _apply(job: Fetch, result: Fetched, track: Tracking, now: float) -> tuple[Dataset, Tracking]:
+    dataset = job.dataset
+    if result.counted:
+        dataset = dataclasses.replace(dataset, jobs=result.jobs, tasks=result.tasks)
+        track = dataclasses.replace(track, counted_at=now, forbidden=False)
+    if result.stats_read:
+        dataset = dataclasses.replace(dataset, task_stats=result.stats)
+        track = dataclasses.replace(track, stats_at=now)
+    error = result.error
+    if error is not None and error.reason == Reason.FORBIDDEN:
+        # nothing of it may be read: drop what is held, and read it all again once allowed
+        dataset = dataclasses.replace(dataset, jobs=None, tasks=None, task_stats=None)
+        track = Tracking(retired_at=track.retired_at, forbidden=True)
+    elif error is not None and error.reason == Reason.NOT_FOUND:
+        track = dataclasses.replace(track, retired_at=track.retired_at or now)
+    if job.final and (result.counted or error is not None):
+        track = dataclasses.replace(track, retired_at=track.retired_at or now)
+    if track.retired_at is not None:
+        dataset = dataclasses.replace(dataset, watched=False)
+    # on other failures the last values stay, until max_staleness drops them all
+    return dataset, track
 
 
 class Poller:
-    """Owns the current snapshot; :meth:`poll` replaces it with a newer one."""
+    """Owns the current snapshot; :meth:`poll` replaces it with a newer one.
+
+    ``publish`` is awaited with each new snapshot before it is swapped in (the daemon renders
+    the exposition there, so no scrape waits for a render).
+    """
 
     def __init__(
         self,
@@ -104,176 +310,174 @@ class Poller:
         schedule: Schedule,
         telemetry: Telemetry,
         clock: Callable[[], float] = time.time,
+        publish: Callable[[Snapshot], Awaitable[None]] | None = None,
     ) -> None:
         self._client = client
         self._schedule = schedule
         self._telemetry = telemetry
         self._clock = clock
+        self._publish = publish
         self.snapshot = Snapshot()
+        self.tracking: Mapping[str, Tracking] = frozen_map({})
         self.progress_at = clock()
         self.consecutive_failures = 0
+        self.consecutive_crashes = 0
+        self.history: list[PollRecord] = []
+        self.endpoint_errors: dict[str, EndpointError] = {}
         self._denied: set[str] = set()
+        self._rejected: set[ValueField] = set()
 
     def mark_progress(self) -> None:
         """Note that the poller is alive (an API answer arrived or a cycle ended)."""
         self.progress_at = self._clock()
 
     async def poll(self, full: bool = False) -> Snapshot:
-        """Run one cycle and publish its snapshot; ``full`` fetches everything now."""
+        """Run one cycle and publish its snapshot; ``full`` fetches everything now.
+
+        Never raises (but for cancellation): an unexpected error makes a failed poll.
+        """
         started = time.perf_counter()
         previous = self.snapshot
-        now = self._clock()
         cycle = _Cycle()
         sent = self._client.sent
+        crashed = False
         try:
-            rows = await self._discover()
-        except ApiError as error:
-            snapshot = dataclasses.replace(
-                previous, up=False, polled_at=self._clock(), cycle=previous.cycle + 1
-            )
-            cycle.failed(error)
-        else:
-            snapshot = await self._refresh(previous, rows, now, full, cycle)
-        self.snapshot = snapshot  # the one atomic swap scrapes see
+            snapshot, tracking = await self._cycle(previous, full, cycle)
+        except Exception as exc:
+            crashed = True
+            cycle.fatal = f"unexpected error: {type(exc).__name__}"
+            log.exception("poll.crashed", error=type(exc).__name__)
+            snapshot, tracking = self._failed(previous), self.tracking
+        if self._publish is not None:
+            try:
+                await self._publish(snapshot)
+            except Exception as exc:
+                log.exception("poll.publish_failed", error=type(exc).__name__)
+        self.snapshot, self.tracking = snapshot, tracking  # the one swap scrapes see
         cycle.requests = self._client.sent - sent
-        self._finish(snapshot, cycle, time.perf_counter() - started)
+        self._finish(snapshot, cycle, crashed, time.perf_counter() - started)
         return snapshot
 
-    async def _discover(self) -> dict[str, dict[str, Any]]:
-        body = await self._client.get(api.DATASETS, {"keys": "|".join(parse.DATASET_KEYS)})
-        if not isinstance(body, dict):
-            raise self._client.bad_response(api.DATASETS, "expected an object of datasets")
-        rows = {}
-        for dataset_id, raw in body.items():
-            try:
-                rows[str(dataset_id)] = parse.dataset_row(str(dataset_id), raw)
-            except parse.BadResponse as exc:
-                # one malformed dataset must not hide the others
-                log.warning("dataset.malformed", dataset_id=dataset_id, error=str(exc))
-        return rows
-
-    async def _refresh(
-        self,
-        previous: Snapshot,
-        rows: Mapping[str, dict[str, Any]],
-        now: float,
-        full: bool,
-        cycle: _Cycle,
-    ) -> Snapshot:
-        schedule = self._schedule
-        datasets: dict[str, Dataset] = {}
-        work: list[tuple[Dataset, bool]] = []
-        for dataset_id, row in rows.items():
-            if not schedule.mine(dataset_id):
-                continue
-            before = previous.datasets.get(dataset_id)
-            current = self._merge(before, row)
-            was_watched = before is not None and before.retired_at is None
-            if current.status == "complete":
-                if was_watched and before is not None and before.status != "complete":
-                    # read the final state once so it can be scraped during the grace period
-                    work.append((dataclasses.replace(current, retired_at=now), True))
-                elif before is not None and before.retired_at is not None:
-                    datasets[dataset_id] = dataclasses.replace(
-                        current, retired_at=before.retired_at
-                    )
-                continue
-            due = full or schedule.counts_due(current, now)
-            if due:
-                work.append((current, full or schedule.stats_due(current, now)))
-            else:
-                datasets[dataset_id] = current
-        for dataset_id, before in previous.datasets.items():
-            if dataset_id not in rows and schedule.mine(dataset_id):
-                retired_at = before.retired_at or now
-                datasets[dataset_id] = dataclasses.replace(before, retired_at=retired_at)
-
-        results, grids = await asyncio.gather(
-            asyncio.gather(*(self._fetch(d, s, now, cycle) for d, s in work)),
-            self._grids(previous, cycle),
-        )
-        for dataset in results:
-            datasets[dataset.dataset_id] = dataset
-        expired = [
-            dataset_id
-            for dataset_id, d in datasets.items()
-            if d.retired_at is not None and now - d.retired_at > schedule.grace_period
-        ]
-        for dataset_id in expired:
-            del datasets[dataset_id]
-
-        healthy = not (set(cycle.failures) - DATASET_PROBLEMS)
-        finished = self._clock()
-        return Snapshot(
-            up=healthy,
-            polled_at=finished,
-            last_success=finished if healthy else previous.last_success,
-            datasets=frozen_map(datasets),
-            dataset_counts=(
-                frozen_map(Counter(row["status"] for row in rows.values()))
-                if schedule.shard == 0
-                else None
-            ),
-            grids=grids,
-            cycle=previous.cycle + 1,
+    def _failed(self, previous: Snapshot) -> Snapshot:
+        return dataclasses.replace(
+            previous, up=False, polled_at=self._clock(), cycle=previous.cycle + 1
         )
 
-    async def _grids(self, previous: Snapshot, cycle: _Cycle) -> Mapping[str, Grid] | None:
-        if self._schedule.shard != 0:
-            return None  # IceProd-wide: one shard reports it
+    async def _cycle(
+        self, previous: Snapshot, full: bool, cycle: _Cycle
+    ) -> tuple[Snapshot, Mapping[str, Tracking]]:
+        now = self._clock()
+        deadline = asyncio.get_running_loop().time() + self._schedule.poll_timeout
         try:
-            return await self._read(api.GRIDS, parse.grids)
-        except ApiError as error:
-            cycle.failed(error)
-            return None if error.reason == "forbidden" else previous.grids
-
-    @staticmethod
-    def _merge(before: Dataset | None, row: dict[str, Any]) -> Dataset:
-        if before is None:
-            return Dataset(**row)
-        # keep the last counts and stats; discovery only refreshes metadata
-        return dataclasses.replace(before, **row, retired_at=None)
-
-    async def _fetch(
-        self, dataset: Dataset, with_stats: bool, now: float, cycle: _Cycle
-    ) -> Dataset:
-        cycle.fetched += 1
-        try:
-            path = {"dataset_id": dataset.dataset_id}
-            jobs = await self._read(api.JOB_COUNTS, parse.counts, path)
-            tasks = await self._read(api.TASK_COUNTS_NAME, parse.name_counts, path)
-            dataset = dataclasses.replace(
-                dataset, jobs=jobs, tasks=tasks, counted_at=now, forbidden=False
+            body = await self._client.get(
+                Endpoint.DATASETS, {"keys": "|".join(parse.DATASET_KEYS)}, deadline=deadline
             )
-            if with_stats:
-                stats = await self._read(api.TASK_STATS, parse.task_stats, path)
-                dataset = dataclasses.replace(dataset, task_stats=stats, stats_at=now)
+            rows = parse.datasets(body, cycle.rejects)
         except ApiError as error:
             cycle.failed(error)
-            if error.reason == "forbidden":
-                return dataclasses.replace(
-                    dataset, forbidden=True, jobs=None, tasks=None, task_stats=None
+            return self._failed(previous), self.tracking
+        except parse.BadResponse as exc:
+            cycle.failed(self._client.bad_response(Endpoint.DATASETS, str(exc)))
+            return self._failed(previous), self.tracking
+        work = plan(previous, self.tracking, rows, self._schedule, now, full)
+        fetched, grids = await self._fan_out(work, previous, cycle, deadline)
+        counts = None
+        if self._schedule.shard == 0:  # IceProd-wide: one shard reports it
+            counts = frozen_map(Counter(row["status"] for row in rows.values()))
+        return assemble(
+            previous,
+            self.tracking,
+            work,
+            fetched,
+            schedule=self._schedule,
+            now=now,
+            finished=self._clock(),
+            healthy=cycle.healthy,
+            dataset_counts=counts,
+            grids=grids,
+        )
+
+    async def _fan_out(
+        self, work: Plan, previous: Snapshot, cycle: _Cycle, deadline: float
+    ) -> tuple[dict[str, Fetched], Mapping[str, Grid] | None]:
+        """Read every planned dataset (and the grids) until done or the deadline passes."""
+        fetched: dict[str, Fetched] = {}
+        grids: list[Mapping[str, Grid] | None] = [previous.grids]
+
+        async def one(job: Fetch) -> None:
+            fetched[job.dataset.dataset_id] = await self._fetch(job, cycle, deadline)
+
+        async def read_grids() -> None:
+            grids[0] = await self._grids(previous, cycle, deadline)
+
+        tasks = [asyncio.create_task(one(job)) for job in work.fetches]
+        if self._schedule.shard == 0:
+            tasks.append(asyncio.create_task(read_grids()))
+        else:
+            grids[0] = None
+        if tasks:
+            remaining = deadline - asyncio.get_running_loop().time()
+            _, pending = await asyncio.wait(tasks, timeout=max(remaining, 0.0))
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                cycle.fatal = f"poll deadline ({self._schedule.poll_timeout:g}s) passed"
+            for task in tasks:
+                failure = None if task.cancelled() else task.exception()
+                if failure is not None:
+                    raise failure  # a bug, not an answer: the poll fails
+        return fetched, grids[0]
+
+    async def _grids(
+        self, previous: Snapshot, cycle: _Cycle, deadline: float
+    ) -> Mapping[str, Grid] | None:
+        try:
+            return await self._read(Endpoint.GRIDS, parse.grids, cycle, deadline)
+        except ApiError as error:
+            cycle.failed(error)
+            return None if error.reason == Reason.FORBIDDEN else previous.grids
+
+    async def _fetch(self, job: Fetch, cycle: _Cycle, deadline: float) -> Fetched:
+        cycle.fetched += 1
+        path = {"dataset_id": job.dataset.dataset_id}
+        result = Fetched()
+        try:
+            jobs = await self._read(Endpoint.JOB_COUNTS, parse.counts, cycle, deadline, path)
+            tasks = await self._read(
+                Endpoint.TASK_COUNTS_NAME, parse.name_counts, cycle, deadline, path
+            )
+            result = Fetched(jobs=jobs, tasks=tasks, counted=True)
+            if job.stats:
+                stats = await self._read(
+                    Endpoint.TASK_STATS, parse.task_stats, cycle, deadline, path
                 )
-            if error.reason == "not_found":
-                return dataclasses.replace(dataset, retired_at=dataset.retired_at or now)
-            log.debug("dataset.failed", dataset=dataset.label, error=str(error))
-        # on other failures the last values stay, until max_staleness drops them all
-        return dataset
+                result = dataclasses.replace(result, stats=stats, stats_read=True)
+        except ApiError as error:
+            cycle.failed(error)
+            log.debug("dataset.failed", dataset=job.dataset.label, error=str(error))
+            result = dataclasses.replace(result, error=error)
+        return result
 
     async def _read(
-        self, template: str, parser: Callable[[Any, str], T], path: Mapping[str, str] | None = None
+        self,
+        template: Endpoint,
+        parser: Callable[[Any, str, parse.Rejects], T],
+        cycle: _Cycle,
+        deadline: float,
+        path: Mapping[str, str] | None = None,
     ) -> T:
-        body = await self._client.get(template, None, **(path or {}))
+        body = await self._client.get(template, None, deadline=deadline, **(path or {}))
         try:
-            return parser(body, template)
+            return parser(body, template, cycle.rejects)
         except parse.BadResponse as exc:
             raise self._client.bad_response(template, str(exc)) from None
 
-    def _finish(self, snapshot: Snapshot, cycle: _Cycle, duration: float) -> None:
+    def _finish(self, snapshot: Snapshot, cycle: _Cycle, crashed: bool, duration: float) -> None:
         telemetry = self._telemetry
         telemetry.poll_duration.observe(duration)
         telemetry.datasets_watched.set(len(snapshot.watched()))
-        telemetry.forbidden_datasets.set(sum(d.forbidden for d in snapshot.datasets.values()))
+        telemetry.forbidden_datasets.set(sum(t.forbidden for t in self.tracking.values()))
         for endpoint in self._denied | set(cycle.denied):
             telemetry.permission_denied.labels(endpoint).set(cycle.denied[endpoint])
         for endpoint in set(cycle.denied) - self._denied:
@@ -285,12 +489,36 @@ class Poller:
                 hint="the token may not read this route; this is not an outage",
             )
         self._denied = set(cycle.denied)
+        self._count_rejects(cycle.rejects)
+        finished = self._clock()
+        for endpoint, failure in cycle.errors.items():
+            self.endpoint_errors[endpoint] = EndpointError(
+                failure.reason, failure.status, finished, str(failure)
+            )
+        if crashed:
+            self.consecutive_crashes += 1
+            telemetry.poll_crashes.inc()
+        else:
+            self.consecutive_crashes = 0
+            self.mark_progress()  # a crashing poller is not making progress
         if snapshot.up:
             self.consecutive_failures = 0
         else:
             self.consecutive_failures += 1
             telemetry.poll_failures.inc()
-        self.mark_progress()
+        error = cycle.fatal or _first_error(cycle)
+        self.history = [
+            PollRecord(
+                finished,
+                snapshot.up,
+                duration,
+                cycle.requests,
+                cycle.fetched,
+                dict(cycle.failures),
+                error,
+            ),
+            *self.history[: HISTORY - 1],
+        ]
         log.info(
             "poll.finished",
             up=snapshot.up,
@@ -300,5 +528,28 @@ class Poller:
             fetched=cycle.fetched,
             requests=cycle.requests,
             failures=dict(cycle.failures),
+            bad_values=dict(cycle.rejects.counts),
+            error=error,
             duration=round(duration, 3),
         )
+
+    def _count_rejects(self, rejects: parse.Rejects) -> None:
+        for value_field, n in rejects.counts.items():
+            self._telemetry.bad_values.labels(value_field).inc(n)
+        for value_field in set(rejects.counts) - self._rejected:
+            # one line when a field starts arriving unfit, not one per dataset and poll
+            log.warning(
+                "values.dropped",
+                field=value_field.value,
+                count=rejects.counts[value_field],
+                example=rejects.examples[value_field],
+                hint="IceProd sent values the exposition cannot carry; only they are dropped",
+            )
+        self._rejected = set(rejects.counts)
+
+
+def _first_error(cycle: _Cycle) -> str | None:
+    for error in cycle.errors.values():
+        if error.reason not in DATASET_PROBLEMS:
+            return str(error)
+    return None

@@ -68,20 +68,17 @@ class Dataset:
     username: str = ""
     priority: float | None = None
     start_timestamp: float | None = None
-    jobs_submitted: int = 0
-    tasks_submitted: int = 0
+    #: None when IceProd's value could not be exposed (see parse.py)
+    jobs_submitted: int | None = 0
+    tasks_submitted: int | None = 0
     truncated: bool = False
     #: job status -> count, as last read from ``job_counts/status``; None before the first read
     jobs: Counts | None = None
     #: task name -> status -> count, from ``task_counts/name_status``
     tasks: Mapping[str, Counts] | None = None
     task_stats: Mapping[str, TaskStats] | None = None
-    counted_at: float | None = None
-    stats_at: float | None = None
-    #: set when the dataset left the watched set (completed or vanished); dropped after the grace
-    retired_at: float | None = None
-    #: the token may not read this dataset's routes (HTTP 403)
-    forbidden: bool = False
+    #: False once the dataset completed or vanished: it keeps its last series for the grace period
+    watched: bool = True
 
     @property
     def label(self) -> str:
@@ -123,7 +120,7 @@ class Snapshot:
     def watched(self) -> list[Dataset]:
         """Datasets whose counts are polled, in dataset-number order."""
         return sorted(
-            (d for d in self.datasets.values() if d.retired_at is None),
+            (d for d in self.datasets.values() if d.watched),
             key=lambda d: d.number,
         )
 

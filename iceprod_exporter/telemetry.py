@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import __version__
+from .labels import API_REASONS, TOKEN_REASONS, Endpoint, ValueField
 from .metrics import Kind, spec
 
 # Polls fan out over many datasets, so they run far longer than single requests.
@@ -50,6 +51,8 @@ class Telemetry:
         self.permission_denied = gauge("iceprod_exporter_permission_denied")
         self.poll_duration = histogram("iceprod_exporter_poll_duration_seconds", POLL_BUCKETS)
         self.poll_failures = counter("iceprod_exporter_poll_failures_total")
+        self.poll_crashes = counter("iceprod_exporter_poll_crashes_total")
+        self.bad_values = counter("iceprod_exporter_bad_values_total")
         self.requests = counter("iceprod_exporter_api_requests_total")
         self.request_failures = counter("iceprod_exporter_api_request_failures_total")
         self.request_duration = histogram(
@@ -59,3 +62,14 @@ class Telemetry:
         self.token_refreshes = counter("iceprod_exporter_token_refreshes_total")
         self.token_failures = counter("iceprod_exporter_token_refresh_failures_total")
         self.token_expiry = gauge("iceprod_exporter_token_expiry_timestamp_seconds")
+        # every bounded label combination starts at 0, so the first failure is an increase
+        for endpoint in Endpoint:
+            self.requests.labels(endpoint)
+            self.request_duration.labels(endpoint)
+            self.permission_denied.labels(endpoint)
+            for reason in API_REASONS:
+                self.request_failures.labels(endpoint, reason)
+        for reason in TOKEN_REASONS:
+            self.token_failures.labels(reason)
+        for field in ValueField:
+            self.bad_values.labels(field)

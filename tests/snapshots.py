@@ -35,8 +35,6 @@ PROCESSING = Dataset(
             "filter": TaskStats(1, 1.0, 2.0, 0.0, 2.0, None, 2.0, 2.0, 1.0),
         }
     ),
-    counted_at=NOW,
-    stats_at=NOW,
 )
 
 LEGACY = Dataset(
@@ -51,7 +49,6 @@ LEGACY = Dataset(
     truncated=True,
     jobs=frozen_map(counts(processing=1)),
     tasks=frozen_map({"main": frozen_map(counts(reset=1))}),
-    counted_at=NOW,
 )
 
 FORBIDDEN = Dataset(
@@ -60,7 +57,6 @@ FORBIDDEN = Dataset(
     status="suspended",
     group="filtering",
     username="carol",
-    forbidden=True,
 )
 
 FINISHED = Dataset(
@@ -73,8 +69,7 @@ FINISHED = Dataset(
     tasks_submitted=1,
     jobs=frozen_map(counts(complete=1)),
     tasks=frozen_map({"generate": frozen_map(counts(complete=1))}),
-    counted_at=NOW,
-    retired_at=NOW,
+    watched=False,
 )
 
 FLEET = Snapshot(

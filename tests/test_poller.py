@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from typing import Any
 
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from iceprod_exporter import api
 from iceprod_exporter.api import ApiError
+from iceprod_exporter.labels import Reason
 from iceprod_exporter.poller import Poller, Schedule, shard_of
 from iceprod_exporter.telemetry import Telemetry
 
@@ -59,7 +61,14 @@ class FakeSource:
             }
         }
 
-    async def get(self, template: str, args: dict[str, str] | None = None, **path: str) -> Any:
+    async def get(
+        self,
+        template: str,
+        args: dict[str, str] | None = None,
+        *,
+        deadline: float | None = None,
+        **path: str,
+    ) -> Any:
         route = template.format(**path)
         self.calls[template] += 1
         self.sent += 1
@@ -69,7 +78,7 @@ class FakeSource:
             assert args and "dataset|status" in args["keys"]
             return self.datasets
         answer = self.answers[route]
-        if isinstance(answer, ApiError):
+        if isinstance(answer, Exception):
             raise answer
         return answer
 
@@ -148,7 +157,8 @@ def test_completed_dataset_keeps_final_state_for_the_grace_period() -> None:
     snap = poll(poller)
     final = snap.datasets["a"]
     assert final.status == "complete" and final.jobs == {"complete": 2}, "final state read once"
-    assert final.retired_at == clock.now and snap.watched() == []
+    assert not final.watched and snap.watched() == []
+    assert poller.tracking["a"].retired_at == clock.now
     calls = source.calls[api.JOB_COUNTS]
     clock.now += 240
     snap = poll(poller)
@@ -164,7 +174,8 @@ def test_vanished_dataset_ages_out() -> None:
     poll(poller)
     del source.datasets["a"]
     clock.now += 60
-    assert poll(poller).datasets["a"].retired_at == clock.now
+    assert not poll(poller).datasets["a"].watched
+    assert poller.tracking["a"].retired_at == clock.now
     clock.now += 301
     assert "a" not in poll(poller).datasets
 
@@ -193,10 +204,11 @@ def test_forbidden_dataset_is_a_permission_problem_not_an_outage() -> None:
     source.answers["/datasets/b/job_counts/status"] = ApiError(
         api.JOB_COUNTS, "forbidden", "403", 403
     )
-    snap = poll(make(source, clock))
+    poller = make(source, clock)
+    snap = poll(poller)
     assert snap.up
-    assert snap.datasets["b"].forbidden and snap.datasets["b"].jobs is None
-    assert not snap.datasets["a"].forbidden
+    assert poller.tracking["b"].forbidden and snap.datasets["b"].jobs is None
+    assert not poller.tracking["a"].forbidden
 
 
 @pytest.mark.parametrize("reason", ["overloaded", "timeout", "bad_response", "server_error"])
@@ -220,10 +232,17 @@ def test_malformed_bodies_do_not_crash() -> None:
     source.add("b", 2)
     source.datasets["junk"] = {"dataset": "not a number", "status": 5}
     source.answers["/datasets/b/job_counts/status"] = {"processing": "many"}
-    snap = poll(make(source, clock))
+    registry = CollectorRegistry()
+    poller = Poller(source, Schedule(poll_interval=60.0), Telemetry(registry), clock)
+    snap = poll(poller)
     assert "junk" not in snap.datasets
     assert snap.datasets["a"].jobs is not None and snap.datasets["b"].jobs is None
-    assert not snap.up, "a body of the wrong shape is a failed poll"
+    assert snap.up, "a value that does not fit drops that value, not the poll"
+    for field in ("dataset", "job_counts"):
+        labels = {"field": field}
+        assert registry.get_sample_value("iceprod_exporter_bad_values_total", labels) == 1
+    source.answers["/datasets/b/job_counts/status"] = ["not", "an", "object"]
+    assert not poll(make(source, clock)).up, "a body of the wrong shape is a failed poll"
     source.datasets = ["not", "a", "mapping"]  # type: ignore[assignment]
     assert not poll(make(source, clock)).up
 
@@ -277,3 +296,115 @@ def test_global_route_forbidden_to_a_user_token_is_reported_once() -> None:
     assert (
         registry.get_sample_value("iceprod_exporter_permission_denied", {"endpoint": "/grids"}) == 0
     )
+
+
+def test_an_unexpected_error_is_a_failed_poll_and_the_next_goes_on() -> None:
+    from structlog.testing import capture_logs
+
+    source, clock = FakeSource(), Clock()
+    source.add("a", 1)
+    registry = CollectorRegistry()
+    poller = Poller(source, Schedule(poll_interval=60.0), Telemetry(registry), clock)
+    good = poll(poller)
+    source.answers["/datasets/a/job_counts/status"] = RuntimeError("a bug")
+    clock.now += 60
+    with capture_logs() as logs:
+        bad = poll(poller)
+    assert not bad.up and bad.last_success == good.last_success
+    assert bad.datasets == good.datasets, "the last values stay"
+    assert poller.consecutive_crashes == 1
+    assert registry.get_sample_value("iceprod_exporter_poll_crashes_total") == 1
+    assert registry.get_sample_value("iceprod_exporter_poll_failures_total") == 1
+    assert [e["event"] for e in logs].count("poll.crashed") == 1
+    source.answers["/datasets/a/job_counts/status"] = {"processing": 1}
+    clock.now += 60
+    assert poll(poller).up and poller.consecutive_crashes == 0
+
+
+def test_recovery_from_403_restores_counts_and_task_stats_at_once() -> None:
+    source, clock = FakeSource(), Clock()
+    source.add("a", 1)
+    poller = make(source, clock)
+    poll(poller)
+    saved = dict(source.answers)
+    for route in ("job_counts/status", "task_counts/name_status", "task_stats"):
+        source.answers[f"/datasets/a/{route}"] = ApiError(route, Reason.FORBIDDEN, "403", 403)
+    clock.now += 60
+    lost = poll(poller).datasets["a"]
+    assert lost.jobs is None and lost.task_stats is None
+    source.answers.update(saved)
+    clock.now += 60
+    back = poll(poller).datasets["a"]
+    assert back.jobs == {"processing": 2}
+    assert back.task_stats is not None and back.task_stats["generate"].avg_hrs == 1.0
+
+
+def test_recovery_from_a_failed_task_stats_read_retries_it_next_cycle() -> None:
+    source, clock = FakeSource(), Clock()
+    source.add("a", 1)
+    saved = source.answers["/datasets/a/task_stats"]
+    source.answers["/datasets/a/task_stats"] = ApiError(api.TASK_STATS, Reason.SERVER_ERROR, "5xx")
+    poller = make(source, clock)
+    first = poll(poller)
+    assert not first.up and first.datasets["a"].jobs is not None
+    source.answers["/datasets/a/task_stats"] = saved
+    clock.now += 60
+    assert poll(poller).datasets["a"].task_stats is not None
+
+
+def test_the_deadline_ends_a_hung_fan_out() -> None:
+    class Hanging(FakeSource):
+        async def get(self, template: str, *args: Any, **kw: Any) -> Any:
+            if template == api.JOB_COUNTS and kw.get("dataset_id") == "b":
+                await asyncio.sleep(30)
+            return await super().get(template, *args, **kw)
+
+    source, clock = Hanging(), Clock()
+    source.add("a", 1)
+    source.add("b", 2)
+    poller = make(source, clock, poll_timeout=0.3)
+    started = time.monotonic()
+    snap = poll(poller)
+    assert time.monotonic() - started < 2
+    assert not snap.up, "a poll that passed its deadline failed"
+    assert snap.datasets["a"].jobs == {"processing": 2}, "what was read in time is kept"
+    assert poller.history[0].error is not None and "deadline" in poller.history[0].error
+
+
+def test_duplicate_dataset_numbers_keep_one_dataset_and_count_the_conflict() -> None:
+    source, clock = FakeSource(), Clock()
+    source.add("b-second", 7)
+    source.add("a-first", 7)
+    registry = CollectorRegistry()
+    poller = Poller(source, Schedule(poll_interval=60.0), Telemetry(registry), clock)
+    snap = poll(poller)
+    assert set(snap.datasets) == {"a-first"}, "the dataset id that sorts first wins"
+    labels = {"field": "dataset_conflict"}
+    assert registry.get_sample_value("iceprod_exporter_bad_values_total", labels) == 1
+
+
+def test_unfit_values_drop_only_their_field() -> None:
+    source, clock = FakeSource(), Clock()
+    source.add("a", 1, description="\ud800", priority=10**400, jobs_submitted=10**30)
+    source.add("b", 2, priority=float("nan"))
+    source.answers["/datasets/b/task_counts/name_status"] = {
+        "ok": {"queued": 1},
+        "\udfff": {"queued": 1},
+        "huge": {"queued": 2**64},
+    }
+    registry = CollectorRegistry()
+    poller = Poller(source, Schedule(poll_interval=60.0), Telemetry(registry), clock)
+    snap = poll(poller)
+    a, b = snap.datasets["a"], snap.datasets["b"]
+    assert snap.up
+    assert a.description == "" and a.priority is None and a.jobs_submitted is None
+    assert a.jobs == {"processing": 2}, "the rest of the dataset is kept"
+    assert b.priority is None and b.tasks == {"ok": {"queued": 1}}
+    for field, n in [
+        ("description", 1),
+        ("priority", 2),
+        ("jobs_submitted", 1),
+        ("task_counts", 2),
+    ]:
+        value = registry.get_sample_value("iceprod_exporter_bad_values_total", {"field": field})
+        assert value == n, field
