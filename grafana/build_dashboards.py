@@ -1250,6 +1250,27 @@ def exporter_board() -> Json:
             width=16,
             defaults={"min": 0, "decimals": 0},
         ),
+        Panel(
+            "timeseries",
+            "Dropped values and crashed polls",
+            "Values in IceProd's answers the exposition cannot carry (out of range, not finite, "
+            "not UTF-8, duplicate dataset numbers), dropped by field: the rest of the dataset is "
+            "still exported. Crashed polls are exporter bugs (log event poll.crashed); each is "
+            "also a failed poll.",
+            [
+                Target(
+                    "sum by (field) "
+                    f"(increase(iceprod_exporter_bad_values_total{{{I_}}}[$__rate_interval]))",
+                    "dropped: {{field}}",
+                ),
+                Target(
+                    f"sum by (instance) (increase(iceprod_exporter_poll_crashes_total{{{I_}}}"
+                    "[$__rate_interval]))",
+                    "crashed polls {{instance}}",
+                ),
+            ],
+            defaults={"min": 0},
+        ),
         Row("Token"),
         Panel(
             "timeseries",

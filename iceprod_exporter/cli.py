@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import secrets
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from prometheus_client import disable_created_metrics
@@ -20,6 +21,25 @@ from .auth import write_private
 from .config import ConfigError, Settings
 
 EXIT_CONFIG = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors never echo a value: it may be a secret."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {without_values(message)}\n")
+
+
+def without_values(message: str) -> str:
+    """An argparse error message with the values it quotes left out."""
+    head, sep, rest = message.partition("unrecognized arguments: ")
+    if sep:
+        flags = (
+            word.split("=", 1)[0] if word.startswith("-") else "VALUE" for word in rest.split()
+        )
+        return head + sep + " ".join(flags)
+    return re.sub(r"(invalid [^:]*? value|invalid choice): .*", r"\1", message)
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +61,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the CLI)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="iceprod-exporter",
         description="Prometheus exporter for IceProd datasets, jobs and tasks.",
     )

@@ -6,7 +6,10 @@ environment names (``API_URL``, ``OAUTH_URL``, ...) are accepted beside ``ICEPRO
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
+import urllib.parse
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -95,58 +98,112 @@ class Settings(BaseModel):
         None, description="File holding a static bearer token; re-read on every refresh."
     )
     token_timeout: float = Field(
-        10.0, gt=0, description="Seconds allowed for one token or discovery request."
+        10.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="Seconds allowed for one token or discovery request.",
     )
-    listen_address: str = Field("0.0.0.0", description="Address the HTTP server binds to.")
+    listen_address: str = Field(
+        "0.0.0.0",
+        description="Address the HTTP server binds to: an IPv4 or IPv6 address (`::` for dual "
+        "stack, brackets allowed) or a host name.",
+    )
+    web_config_file: Path | None = Field(
+        None,
+        description="exporter-toolkit web configuration file: TLS (`tls_server_config`), basic "
+        "auth (`basic_auth_users`, bcrypt) and response headers; paths in it are relative to it.",
+    )
     port: int = Field(
         DEFAULT_PORT, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz and /."
     )
     poll_interval: float = Field(
-        60.0, ge=1, description="Seconds between poll cycles of processing datasets."
+        60.0,
+        ge=1,
+        le=86400,
+        allow_inf_nan=False,
+        description="Seconds between poll cycles of processing datasets.",
     )
     slow_poll_factor: int = Field(
         5,
         ge=1,
+        le=1000,
         description="Suspended and errors datasets are counted every this many cycles.",
     )
     task_stats_interval: float = Field(
-        600.0, ge=0, description="Seconds between task_stats fetches of a dataset (0: never)."
+        600.0,
+        ge=0,
+        le=7 * 86400,
+        allow_inf_nan=False,
+        description="Seconds between task_stats fetches of a dataset (0: never).",
     )
     timeout: float = Field(
-        30.0, gt=0, description="Per-call timeout in seconds for IceProd API requests."
+        30.0,
+        gt=0,
+        le=600,
+        allow_inf_nan=False,
+        description="Per-call timeout in seconds for IceProd API requests; a call that has not "
+        "answered by then fails at once (timeouts are not retried).",
+    )
+    poll_timeout: float = Field(
+        300.0,
+        gt=0,
+        le=86400,
+        allow_inf_nan=False,
+        description="Seconds one poll cycle may take, retries included; what is still "
+        "outstanding then is abandoned and the poll counts as failed.",
     )
     retries: int = Field(
-        2, ge=0, le=10, description="Retries of a failed API call (5xx, 429, timeouts)."
+        2,
+        ge=0,
+        le=10,
+        description="Retries of a failed API call (5xx, 429, connection errors), within "
+        "poll_timeout.",
     )
     backoff_max: float = Field(
-        60.0, gt=0, description="Upper bound in seconds for any backoff or Retry-After wait."
+        60.0,
+        gt=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Upper bound in seconds for any backoff or Retry-After wait.",
     )
     concurrency: int = Field(8, ge=1, le=64, description="API requests in flight at most.")
     rate_limit: float = Field(
         50.0,
         ge=0,
+        le=10000,
+        allow_inf_nan=False,
         description="API requests per second at most; fractions allowed (0: unlimited).",
     )
     max_staleness: float = Field(
         600.0,
         gt=0,
+        le=30 * 86400,
+        allow_inf_nan=False,
         description="Seconds the last good dataset values stay served while polls fail.",
     )
     grace_period: float = Field(
         900.0,
         ge=0,
+        le=30 * 86400,
+        allow_inf_nan=False,
         description="Seconds a dataset that completed or vanished keeps its final series.",
     )
     health_stall_polls: int = Field(
-        3, ge=1, description="/healthz fails after this many poll intervals without progress."
+        3,
+        ge=1,
+        le=1000,
+        description="/healthz fails after this many poll intervals without progress.",
     )
     compat_dataset_monitor: bool = Field(
         False,
         description="Also emit IceProd dataset_monitor's iceprod_jobs, iceprod_tasks and "
         "iceprod_future_resources_hours.",
     )
-    shard: int = Field(0, ge=0, description="This replica's shard (0-based).")
-    total_shards: int = Field(1, ge=1, description="Number of shards splitting the datasets.")
+    shard: int = Field(0, ge=0, le=999, description="This replica's shard (0-based).")
+    total_shards: int = Field(
+        1, ge=1, le=1000, description="Number of shards splitting the datasets."
+    )
     process_metrics: bool = Field(
         True, description="Export the Python process, GC and platform metrics."
     )
@@ -156,9 +213,23 @@ class Settings(BaseModel):
     @field_validator("api_url", "oauth_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if value and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        if value:
+            check_url(value)
         return value.rstrip("/")
+
+    @field_validator("listen_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        host = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+        if not _valid_host(host):
+            raise ValueError("must be an IPv4 or IPv6 address or a host name")
+        return host
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> Settings:
+        if self.poll_timeout < self.timeout:
+            raise ValueError(f"poll_timeout: must be at least timeout ({self.timeout:g}s)")
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -182,6 +253,8 @@ class Settings(BaseModel):
     def redacted(self) -> dict[str, Any]:
         """Return the effective settings as plain data with every secret masked."""
         data = self.model_dump(mode="json")
+        for name in ("api_url", "oauth_url"):
+            data[name] = redact_url(data[name])
         for name, field in type(self).model_fields.items():
             if field.annotation == SecretStr | None and data.get(name) is not None:
                 data[name] = "<redacted>"
@@ -225,6 +298,42 @@ class Settings(BaseModel):
         )
 
 
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    return bool(host) and len(host) <= 253 and all(_HOST_LABEL.fullmatch(x) for x in labels)
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_url(value: str) -> None:
+    """Raise ValueError unless ``value`` is an http(s) URL with a valid host (never echoed)."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018  # raises on a port that is not a number or out of range
+    except ValueError:
+        raise ValueError("must be an http:// or https:// URL with a valid host and port") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname or not _valid_host(parts.hostname):
+        raise ValueError("must name a valid host (http://host[:port]/...)")
+
+
+def redact_url(value: str) -> str:
+    """The URL with a password in its userinfo replaced, for display and logs."""
+    parts = urllib.parse.urlsplit(value)
+    if parts.password is None:
+        return value
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:<redacted>@{host}"))
+
+
 def env_name(field: str) -> str:
     """Return the ``ICEPROD_EXPORTER_*`` variable of a setting."""
     return ENV_PREFIX + field.upper()
@@ -244,12 +353,14 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 def from_file(path: Path) -> dict[str, Any]:
     """Read a YAML settings file (a flat mapping of setting names)."""
+    text = read_text(path, "config_file")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"config_file: cannot read {path}: {exc.strerror}") from None
+        loaded = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config_file: {path} is not valid YAML: {exc}") from None
+        # the position only: the offending line may hold a secret
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"config_file: {path} is not valid YAML{where}") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -293,16 +404,23 @@ def validate(values: Mapping[str, Any]) -> Settings:
         raise ConfigError(f"{name}: {message}" if name else message) from None
 
 
+def read_text(path: Path, setting: str) -> str:
+    """A UTF-8 file's text; any problem is one line naming the setting (never the content)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{setting}: {path} is not UTF-8 text (byte {exc.start})") from None
+
+
 def read_secret(value: SecretStr | None, path: Path | None, setting: str) -> str | None:
     """Return a secret given inline or in a file (surrounding whitespace stripped)."""
     if value is not None:
         return value.get_secret_value()
     if path is None:
         return None
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
+    text = read_text(path, setting).strip()
     if not text:
         raise ConfigError(f"{setting}: {path} is empty")
     return text

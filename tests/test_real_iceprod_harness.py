@@ -39,11 +39,15 @@ CLIENTS: dict[str, tuple[str, dict[str, Any]]] = {
     "tester-user": ("user-secret", USER_CLAIMS),
     # Valid IceCube groups but an empty preferred_username (overriding the issuer's default):
     # IceProd then has no current_user and answers 403 "authentication failed".
-    "tester-nameless": ("nameless-secret", {"groups": ["/institutions/IceCube/UW-Madison"],
-                                            "preferred_username": ""}),
+    "tester-nameless": (
+        "nameless-secret",
+        {"groups": ["/institutions/IceCube/UW-Madison"], "preferred_username": ""},
+    ),
 }
-DATASET_KEYS = "dataset|description|group|username|status|jobs_submitted|tasks_submitted|" \
-               "tasks_per_job|priority|truncated"
+DATASET_KEYS = (
+    "dataset|description|group|username|status|jobs_submitted|tasks_submitted|"
+    "tasks_per_job|priority|truncated"
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +63,7 @@ def issuer() -> Iterator[OIDCIssuer]:
 
 
 @pytest.fixture(scope="module")
-def iceprod(issuer: OIDCIssuer, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[RealIceProd]:
+def iceprod(issuer: OIDCIssuer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealIceProd]:
     with RealIceProd(issuer.url, AUDIENCE, log_dir=tmp_path_factory.mktemp("iceprod")) as srv:
         yield srv
     assert srv.returncode == 0, srv.log_tail()  # clean SIGTERM shutdown
@@ -79,8 +82,9 @@ def auth(tok: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def seeded(iceprod: RealIceProd, issuer: OIDCIssuer) -> SeededScenario:
     t0 = time.monotonic()
-    result = seed_scenario(iceprod.url, token(issuer, "exporter-system"),
-                           token(issuer, "tester-admin"))
+    result = seed_scenario(
+        iceprod.url, token(issuer, "exporter-system"), token(issuer, "tester-admin")
+    )
     print(f"seeded {result.requests} requests in {time.monotonic() - t0:.2f}s")
     return result
 
@@ -100,8 +104,7 @@ def test_server_starts_and_is_healthy(iceprod: RealIceProd, issuer: OIDCIssuer) 
     r = requests.get(iceprod.url + "/healthz", timeout=10)
     assert r.status_code == 200 and r.json() == {}
     # /healthz is a bare tornado handler; API routes (even a 403) carry IceProd's header.
-    assert requests.get(iceprod.url + "/datasets", timeout=10).headers["Server"] == \
-        "IceProd/3.2.43"
+    assert requests.get(iceprod.url + "/datasets", timeout=10).headers["Server"] == "IceProd/3.2.43"
     assert iceprod.url.startswith("http://127.0.0.1:")
     assert iceprod.startup_seconds is not None and iceprod.startup_seconds < 60
     log = iceprod.log_text()
@@ -109,8 +112,9 @@ def test_server_starts_and_is_healthy(iceprod: RealIceProd, issuer: OIDCIssuer) 
     assert "CI_TESTING is enabled" not in log  # real OIDC validation, not the HS512 test mode
 
 
-def test_system_token_reads_seeded_datasets(iceprod: RealIceProd, seeded: SeededScenario,
-                                            system: dict[str, str]) -> None:
+def test_system_token_reads_seeded_datasets(
+    iceprod: RealIceProd, seeded: SeededScenario, system: dict[str, str]
+) -> None:
     listed = get(iceprod, "/datasets", system, keys=DATASET_KEYS)
     assert set(listed) == {d.dataset_id for d in seeded.datasets.values()}
     numbers = expected.dataset_numbers()
@@ -126,11 +130,13 @@ def test_system_token_reads_seeded_datasets(iceprod: RealIceProd, seeded: Seeded
     grids = get(iceprod, "/grids", system)
     assert sorted(g["host"] for g in grids.values()) == sorted(g.host for g in SCENARIO.grids)
     assert {g["host"]: g["version"] for g in grids.values()} == {
-        g.host: g.patch.get("version", g.version) for g in SCENARIO.grids}
+        g.host: g.patch.get("version", g.version) for g in SCENARIO.grids
+    }
 
 
-def test_bad_tokens_get_403(iceprod: RealIceProd, issuer: OIDCIssuer,
-                            seeded: SeededScenario) -> None:
+def test_bad_tokens_get_403(
+    iceprod: RealIceProd, issuer: OIDCIssuer, seeded: SeededScenario
+) -> None:
     dataset_id = seeded.datasets["sim_active"].dataset_id
     path = f"/datasets/{dataset_id}/job_counts/status"
 
@@ -149,30 +155,41 @@ def test_bad_tokens_get_403(iceprod: RealIceProd, issuer: OIDCIssuer,
     forged = jwt.encode(claims, forged_key, algorithm="RS256", headers={"kid": header["kid"]})
     assert status(auth(forged)) == auth_failed
     # Same payload re-signed with alg=none is refused too (only RS256/RS512 accepted).
-    unsigned = ".".join([
-        base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT","kid":"%s"}'
-                                 % header["kid"].encode()).rstrip(b"=").decode(),
-        real.split(".")[1], ""])
+    unsigned = ".".join(
+        [
+            base64.urlsafe_b64encode(
+                b'{"alg":"none","typ":"JWT","kid":"%s"}' % header["kid"].encode()
+            )
+            .rstrip(b"=")
+            .decode(),
+            real.split(".")[1],
+            "",
+        ]
+    )
     assert status(auth(unsigned)) == auth_failed
     # A valid token without preferred_username has no IceProd username -> authentication fails.
     assert status(auth(token(issuer, "tester-nameless"))) == auth_failed
     # A plain IceCube user reads per-dataset routes but not the system/admin-only ones.
     assert status(auth(token(issuer, "tester-user")))[0] == 200
     assert status(auth(token(issuer, "tester-user")), "/grids") == (
-        403, {"code": 403, "error": "authorization failed"})
+        403,
+        {"code": 403, "error": "authorization failed"},
+    )
 
 
 def test_audience_is_enforced_only_when_configured(issuer: OIDCIssuer, tmp_path: Path) -> None:
     headers = auth(token(issuer, "exporter-system"))  # aud == "iceprod"
     for audience, want in (("iceprod-production", 403), ("", 200)):
-        with RealIceProd(issuer.url, audience, log_dir=tmp_path / (audience or "none"),
-                         prometheus=False) as other:
+        with RealIceProd(
+            issuer.url, audience, log_dir=tmp_path / (audience or "none"), prometheus=False
+        ) as other:
             r = requests.get(other.url + "/datasets", headers=headers, timeout=10)
             assert r.status_code == want, (audience, r.text)
 
 
-def test_counts_match_expected(iceprod: RealIceProd, seeded: SeededScenario,
-                               system: dict[str, str]) -> None:
+def test_counts_match_expected(
+    iceprod: RealIceProd, seeded: SeededScenario, system: dict[str, str]
+) -> None:
     for ds in SCENARIO.datasets:
         base = f"/datasets/{seeded.datasets[ds.key].dataset_id}"
         jobs = get(iceprod, base + "/job_counts/status", system)
@@ -185,23 +202,32 @@ def test_counts_match_expected(iceprod: RealIceProd, seeded: SeededScenario,
         assert list(totals.items()) == list(expected.task_counts_status(ds).items()), ds.key
 
 
-def test_job_and_task_documents_match_scenario(iceprod: RealIceProd, seeded: SeededScenario,
-                                               system: dict[str, str]) -> None:
+def test_job_and_task_documents_match_scenario(
+    iceprod: RealIceProd, seeded: SeededScenario, system: dict[str, str]
+) -> None:
     for ds in SCENARIO.datasets:
         base = f"/datasets/{seeded.datasets[ds.key].dataset_id}"
         jobs = get(iceprod, base + "/jobs", system, keys="job_index|status")
-        assert sorted((j["job_index"], j["status"]) for j in jobs.values()) == \
-            [(i, job.status) for i, job in enumerate(ds.jobs)], ds.key
+        assert sorted((j["job_index"], j["status"]) for j in jobs.values()) == [
+            (i, job.status) for i, job in enumerate(ds.jobs)
+        ], ds.key
         want = expected.task_documents(ds)
-        tasks = get(iceprod, base + "/tasks", system, keys="|".join(
-            ["job_index", "name", *next(iter(want.values()), {})]))
-        got = {(t["job_index"], t["name"]): {k: t[k] for k in want[t["job_index"], t["name"]]}
-               for t in tasks.values()}
+        tasks = get(
+            iceprod,
+            base + "/tasks",
+            system,
+            keys="|".join(["job_index", "name", *next(iter(want.values()), {})]),
+        )
+        got = {
+            (t["job_index"], t["name"]): {k: t[k] for k in want[t["job_index"], t["name"]]}
+            for t in tasks.values()
+        }
         assert got == want, ds.key
 
 
-def test_task_stats_match_expected(iceprod: RealIceProd, seeded: SeededScenario,
-                                   system: dict[str, str]) -> None:
+def test_task_stats_match_expected(
+    iceprod: RealIceProd, seeded: SeededScenario, system: dict[str, str]
+) -> None:
     for ds in SCENARIO.datasets:
         got = get(iceprod, f"/datasets/{seeded.datasets[ds.key].dataset_id}/task_stats", system)
         want = expected.task_stats(ds)
@@ -217,9 +243,11 @@ def test_dataset_monitor_wrapper(iceprod: RealIceProd, seeded: SeededScenario) -
     print(f"dataset_monitor run: {time.monotonic() - t0:.2f}s")
     families = {f.name: f for f in text_string_to_metric_families(text)}
     want = expected.dataset_monitor()
-    label_order = {"iceprod_jobs": ("dataset", "status"),
-                   "iceprod_tasks": ("dataset", "taskname", "status"),
-                   "iceprod_future_resources_hours": ("resource",)}
+    label_order = {
+        "iceprod_jobs": ("dataset", "status"),
+        "iceprod_tasks": ("dataset", "taskname", "status"),
+        "iceprod_future_resources_hours": ("resource",),
+    }
     for name, labels in label_order.items():
         got = {tuple(s.labels[k] for k in labels): s.value for s in families[name].samples}
         assert got == want[name], name
@@ -228,8 +256,9 @@ def test_dataset_monitor_wrapper(iceprod: RealIceProd, seeded: SeededScenario) -
     assert info["type"] == "cron" and info["version"] == "3.2.43"
 
 
-def test_server_own_metrics(iceprod: RealIceProd, seeded: SeededScenario,
-                            system: dict[str, str]) -> None:
+def test_server_own_metrics(
+    iceprod: RealIceProd, seeded: SeededScenario, system: dict[str, str]
+) -> None:
     dataset_id = seeded.datasets["sim_active"].dataset_id
     get(iceprod, f"/datasets/{dataset_id}/task_counts/name_status", system)
     assert iceprod.prometheus_url is not None

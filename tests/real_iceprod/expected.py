@@ -46,9 +46,14 @@ def task_counts_status(ds: Dataset) -> dict[str, int]:
 def task_documents(ds: Dataset) -> dict[tuple[int, str], dict[str, Any]]:
     """(job_index, task name) -> fields of the task document the scenario determines."""
     return {
-        (j, tdef.name): {"task_index": i, "status": t.status, "site": t.site,
-                         "walltime": t.walltime, "walltime_err": t.walltime_err,
-                         "requirements": tdef.requirements()}
+        (j, tdef.name): {
+            "task_index": i,
+            "status": t.status,
+            "site": t.site,
+            "walltime": t.walltime,
+            "walltime_err": t.walltime_err,
+            "requirements": tdef.requirements(),
+        }
         for j, job in enumerate(ds.jobs)
         for i, (tdef, t) in enumerate(zip(ds.task_defs, job.tasks, strict=True))
     }
@@ -168,9 +173,13 @@ def dataset_counts(scenario: Scenario = SCENARIO, *, as_user: bool = False) -> d
     return {s: c[s] for s in DATASET_STATUSES}
 
 
-def exporter_series(dataset_ids: Mapping[str, str], grid_ids: Mapping[str, str],
-                    scenario: Scenario = SCENARIO, *, as_user: bool = False,
-                    ) -> dict[str, dict[Labels, float]]:
+def exporter_series(
+    dataset_ids: Mapping[str, str],
+    grid_ids: Mapping[str, str],
+    scenario: Scenario = SCENARIO,
+    *,
+    as_user: bool = False,
+) -> dict[str, dict[Labels, float]]:
     """Every IceProd-derived series the exporter should expose after a full poll.
 
     ``dataset_ids`` (scenario key -> dataset_id) and ``grid_ids`` (host -> grid_id) are the
@@ -188,24 +197,29 @@ def exporter_series(dataset_ids: Mapping[str, str], grid_ids: Mapping[str, str],
             continue
         num = str(numbers[ds.key])
         one = labels(dataset=num)
-        series["iceprod_dataset_info"][labels(
-            dataset=num, dataset_id=dataset_ids[ds.key], group=ds.group,
-            username=ds.username, description=ds.description)] = 1.0
+        series["iceprod_dataset_info"][
+            labels(
+                dataset=num,
+                dataset_id=dataset_ids[ds.key],
+                group=ds.group,
+                username=ds.username,
+                description=ds.description,
+            )
+        ] = 1.0
         for s in DATASET_STATUSES:
-            series["iceprod_dataset_status"][labels(dataset=num, status=s)] = \
-                float(s == ds.status)
+            series["iceprod_dataset_status"][labels(dataset=num, status=s)] = float(s == ds.status)
         series["iceprod_dataset_priority"][one] = ds.priority
         series["iceprod_dataset_truncated"][one] = float(ds.truncated)
         series["iceprod_dataset_jobs_submitted"][one] = float(ds.jobs_submitted)
-        series["iceprod_dataset_tasks_submitted"][one] = float(ds.jobs_submitted
-                                                               * ds.tasks_per_job)
+        series["iceprod_dataset_tasks_submitted"][one] = float(ds.jobs_submitted * ds.tasks_per_job)
         jc = job_counts(ds)
         for s in JOB_STATUSES:
             series["iceprod_dataset_jobs"][labels(dataset=num, status=s)] = float(jc.get(s, 0))
         for name, counts in task_counts_name_status(ds).items():
             for s in TASK_STATUSES:
-                series["iceprod_dataset_tasks"][labels(dataset=num, task_name=name, status=s)] = \
+                series["iceprod_dataset_tasks"][labels(dataset=num, task_name=name, status=s)] = (
                     float(counts.get(s, 0))
+                )
         for name, stats in task_stats(ds).items():
             per_name = labels(dataset=num, task_name=name)
             for field, metric in WALLTIME_METRICS.items():
@@ -215,6 +229,7 @@ def exporter_series(dataset_ids: Mapping[str, str], grid_ids: Mapping[str, str],
     if not as_user:
         for grid in scenario.grids:
             version = grid.patch.get("version", grid.version)
-            series["iceprod_grid_info"][labels(grid=grid_ids[grid.host], host=grid.host,
-                                               version=version)] = 1.0
+            series["iceprod_grid_info"][
+                labels(grid=grid_ids[grid.host], host=grid.host, version=version)
+            ] = 1.0
     return dict(series)

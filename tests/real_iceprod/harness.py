@@ -44,16 +44,33 @@ SYSTEM_CLAIMS: dict[str, Any] = {"resource_access": {"iceprod": {"roles": ["icep
 # role admin (and group admin). preferred_username is required for every non-system token:
 # IceProd's current_user is preferred_username, and without it the server answers
 # 403 "authentication failed" even though the token itself is valid.
-ADMIN_CLAIMS: dict[str, Any] = {"groups": ["/tokens/IceProdAdmins"],
-                                "preferred_username": "iceprod-admin"}
+ADMIN_CLAIMS: dict[str, Any] = {
+    "groups": ["/tokens/IceProdAdmins"],
+    "preferred_username": "iceprod-admin",
+}
 # role user (and group users): any /institutions/IceCube... group.
-USER_CLAIMS: dict[str, Any] = {"groups": ["/institutions/IceCube/UW-Madison"],
-                               "preferred_username": "alice"}
+USER_CLAIMS: dict[str, Any] = {
+    "groups": ["/institutions/IceCube/UW-Madison"],
+    "preferred_username": "alice",
+}
 
 # Variables of the calling environment that must not leak into the iceprod venv's process.
-_SCRUBBED_ENV = ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PROMETHEUS_PORT", "CI_TESTING",
-                 "OPENID_URL", "OPENID_AUDIENCE", "API_URL", "OAUTH_URL", "OAUTH_CLIENT_ID",
-                 "OAUTH_CLIENT_SECRET", "HOST", "PORT", "DB_URL")
+_SCRUBBED_ENV = (
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PROMETHEUS_PORT",
+    "CI_TESTING",
+    "OPENID_URL",
+    "OPENID_AUDIENCE",
+    "API_URL",
+    "OAUTH_URL",
+    "OAUTH_CLIENT_ID",
+    "OAUTH_CLIENT_SECRET",
+    "HOST",
+    "PORT",
+    "DB_URL",
+)
 
 
 class RealIceProdError(RuntimeError):
@@ -64,10 +81,15 @@ def fetch_token(issuer_url: str, client_id: str, client_secret: str) -> str:
     """Client-credentials access token via the issuer's OIDC discovery."""
     disc = requests.get(issuer_url + "/.well-known/openid-configuration", timeout=10)
     disc.raise_for_status()
-    r = requests.post(disc.json()["token_endpoint"], timeout=10, data={
-        "grant_type": "client_credentials", "client_id": client_id,
-        "client_secret": client_secret,
-    })
+    r = requests.post(
+        disc.json()["token_endpoint"],
+        timeout=10,
+        data={
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret,
+        },
+    )
     r.raise_for_status()
     return str(r.json()["access_token"])
 
@@ -82,9 +104,16 @@ def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 class RealIceProd:
     """The real IceProd REST server in a subprocess on 127.0.0.1 (context manager)."""
 
-    def __init__(self, issuer_url: str, audience: str = "iceprod", *,
-                 log_dir: Path | None = None, prometheus: bool = True,
-                 startup_timeout: float = 60.0, venv_dir: Path = DEFAULT_VENV_DIR) -> None:
+    def __init__(
+        self,
+        issuer_url: str,
+        audience: str = "iceprod",
+        *,
+        log_dir: Path | None = None,
+        prometheus: bool = True,
+        startup_timeout: float = 60.0,
+        venv_dir: Path = DEFAULT_VENV_DIR,
+    ) -> None:
         self.issuer_url = issuer_url.rstrip("/")
         self.audience = audience
         self.prometheus = prometheus
@@ -104,17 +133,28 @@ class RealIceProd:
         if self._proc is not None:
             raise RealIceProdError("already started")
         self._python = ensure_venv(self.venv_dir)
-        cmd = [str(self._python), str(SERVER_MAIN), "--issuer-url", self.issuer_url,
-               "--audience", self.audience]
+        cmd = [
+            str(self._python),
+            str(SERVER_MAIN),
+            "--issuer-url",
+            self.issuer_url,
+            "--audience",
+            self.audience,
+        ]
         if self.prometheus:
             cmd.append("--prometheus")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         with self.log_path.open("wb") as log:
             # Own session: a Ctrl-C in the test terminal reaches pytest, which stops us cleanly.
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, env=_child_env(),
-                                          start_new_session=True)
+            self._proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=_child_env(),
+                start_new_session=True,
+            )
         try:
             self._wait_ready(t0)
         except BaseException:
@@ -128,10 +168,11 @@ class RealIceProd:
         while time.monotonic() - t0 < self.startup_timeout:
             if self._proc.poll() is not None:
                 raise RealIceProdError(
-                    f"server exited with {self._proc.returncode} before ready:\n{self.log_tail()}")
+                    f"server exited with {self._proc.returncode} before ready:\n{self.log_tail()}"
+                )
             for line in self.log_text().splitlines():
                 if line.startswith(READY_PREFIX):
-                    info = json.loads(line[len(READY_PREFIX):])
+                    info = json.loads(line[len(READY_PREFIX) :])
                     self._port, self._prometheus_port = info["port"], info["prometheus_port"]
             if self._port is not None:
                 try:
@@ -140,8 +181,9 @@ class RealIceProd:
                 except requests.RequestException:
                     pass
             time.sleep(0.05)
-        raise RealIceProdError(f"server not ready after {self.startup_timeout}s:\n"
-                               f"{self.log_tail()}")
+        raise RealIceProdError(
+            f"server not ready after {self.startup_timeout}s:\n{self.log_tail()}"
+        )
 
     def stop(self) -> None:
         """SIGTERM the server (SIGKILL after 15 s); safe to call twice."""
@@ -160,8 +202,12 @@ class RealIceProd:
     def __enter__(self) -> RealIceProd:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     # -- accessors ---------------------------------------------------------------------
@@ -201,17 +247,32 @@ class RealIceProd:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     # -- helpers that run inside the iceprod venv --------------------------------------
-    def run_dataset_monitor(self, client_id: str, client_secret: str,
-                            timeout: float = 120.0) -> str:
+    def run_dataset_monitor(
+        self, client_id: str, client_secret: str, timeout: float = 120.0
+    ) -> str:
         """Run IceProd's dataset_monitor once against this server; return its metrics text."""
         python = self._python or ensure_venv(self.venv_dir)
-        cmd = [str(python), str(DATASET_MONITOR_MAIN), "--rest-url", self.url,
-               "--oauth-url", self.issuer_url, "--oauth-client-id", client_id]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL,
-                              env=_child_env({"OAUTH_CLIENT_SECRET": client_secret}),
-                              check=False)
+        cmd = [
+            str(python),
+            str(DATASET_MONITOR_MAIN),
+            "--rest-url",
+            self.url,
+            "--oauth-url",
+            self.issuer_url,
+            "--oauth-client-id",
+            client_id,
+        ]
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env=_child_env({"OAUTH_CLIENT_SECRET": client_secret}),
+            check=False,
+        )
         if proc.returncode != 0:
-            raise RealIceProdError(f"dataset_monitor exited {proc.returncode}:\n"
-                                   f"{proc.stderr[-4000:]}")
+            raise RealIceProdError(
+                f"dataset_monitor exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+            )
         return proc.stdout

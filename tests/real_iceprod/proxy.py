@@ -24,8 +24,18 @@ from urllib.parse import urlsplit
 import jwt
 
 # hop-by-hop headers (RFC 9110 7.6.1) are the proxy's own business, not forwarded
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                         "te", "trailer", "transfer-encoding", "upgrade"})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -79,22 +89,29 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
         headers["Host"] = proxy.upstream_netloc
         try:
-            conn = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port,
-                                              timeout=proxy.timeout)
+            conn = http.client.HTTPConnection(
+                proxy.upstream_host, proxy.upstream_port, timeout=proxy.timeout
+            )
             try:
                 conn.request(self.command, self.path, headers=headers)
                 response = conn.getresponse()
                 status, reason = response.status, response.reason
                 body = response.read()
-                out_headers = [(k, v) for k, v in response.getheaders()
-                               if k.lower() not in _HOP_BY_HOP | {"content-length"}]
+                out_headers = [
+                    (k, v)
+                    for k, v in response.getheaders()
+                    if k.lower() not in _HOP_BY_HOP | {"content-length"}
+                ]
             finally:
                 conn.close()
         except OSError as exc:
             status, reason, body = 502, "Bad Gateway", f"proxy: {exc}".encode()
             out_headers = [("Content-Type", "text/plain")]
-        proxy.record(ProxiedRequest(at, self.command, self.path, bearer,
-                                    _exp(bearer) if bearer else None, status))
+        proxy.record(
+            ProxiedRequest(
+                at, self.command, self.path, bearer, _exp(bearer) if bearer else None, status
+            )
+        )
         self.send_response(status, reason)
         for name, value in out_headers:
             self.send_header(name, value)
@@ -132,8 +149,9 @@ class RecordingProxy:
     def start(self) -> RecordingProxy:
         """Listen on an ephemeral 127.0.0.1 port, serving from a daemon thread."""
         self._server = _Server(self)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -149,8 +167,12 @@ class RecordingProxy:
     def __enter__(self) -> RecordingProxy:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def record(self, request: ProxiedRequest) -> None:

@@ -123,8 +123,13 @@ GENERATE, FILTER, RECO_GPU = TaskDef("generate"), TaskDef("filter"), TaskDef("re
 SCENARIO = Scenario(
     datasets=(
         Dataset(
-            key="sim_active", description="CORSIKA in-ice 20904 (active)", group="simprod",
-            username="alice", status="processing", initial_jobs_submitted=8, jobs_submitted=10,
+            key="sim_active",
+            description="CORSIKA in-ice 20904 (active)",
+            group="simprod",
+            username="alice",
+            status="processing",
+            initial_jobs_submitted=8,
+            jobs_submitted=10,
             task_defs=(GENERATE, FILTER, RECO_GPU),
             jobs=(
                 Job("complete", (T("complete", 1.5, 0.25), T("complete", 0.5), T("complete", 2.0))),
@@ -135,9 +140,14 @@ SCENARIO = Scenario(
             ),
         ),
         Dataset(
-            key="filter_truncated", description="Level2 pass2 IC86.2020 (truncated)",
-            group="filtering", username="bob", status="processing", truncated=True,
-            jobs_submitted=6, task_defs=(TaskDef("level2"), TaskDef("level3")),
+            key="filter_truncated",
+            description="Level2 pass2 IC86.2020 (truncated)",
+            group="filtering",
+            username="bob",
+            status="processing",
+            truncated=True,
+            jobs_submitted=6,
+            task_defs=(TaskDef("level2"), TaskDef("level3")),
             jobs=(
                 Job("complete", (T("complete", 0.875, site="NPX"), T("complete", 0.25))),
                 Job("suspended", (T("suspended"), T("suspended"))),
@@ -147,13 +157,21 @@ SCENARIO = Scenario(
             ),
         ),
         Dataset(
-            key="sim_empty", description="Newly submitted, nothing materialized yet",
-            group="simprod", username="alice", status="processing", jobs_submitted=3,
+            key="sim_empty",
+            description="Newly submitted, nothing materialized yet",
+            group="simprod",
+            username="alice",
+            status="processing",
+            jobs_submitted=3,
             task_defs=(GENERATE,),
         ),
         Dataset(
-            key="sim_suspended", description="NuGen 21217 (suspended)", group="simprod",
-            username="carol", status="suspended", jobs_submitted=2,
+            key="sim_suspended",
+            description="NuGen 21217 (suspended)",
+            group="simprod",
+            username="carol",
+            status="suspended",
+            jobs_submitted=2,
             task_defs=(TaskDef("corsika"), TaskDef("detector")),
             jobs=(
                 Job("suspended", (T("complete", 3.5), T("suspended"))),
@@ -161,8 +179,13 @@ SCENARIO = Scenario(
             ),
         ),
         Dataset(
-            key="user_errors", description="User test dataset (errors)", group="users",
-            username="dave", status="errors", jobs_submitted=3, task_defs=(TaskDef("process"),),
+            key="user_errors",
+            description="User test dataset (errors)",
+            group="users",
+            username="dave",
+            status="errors",
+            jobs_submitted=3,
+            task_defs=(TaskDef("process"),),
             jobs=(
                 Job("errors", (T("failed", 0.0, 0.125),)),
                 Job("complete", (T("complete", 0.375),)),
@@ -170,8 +193,13 @@ SCENARIO = Scenario(
             ),
         ),
         Dataset(
-            key="sim_complete", description="MuonGun 21315 (complete)", group="simprod",
-            username="alice", status="complete", priority=0.75, jobs_submitted=2,
+            key="sim_complete",
+            description="MuonGun 21315 (complete)",
+            group="simprod",
+            username="alice",
+            status="complete",
+            priority=0.75,
+            jobs_submitted=2,
             task_defs=(GENERATE, RECO_GPU),
             jobs=(
                 Job("complete", (T("complete", 2.25), T("complete", 1.5))),
@@ -179,9 +207,15 @@ SCENARIO = Scenario(
             ),
         ),
         Dataset(
-            key="sim_restricted", description="IceTop 21500 (simprod only)", group="simprod",
-            username="frank", status="processing", priority=0.25, jobs_submitted=4,
-            task_defs=(GENERATE, RECO_GPU), auth_groups_read=(),
+            key="sim_restricted",
+            description="IceTop 21500 (simprod only)",
+            group="simprod",
+            username="frank",
+            status="processing",
+            priority=0.25,
+            jobs_submitted=4,
+            task_defs=(GENERATE, RECO_GPU),
+            auth_groups_read=(),
             jobs=(
                 Job("complete", (T("complete", 0.625), T("complete", 0.75, 0.25))),
                 Job("processing", (T("complete", 0.375), T("queued"))),
@@ -191,8 +225,13 @@ SCENARIO = Scenario(
     ),
     grids=(
         Grid(host="npx.icecube.wisc.edu", queues={"npx": "condor"}, version="3.2.43"),
-        Grid(host="osg-submit.icecube.wisc.edu", queues={"osg": "condor", "osg-gpu": "condor"},
-             version="3.2.42", debug=True, patch={"version": "3.2.43"}),
+        Grid(
+            host="osg-submit.icecube.wisc.edu",
+            queues={"osg": "condor", "osg-gpu": "condor"},
+            version="3.2.42",
+            debug=True,
+            patch={"version": "3.2.43"},
+        ),
     ),
 )
 

@@ -78,8 +78,9 @@ class _Api:
         tok = token if token is not None else self.token
         headers = {"Authorization": "Bearer " + (tok() if callable(tok) else tok)}
         self.count += 1
-        r = self.session.request(method, self.url + path, json=body, headers=headers,
-                                 timeout=self.timeout)
+        r = self.session.request(
+            method, self.url + path, json=body, headers=headers, timeout=self.timeout
+        )
         if r.status_code not in (200, 201):
             raise SeedError(f"{method} {path} -> {r.status_code}: {r.text[:500]}")
         return r.json() if r.content else None
@@ -89,19 +90,28 @@ def _move_task(api: _Api, dataset_id: str, task: Task, task_id: str) -> None:
     """Walk one idle task to its final status, then record its walltimes."""
     for status in TASK_PATHS[task.status]:
         if status == "queued" and task.site:
-            queued = api.call("POST", "/task_actions/queue", {
-                "requirements": {"site": task.site},
-                "query_params": {"dataset_id": dataset_id},
-            })
+            queued = api.call(
+                "POST",
+                "/task_actions/queue",
+                {
+                    "requirements": {"site": task.site},
+                    "query_params": {"dataset_id": dataset_id},
+                },
+            )
             if queued["task_id"] != task_id:
                 raise SeedError(f"queue action picked {queued['task_id']}, wanted {task_id}")
         else:
             api.call("PUT", f"/tasks/{task_id}/status", {"status": status})
     if task.walltime or task.walltime_err:
-        api.call("PATCH", f"/tasks/{task_id}", {
-            "walltime": task.walltime, "walltime_err": task.walltime_err,
-            "walltime_err_n": 1 if task.walltime_err else 0,
-        })
+        api.call(
+            "PATCH",
+            f"/tasks/{task_id}",
+            {
+                "walltime": task.walltime,
+                "walltime_err": task.walltime_err,
+                "walltime_err_n": 1 if task.walltime_err else 0,
+            },
+        )
 
 
 def dataset_post_body(ds: Dataset) -> dict[str, Any]:
@@ -125,30 +135,48 @@ def _seed_dataset(api: _Api, ds: Dataset, admin_token: Token) -> SeededDataset:
     base = f"/datasets/{dataset_id}"
     if ds.initial_jobs_submitted is not None:
         # Only roles admin/user may call this route; a system token gets 403.
-        api.call("PUT", base + "/jobs_submitted", {"jobs_submitted": ds.jobs_submitted},
-                 token=admin_token)
+        api.call(
+            "PUT",
+            base + "/jobs_submitted",
+            {"jobs_submitted": ds.jobs_submitted},
+            token=admin_token,
+        )
     if ds.priority != 0.5:
         api.call("PUT", base + "/priority", {"priority": ds.priority})
     number = api.call("GET", base)["dataset"]
     seeded = SeededDataset(dataset_id=dataset_id, dataset=number)
 
     for job_index in range(len(ds.jobs)):
-        job_id = api.call("POST", "/jobs", {"dataset_id": dataset_id,
-                                            "job_index": job_index})["result"]
+        job_id = api.call("POST", "/jobs", {"dataset_id": dataset_id, "job_index": job_index})[
+            "result"
+        ]
         seeded.job_ids.append(job_id)
         task_ids: list[str] = []
         for task_index, tdef in enumerate(ds.task_defs):
-            task_ids.append(api.call("POST", "/tasks", {
-                "dataset_id": dataset_id, "job_id": job_id, "task_index": task_index,
-                "job_index": job_index, "name": tdef.name, "depends": task_ids[-1:],
-                "requirements": tdef.requirements(),
-            })["result"])
+            task_ids.append(
+                api.call(
+                    "POST",
+                    "/tasks",
+                    {
+                        "dataset_id": dataset_id,
+                        "job_id": job_id,
+                        "task_index": task_index,
+                        "job_index": job_index,
+                        "name": tdef.name,
+                        "depends": task_ids[-1:],
+                        "requirements": tdef.requirements(),
+                    },
+                )["result"]
+            )
         seeded.task_ids.append(task_ids)
 
     # Every task starts idle. Tasks with a site go first, one at a time, so each is the only
     # waiting task of its dataset when POST /task_actions/queue picks one.
-    tasks = [(job.tasks[i], seeded.task_ids[j][i])
-             for j, job in enumerate(ds.jobs) for i in range(ds.tasks_per_job)]
+    tasks = [
+        (job.tasks[i], seeded.task_ids[j][i])
+        for j, job in enumerate(ds.jobs)
+        for i in range(ds.tasks_per_job)
+    ]
     for task, task_id in sorted(tasks, key=lambda tt: not tt[0].site):
         _move_task(api, dataset_id, task, task_id)
 
@@ -163,16 +191,25 @@ def _seed_dataset(api: _Api, ds: Dataset, admin_token: Token) -> SeededDataset:
     return seeded
 
 
-def seed_scenario(api_url: str, system_token: Token, admin_token: Token,
-                  scenario: Scenario = SCENARIO) -> SeededScenario:
+def seed_scenario(
+    api_url: str, system_token: Token, admin_token: Token, scenario: Scenario = SCENARIO
+) -> SeededScenario:
     """Seed ``scenario`` into a fresh server; raises SeedError on any failed call."""
     validate(scenario)
     api = _Api(api_url, system_token)
     datasets = {ds.key: _seed_dataset(api, ds, admin_token) for ds in scenario.datasets}
     grids: dict[str, str] = {}
     for grid in scenario.grids:
-        grid_id = api.call("POST", "/grids", {"host": grid.host, "queues": grid.queues,
-                                              "version": grid.version, "debug": grid.debug})
+        grid_id = api.call(
+            "POST",
+            "/grids",
+            {
+                "host": grid.host,
+                "queues": grid.queues,
+                "version": grid.version,
+                "debug": grid.debug,
+            },
+        )
         grids[grid.host] = grid_id["result"]
         if grid.patch:
             api.call("PATCH", f"/grids/{grids[grid.host]}", grid.patch)

@@ -101,15 +101,30 @@ def install_mongomock_bridges() -> None:
     #    changed a queried field. Resolve the target's _id first (honouring sort).
     orig_fam = mongomock.collection.Collection._find_and_modify
 
-    def _find_and_modify(self: Any, query: Any, projection: Any = None, update: Any = None,
-                         upsert: bool = False, sort: Any = None,
-                         return_document: Any = pymongo.ReturnDocument.BEFORE,
-                         session: Any = None, **kwargs: Any) -> Any:
+    def _find_and_modify(
+        self: Any,
+        query: Any,
+        projection: Any = None,
+        update: Any = None,
+        upsert: bool = False,
+        sort: Any = None,
+        return_document: Any = pymongo.ReturnDocument.BEFORE,
+        session: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         target = self.find_one(query, projection={"_id": True}, sort=sort)
         if target is not None:
             query, sort = {"_id": target["_id"]}, None
-        return orig_fam(self, query, projection=projection, update=update, upsert=upsert,
-                        sort=sort, return_document=return_document, **kwargs)
+        return orig_fam(
+            self,
+            query,
+            projection=projection,
+            update=update,
+            upsert=upsert,
+            sort=sort,
+            return_document=return_document,
+            **kwargs,
+        )
 
     mongomock.collection.Collection._find_and_modify = _find_and_modify
 
@@ -122,8 +137,9 @@ def install_mongomock_bridges() -> None:
         async def __aexit__(self, *exc: object) -> None:
             return None
 
-        async def with_transaction(self, callback: Callable[..., Any], *args: Any,
-                                   **kwargs: Any) -> Any:
+        async def with_transaction(
+            self, callback: Callable[..., Any], *args: Any, **kwargs: Any
+        ) -> Any:
             return await callback(self)
 
         async def end_session(self) -> None:
@@ -148,10 +164,24 @@ def install_mongomock_bridges() -> None:
 
         return wrapper
 
-    for name in ("find", "aggregate", "find_one", "find_one_and_update", "find_one_and_replace",
-                 "find_one_and_delete", "insert_one", "insert_many", "update_one",
-                 "update_many", "delete_one", "delete_many", "replace_one", "count_documents",
-                 "bulk_write", "distinct"):
+    for name in (
+        "find",
+        "aggregate",
+        "find_one",
+        "find_one_and_update",
+        "find_one_and_replace",
+        "find_one_and_delete",
+        "insert_one",
+        "insert_many",
+        "update_one",
+        "update_many",
+        "delete_one",
+        "delete_many",
+        "replace_one",
+        "count_documents",
+        "bulk_write",
+        "distinct",
+    ):
         setattr(motor_coll, name, _drop_session(getattr(motor_coll, name)))
 
 
@@ -160,24 +190,29 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--issuer-url", required=True, help="OIDC realm URL (OPENID_URL)")
     p.add_argument("--audience", default="", help="OPENID_AUDIENCE; empty disables aud check")
     p.add_argument("--port", type=int, default=0, help="API port on 127.0.0.1; 0 = ephemeral")
-    p.add_argument("--prometheus", action="store_true",
-                   help="serve the server's own metrics on an ephemeral 127.0.0.1 port")
+    p.add_argument(
+        "--prometheus",
+        action="store_true",
+        help="serve the server's own metrics on an ephemeral 127.0.0.1 port",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> None:
     # IceProd reads its whole config from the environment (wipac_dev_tools dataclass).
-    os.environ.update({
-        "HOST": "127.0.0.1",
-        "PORT": str(args.port),
-        "OPENID_URL": args.issuer_url,
-        "OPENID_AUDIENCE": args.audience,
-        "DB_URL": "mongodb://in-memory/iceprod",
-        # IceProd only starts its metrics server for PROMETHEUS_PORT > 0; the patched
-        # start_http_server below ignores this value and binds an ephemeral port.
-        "PROMETHEUS_PORT": "1" if args.prometheus else "0",
-    })
+    os.environ.update(
+        {
+            "HOST": "127.0.0.1",
+            "PORT": str(args.port),
+            "OPENID_URL": args.issuer_url,
+            "OPENID_AUDIENCE": args.audience,
+            "DB_URL": "mongodb://in-memory/iceprod",
+            # IceProd only starts its metrics server for PROMETHEUS_PORT > 0; the patched
+            # start_http_server below ignores this value and binds an ephemeral port.
+            "PROMETHEUS_PORT": "1" if args.prometheus else "0",
+        }
+    )
     os.environ.pop("CI_TESTING", None)  # must never fall back to HS512 test auth
 
     install_mongomock_bridges()
@@ -204,8 +239,9 @@ async def _serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watchdog = asyncio.create_task(_stop_when_orphaned(stop))
-    print(READY_PREFIX + json.dumps({"port": port, "prometheus_port": prom.get("port")}),
-          flush=True)
+    print(
+        READY_PREFIX + json.dumps({"port": port, "prometheus_port": prom.get("port")}), flush=True
+    )
     try:
         await stop.wait()
     finally:

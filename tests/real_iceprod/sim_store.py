@@ -39,8 +39,10 @@ def _load_dataset(store: Store, ds: Dataset) -> SeededDataset:
     dataset_id = store.add_dataset(dataset_post_body(ds))
     doc = store.datasets[dataset_id]
     if ds.initial_jobs_submitted is not None:
-        doc.update(jobs_submitted=ds.jobs_submitted,
-                   tasks_submitted=ds.jobs_submitted * doc["tasks_per_job"])
+        doc.update(
+            jobs_submitted=ds.jobs_submitted,
+            tasks_submitted=ds.jobs_submitted * doc["tasks_per_job"],
+        )
     if ds.priority != 0.5:
         doc.update(priority=ds.priority)
     loaded = SeededDataset(dataset_id=dataset_id, dataset=doc["dataset"])
@@ -49,14 +51,25 @@ def _load_dataset(store: Store, ds: Dataset) -> SeededDataset:
         loaded.job_ids.append(job_id)
         task_ids: list[str] = []
         for task_index, tdef in enumerate(ds.task_defs):
-            task_ids.append(store.add_task({
-                "dataset_id": dataset_id, "job_id": job_id, "task_index": task_index,
-                "job_index": job_index, "name": tdef.name, "depends": task_ids[-1:],
-                "requirements": tdef.requirements(),
-            }))
+            task_ids.append(
+                store.add_task(
+                    {
+                        "dataset_id": dataset_id,
+                        "job_id": job_id,
+                        "task_index": task_index,
+                        "job_index": job_index,
+                        "name": tdef.name,
+                        "depends": task_ids[-1:],
+                        "requirements": tdef.requirements(),
+                    }
+                )
+            )
         loaded.task_ids.append(task_ids)
-    tasks = [(job.tasks[i], loaded.task_ids[j][i])
-             for j, job in enumerate(ds.jobs) for i in range(ds.tasks_per_job)]
+    tasks = [
+        (job.tasks[i], loaded.task_ids[j][i])
+        for j, job in enumerate(ds.jobs)
+        for i in range(ds.tasks_per_job)
+    ]
     for task, task_id in sorted(tasks, key=lambda tt: not tt[0].site):
         task_doc = store.tasks[task_id]
         for status in TASK_PATHS[task.status]:
@@ -65,8 +78,11 @@ def _load_dataset(store: Store, ds: Dataset) -> SeededDataset:
             else:
                 task_doc.update(status=status, status_changed=store.clock())
         if task.walltime or task.walltime_err:
-            task_doc.update(walltime=task.walltime, walltime_err=task.walltime_err,
-                            walltime_err_n=1 if task.walltime_err else 0)
+            task_doc.update(
+                walltime=task.walltime,
+                walltime_err=task.walltime_err,
+                walltime_err_n=1 if task.walltime_err else 0,
+            )
     for job, job_id in zip(ds.jobs, loaded.job_ids, strict=True):
         if job.status != "processing":
             store.jobs[job_id].update(status=job.status, status_changed=store.clock())
@@ -85,8 +101,14 @@ def load_store(scenario: Scenario = SCENARIO, store: Store | None = None) -> Loa
         datasets = {ds.key: _load_dataset(store, ds) for ds in scenario.datasets}
         grids: dict[str, str] = {}
         for grid in scenario.grids:
-            grid_id = store.add_grid({"host": grid.host, "queues": dict(grid.queues),
-                                      "version": grid.version, "debug": grid.debug})
+            grid_id = store.add_grid(
+                {
+                    "host": grid.host,
+                    "queues": dict(grid.queues),
+                    "version": grid.version,
+                    "debug": grid.debug,
+                }
+            )
             grids[grid.host] = grid_id
             if grid.patch:
                 store.grids[grid_id].update({**grid.patch, "last_update": store.clock()})

@@ -36,7 +36,10 @@ def _version_of(python: str) -> tuple[int, int] | None:
     try:
         out = subprocess.run(
             [python, "-c", "import sys; print(sys.version_info[0], sys.version_info[1])"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         ).stdout.split()
         return int(out[0]), int(out[1])
     except (OSError, subprocess.SubprocessError, ValueError, IndexError):
@@ -59,14 +62,16 @@ def find_base_python() -> str:
             candidates.append(found)
     pyenv_root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
     for minor in (12, 13, 14):
-        candidates += sorted(glob.glob(f"{pyenv_root}/versions/3.{minor}.*/bin/python"),
-                             reverse=True)
+        candidates += sorted(
+            glob.glob(f"{pyenv_root}/versions/3.{minor}.*/bin/python"), reverse=True
+        )
     for cand in candidates:
         if _version_of(cand) in SUPPORTED:
             return cand
     raise VenvBuildError(
         "no Python 3.12-3.14 found for the iceprod venv (tried: "
-        + ", ".join(candidates) + "); set ICEPROD_VENV_PYTHON"
+        + ", ".join(candidates)
+        + "); set ICEPROD_VENV_PYTHON"
     )
 
 
@@ -87,9 +92,14 @@ def _run(cmd: list[str], log: Path, what: str) -> None:
         fh.write(f"\n$ {' '.join(cmd)}\n")
         fh.flush()
         try:
-            proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=INSTALL_TIMEOUT_S,
-                                  check=False)
+            proc = subprocess.run(
+                cmd,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=INSTALL_TIMEOUT_S,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
             raise VenvBuildError(f"{what} timed out after {INSTALL_TIMEOUT_S}s; see {log}") from exc
     if proc.returncode != 0:
@@ -118,11 +128,31 @@ def ensure_venv(venv_dir: Path = DEFAULT_VENV_DIR) -> Path:
         log.write_text(f"building {venv_dir} from {base} at {time.ctime()}\n")
         shutil.rmtree(venv_dir, ignore_errors=True)
         _run([base, "-m", "venv", str(venv_dir)], log, "python -m venv")
-        _run([str(python), "-m", "pip", "install", "--no-input", "--disable-pip-version-check",
-              "-r", str(REQUIREMENTS)], log, "pip install -r requirements.txt")
+        _run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--no-input",
+                "--disable-pip-version-check",
+                "-r",
+                str(REQUIREMENTS),
+            ],
+            log,
+            "pip install -r requirements.txt",
+        )
         # Prove the launcher's imports work before declaring the venv good.
-        _run([str(python), "-c", "import iceprod.rest.server, mongomock_motor, "
-              "iceprod.scheduled_tasks.dataset_monitor"], log, "import check")
+        _run(
+            [
+                str(python),
+                "-c",
+                "import iceprod.rest.server, mongomock_motor, "
+                "iceprod.scheduled_tasks.dataset_monitor",
+            ],
+            log,
+            "import check",
+        )
         marker.write_text(want + "\n")
         return python
 
