@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PYTHON312 ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
 	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo test lint docs bench bench-scrape soak clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found (pyenv install 3.12)"; exit 1; }
@@ -24,7 +24,7 @@ demo: $(VENV)/.installed  ## run the exporter on its built-in simulated IceProd
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check iceprod_exporter
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 test: $(VENV)/.installed lint  ## the whole suite: lint, types, unit, integration, real IceProd
@@ -36,6 +36,13 @@ docs: $(VENV)/.installed  ## regenerate docs/metrics.md and docs/configuration.m
 
 bench: $(VENV)/.installed  ## 1,000 simulated datasets: poll time, requests, scrape latency, memory
 	$(PY) benchmarks/bench.py $(ARGS)
+	$(PY) benchmarks/scrape.py
+
+bench-scrape: $(VENV)/.installed  ## scrape latency, 50 scrapers, 1,000 idle connections (1k/10k)
+	$(PY) benchmarks/scrape.py $(ARGS)
+
+soak: $(VENV)/.installed  ## 10 minutes on a moving IceProd of 1,000 datasets: memory, grace period
+	$(PY) benchmarks/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

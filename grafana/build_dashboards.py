@@ -47,7 +47,6 @@ Json = dict[str, Any]
 REPLICA_LABELS = "instance, pod"
 
 
-
 def right_axis(matcher: str, options: str, unit: str) -> dict[str, Any]:
     """A field override putting the matched series on a right-hand axis with its own unit."""
     return {
@@ -57,6 +56,7 @@ def right_axis(matcher: str, options: str, unit: str) -> dict[str, Any]:
             {"id": "custom.axisPlacement", "value": "right"},
         ],
     }
+
 
 def one_copy(selector: str) -> str:
     """One copy of a series exported by identical replicas and/or by several shards.
@@ -1269,6 +1269,27 @@ def exporter_board() -> Json:
                     "crashed polls {{instance}}",
                 ),
             ],
+            defaults={"min": 0},
+        ),
+        Panel(
+            "timeseries",
+            "HTTP requests and refused logins",
+            "Requests the exporter's HTTP server answered, by handler and status code, and "
+            "requests refused for missing or wrong basic-auth credentials (401). A steady "
+            "stream of 401s is a scraper with a stale password.",
+            [
+                Target(
+                    "sum by (handler, code) "
+                    f"(rate(iceprod_exporter_http_requests_total{{{I_}}}[$__rate_interval]))",
+                    "{{handler}} {{code}}",
+                ),
+                Target(
+                    f"sum by (instance) (rate(iceprod_exporter_http_auth_failures_total{{{I_}}}"
+                    "[$__rate_interval]))",
+                    "refused logins {{instance}}",
+                ),
+            ],
+            unit="reqps",
             defaults={"min": 0},
         ),
         Row("Token"),

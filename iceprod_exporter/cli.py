@@ -16,11 +16,13 @@ import yaml
 from prometheus_client import disable_created_metrics
 from pydantic import SecretStr
 
-from . import __version__, config, logs, reference
+from . import __version__, config, logs, reference, web_config
 from .auth import write_private
 from .config import ConfigError, Settings
 
 EXIT_CONFIG = 2
+#: the spellings other exporters use, so their deployment habits carry over
+FLAG_ALIASES = {"web_config_file": ("--web.config.file",)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,7 +58,9 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
         if field.annotation is bool:
             group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, help=text)
         else:
-            group.add_argument(flag, dest=name, metavar=name.upper(), help=text)
+            group.add_argument(
+                flag, *FLAG_ALIASES.get(name, ()), dest=name, metavar=name.upper(), help=text
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +122,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "check-config":
         settings.require_api()
+        if settings.web_config_file is not None:
+            try:
+                web_config.load(settings.web_config_file)
+            except web_config.WebConfigError as exc:
+                raise ConfigError(f"web_config_file: {exc}") from None
         yaml.safe_dump(settings.redacted(), sys.stdout, sort_keys=False)
         return 0
     if args.command == "login":

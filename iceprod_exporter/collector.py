@@ -1,19 +1,23 @@
-"""Turns the current snapshot into metric families, and renders them once per snapshot."""
+"""Turns the current snapshot into metric families, and encodes them once per snapshot."""
 
 from __future__ import annotations
 
+import gzip
+import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
 from .metrics import SPECS, Group, Kind, MetricSpec
 from .snapshot import Snapshot
-
-Encoder = Callable[[Collector], bytes]
 
 
 class SnapshotCollector(Collector):
@@ -48,6 +52,15 @@ class SnapshotCollector(Collector):
         """The snapshot to expose now: stale dataset values past ``max_staleness`` removed."""
         return self._snapshot().visible(self._clock(), self._max_staleness)
 
+    def view(self) -> tuple[Snapshot, bool]:
+        """The raw current snapshot, and whether its dataset values are stale now."""
+        snapshot = self._snapshot()
+        return snapshot, snapshot.visible(self._clock(), self._max_staleness) is not snapshot
+
+    def stale_view(self, snapshot: Snapshot) -> Snapshot:
+        """What ``snapshot`` shows once its values are stale (``visible`` past any age)."""
+        return snapshot.visible(math.inf, self._max_staleness)
+
     def collect(self) -> Iterator[Metric]:
         """Build fresh families from the current snapshot."""
         return self.families(self.current())
@@ -70,29 +83,139 @@ class _Families(Collector):
         return self._families
 
 
-class RenderedSnapshot:
-    """Exposition text of the current snapshot, rendered once per snapshot and format.
+class Format(StrEnum):
+    """The exposition formats served."""
 
-    With a thousand datasets rendering takes a large fraction of a second; snapshots change
-    once per poll, scrapes come far more often (several Prometheus replicas, dashboards).
+    TEXT = "text"
+    OPENMETRICS = "openmetrics"
+
+
+#: Content-Type of each format (OpenMetrics 1.0.0 is what Prometheus asks for)
+CONTENT_TYPES: Mapping[Format, str] = {
+    Format.TEXT: CONTENT_TYPE_PLAIN_0_0_4,
+    Format.OPENMETRICS: openmetrics.CONTENT_TYPE_LATEST,
+}
+_OM_EOF = b"# EOF\n"
+#: the snapshot part is compressed once per poll, so it can afford a better ratio
+_SNAPSHOT_GZIP_LEVEL = 6
+#: the self-metrics part is compressed per scrape: fast
+_LIVE_GZIP_LEVEL = 1
+
+
+def encode(registry: Collector, fmt: Format) -> bytes:
+    """Exposition of ``registry`` in ``fmt`` (OpenMetrics ends with ``# EOF``)."""
+    if fmt is Format.OPENMETRICS:
+        data: bytes = openmetrics.generate_latest(registry)  # type: ignore[no-untyped-call]
+        return data
+    return generate_latest(registry)
+
+
+@dataclass(frozen=True)
+class Variants:
+    """One snapshot view encoded every way it is served: identity and gzip, per format."""
+
+    identity: Mapping[Format, bytes]
+    gzip: Mapping[Format, bytes]
+
+    def body(self, fmt: Format, gzipped: bool) -> bytes:
+        """The prepared bytes of one variant."""
+        return (self.gzip if gzipped else self.identity)[fmt]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    snapshot: Snapshot  # the raw snapshot (before the staleness view)
+    full: Variants
+    stale: Variants
+
+
+class RenderedSnapshot:
+    """The current snapshot's exposition, encoded once per snapshot in every served variant.
+
+    With a thousand datasets rendering takes a large fraction of a second and gzip more;
+    snapshots change once per poll, scrapes come far more often (several Prometheus replicas,
+    dashboards). ``prepare`` encodes a snapshot before it is swapped in, so a scrape is a byte
+    copy: the small self-metrics part rendered per scrape, then the prepared snapshot bytes.
     """
+
+    #: prepared snapshots kept: the current one and the next (prepared before its swap)
+    KEEP = 2
 
     def __init__(self, collector: SnapshotCollector) -> None:
         self._collector = collector
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[Snapshot, bytes]] = {}
+        self._prepared: tuple[_Prepared, ...] = ()  # replaced whole: readers need no lock
 
-    def render(self, encoder: Encoder, content_type: str) -> bytes:
-        """Rendered text of the current snapshot in ``encoder``'s format (cached by type)."""
-        snapshot = self._collector.current()
+    def prepare(self, snapshot: Snapshot) -> None:
+        """Encode ``snapshot`` (full and stale views) now: in a worker thread, before its swap."""
+        self._get(snapshot)
+
+    def is_prepared(self) -> bool:
+        """Whether the current snapshot's bytes are ready (a scrape would not render)."""
+        snapshot, _ = self._collector.view()
+        return self._find(snapshot) is not None
+
+    def variants(self) -> Variants:
+        """The encoded variants of the current snapshot, under the staleness rule of now."""
+        snapshot, stale = self._collector.view()
+        prepared = self._get(snapshot)
+        return prepared.stale if stale else prepared.full
+
+    def render(self, fmt: Format, gzipped: bool = False) -> bytes:
+        """The current snapshot's part of /metrics in one variant (rendered if not prepared)."""
+        return self.variants().body(fmt, gzipped)
+
+    def _find(self, snapshot: Snapshot) -> _Prepared | None:
+        for prepared in self._prepared:
+            if prepared.snapshot is snapshot:
+                return prepared
+        return None
+
+    def _get(self, snapshot: Snapshot) -> _Prepared:
+        found = self._find(snapshot)
+        if found is not None:
+            return found
         with self._lock:
-            cached = self._cache.get(content_type)
-            if cached is not None and cached[0] is snapshot:
-                return cached[1]
-            # under the lock: concurrent first scrapes render once, the others wait for it
-            text = encoder(_Families(self._collector.families(snapshot)))
-            self._cache[content_type] = (snapshot, text)
-            return text
+            # concurrent first scrapes encode once, the others wait for it
+            found = self._find(snapshot)
+            if found is not None:
+                return found
+            prepared = _Prepared(
+                snapshot,
+                self._encode(snapshot),
+                self._encode(self._collector.stale_view(snapshot)),
+            )
+            self._prepared = (prepared, *self._prepared)[: self.KEEP]
+            return prepared
+
+    def _encode(self, snapshot: Snapshot) -> Variants:
+        families = _Families(self._collector.families(snapshot))
+        identity = {fmt: encode(families, fmt) for fmt in Format}
+        return Variants(
+            identity=identity,
+            gzip={
+                fmt: gzip.compress(body, compresslevel=_SNAPSHOT_GZIP_LEVEL, mtime=0)
+                for fmt, body in identity.items()
+            },
+        )
+
+
+def exposition(
+    registry: Collector, snapshot: RenderedSnapshot, fmt: Format, gzipped: bool = False
+) -> bytes:
+    """/metrics: the self-metrics rendered now, then the snapshot's prepared bytes.
+
+    In OpenMetrics only the snapshot part keeps its ``# EOF``. Gzipped, the self-metrics are a
+    gzip member of their own followed by the snapshot's precomputed member: concatenated members
+    are one valid gzip stream (RFC 1952, section 2.2), which Go's and Python's readers decode.
+    """
+    live = encode(registry, fmt)
+    if fmt is Format.OPENMETRICS:
+        live = live.removesuffix(_OM_EOF)
+    part = snapshot.render(fmt, gzipped)
+    if gzipped:
+        live = gzip.compress(live, compresslevel=_LIVE_GZIP_LEVEL, mtime=0)
+    return live + part
 
 
 def _family(spec: MetricSpec) -> GaugeMetricFamily:

@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import structlog
@@ -23,12 +24,13 @@ from . import __version__
 from .api import ApiClient
 from .auth import TokenError, TokenManager, grant_from_settings
 from .collector import RenderedSnapshot, SnapshotCollector
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, redact_url
 from .logs import register_secret
 from .poller import Poller, Schedule
-from .server import HttpServer, Status, make_app, render_metrics
+from .server import BindError, HttpServer, Status, render_metrics
 from .snapshot import Snapshot
 from .telemetry import Telemetry
+from .web_config import LiveWebConfig, WebConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -76,11 +78,13 @@ class Exporter:
                 slow_poll_factor=settings.slow_poll_factor,
                 task_stats_interval=settings.task_stats_interval,
                 grace_period=settings.grace_period,
+                poll_timeout=settings.poll_timeout,
                 shard=settings.shard,
                 total_shards=settings.total_shards,
             ),
             self.telemetry,
             clock,
+            publish=self._prepare,
         )
         # not registered: the snapshot part of /metrics is rendered once per snapshot
         self.rendered = RenderedSnapshot(
@@ -100,16 +104,20 @@ class Exporter:
         """Liveness, readiness and the landing page's details, from memory only."""
         s = self.settings
         now = self._clock()
-        stall = s.health_stall_polls * s.poll_interval + s.timeout
+        stall = s.health_stall_polls * s.poll_interval + s.poll_timeout
         quiet = now - self.poller.progress_at
+        crashes = self.poller.consecutive_crashes
         snapshot = self.poller.snapshot
+        if crashes >= s.health_stall_polls:
+            live, live_reason = False, f"failing: the last {crashes} polls crashed ({self._why()})"
+        elif quiet > stall:
+            live = False
+            live_reason = f"stalled: no poll progress for {quiet:.0f}s (limit {stall:.0f}s)"
+        else:
+            live, live_reason = True, f"ok: poller progressed {quiet:.0f}s ago"
         return Status(
-            live=quiet <= stall,
-            live_reason=(
-                f"ok: poller progressed {quiet:.0f}s ago"
-                if quiet <= stall
-                else f"stalled: no poll progress for {quiet:.0f}s (limit {stall:.0f}s)"
-            ),
+            live=live,
+            live_reason=live_reason,
             ready=snapshot.last_success is not None,
             ready_reason=(
                 "ok: first poll succeeded"
@@ -119,6 +127,10 @@ class Exporter:
             details=self._details(snapshot, now),
         )
 
+    def _why(self) -> str:
+        history = self.poller.history
+        return (history[0].error if history else None) or "no error recorded"
+
     def _details(self, snapshot: Snapshot, now: float) -> dict[str, object]:
         def ago(t: float | None) -> str:
             return "never" if t is None else f"{now - t:.1f}s ago"
@@ -126,15 +138,44 @@ class Exporter:
         token_error = self.tokens.last_error
         return {
             "version": __version__,
-            "IceProd API": self.settings.api_url,
+            "IceProd API": redact_url(self.settings.api_url),
             "auth mode": self.settings.effective_auth_mode().value,
             "IceProd up (last poll)": snapshot.up,
+            "why the last poll failed": (
+                "-" if snapshot.up or not self.poller.history else self._why()
+            ),
             "last poll": ago(snapshot.polled_at),
             "last successful poll": ago(snapshot.last_success),
             "poll cycles": snapshot.cycle,
             "datasets watched": len(snapshot.watched()),
             "datasets exposed": len(snapshot.datasets),
-            "token": "ok" if token_error is None else f"failing: {token_error}",
+            "datasets by status": dict(
+                sorted(Counter(d.status for d in snapshot.watched()).items())
+            ),
+            "token": {
+                "state": "ok" if token_error is None else f"failing: {token_error}",
+                "expires": ago(self.tokens.expires_at) if self.tokens.expires_at else "unknown",
+            },
+            "last polls": [
+                {
+                    "finished": ago(record.finished_at),
+                    "up": record.up,
+                    "duration (s)": round(record.duration, 3),
+                    "requests": record.requests,
+                    "datasets fetched": record.fetched,
+                    "failures": dict(record.failures) or "-",
+                    "error": record.error or "-",
+                }
+                for record in self.poller.history
+            ],
+            "last error by endpoint": {
+                endpoint: {
+                    "reason": error.reason,
+                    "status": error.status if error.status is not None else "-",
+                    "when": ago(error.at),
+                }
+                for endpoint, error in sorted(self.poller.endpoint_errors.items())
+            },
             "settings": self.settings.redacted(),
         }
 
@@ -148,14 +189,25 @@ class Exporter:
             self.client.close()
 
     def start_http(self) -> HttpServer:
-        """Start the HTTP server in its own thread."""
+        """Start the HTTP(S) server in its own thread (web config: TLS, basic auth, headers)."""
         address, port = self.settings.listen_address, self.settings.port
         try:
+            web = LiveWebConfig.from_file(self.settings.web_config_file)
+        except WebConfigError as exc:
+            raise ConfigError(f"web_config_file: {exc}") from None
+        try:
             self.http = HttpServer(
-                make_app(self.registry, self.rendered, self.status), address, port
+                self.registry,
+                self.rendered,
+                self.status,
+                address,
+                port,
+                web_config=web,
+                auth_failures=self.telemetry.http_auth_failures,
+                requests=self.telemetry.http_requests,
             )
-        except OSError as exc:
-            raise ConfigError(f"port: cannot listen on {address}:{port}: {exc.strerror}") from None
+        except BindError as exc:
+            raise ConfigError(f"{exc.setting}: {exc.message}") from None
         self.http.start()
         return self.http
 
@@ -171,7 +223,7 @@ class Exporter:
             "exporter.started",
             version=__version__,
             url=f"http://{self.settings.listen_address}:{http.port}/",
-            api_url=self.settings.api_url,
+            api_url=redact_url(self.settings.api_url),
             poll_interval=self.settings.poll_interval,
         )
         scheduler = AsyncIOScheduler()
@@ -207,14 +259,15 @@ class Exporter:
         """What /metrics serves, for ``once`` and tests."""
         return render_metrics(self.registry, self.rendered, accept)
 
+    async def _prepare(self, snapshot: Snapshot) -> None:
+        # rendered off the loop and before the swap, so no scrape waits for a render
+        await asyncio.to_thread(self.rendered.prepare, snapshot)
+
     async def _poll_job(self) -> None:
         try:
-            snapshot = await self.poller.poll()
-        except Exception:  # a bug in one cycle must not end polling
-            log.exception("poll.crashed")
-            return
-        # render the new snapshot now, off the loop, so the next scrape finds it ready
-        await asyncio.to_thread(self.exposition)
+            snapshot = await self.poller.poll()  # never raises: a crashed cycle is a failed poll
+        except asyncio.CancelledError:
+            return  # shutting down mid-poll: nothing to report
         if not snapshot.up:
             failures = self.poller.consecutive_failures
             delay = min(self.settings.poll_interval, OUTAGE_BACKOFF_START * 2 ** (failures - 1))

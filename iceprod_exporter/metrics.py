@@ -467,6 +467,19 @@ SPECS: tuple[MetricSpec, ...] = (
         group=Group.EXPORTER,
     ),
     MetricSpec(
+        "iceprod_exporter_http_requests_total",
+        Kind.COUNTER,
+        "HTTP requests served, by handler (/metrics, /healthz, /readyz, /, other) and status code.",
+        ("handler", "code"),
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
+        "iceprod_exporter_http_auth_failures_total",
+        Kind.COUNTER,
+        "HTTP requests refused for missing or wrong basic-auth credentials (answered 401).",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
         "iceprod_exporter_token_refreshes_total",
         Kind.COUNTER,
         "Successful OAuth token acquisitions (grants or static token reads).",

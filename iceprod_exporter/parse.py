@@ -12,8 +12,8 @@ from __future__ import annotations
 import datetime
 import math
 from collections import Counter
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from .labels import ValueField
 from .snapshot import Counts, Grid, TaskStats, frozen_map
@@ -32,6 +32,8 @@ DATASET_KEYS = (
     "start_date",
     "truncated",
 )
+V = TypeVar("V")
+
 #: the largest count a float64 sample holds exactly
 MAX_COUNT = 2**53
 
@@ -107,17 +109,28 @@ def counts(body: Any, what: str, rejects: Rejects) -> Counts | None:
     return result
 
 
+def _per_name(
+    body: Any,
+    what: str,
+    rejects: Rejects,
+    field: ValueField,
+    read: Callable[[Any, str], V | None],
+) -> Mapping[str, V]:
+    """``{task_name: value}``: names and values that do not fit are dropped and counted."""
+    result = {}
+    for name, raw in _mapping(body, what).items():
+        task_name = label(name)
+        value = read(raw, what) if task_name is not None else None
+        if task_name is None or value is None:
+            rejects.drop(field, what)
+            continue
+        result[task_name] = value
+    return frozen_map(result)
+
+
 def name_counts(body: Any, what: str, rejects: Rejects) -> Mapping[str, Counts]:
     """``{task_name: {status: count}}`` from ``task_counts/name_status``; unfit names dropped."""
-    result = {}
-    for name, by_status in _mapping(body, what).items():
-        task_name = label(name)
-        inner = _counts(by_status, what) if task_name is not None else None
-        if task_name is None or inner is None:
-            rejects.drop(ValueField.TASK_COUNTS, what)
-            continue
-        result[task_name] = inner
-    return frozen_map(result)
+    return _per_name(body, what, rejects, ValueField.TASK_COUNTS, _counts)
 
 
 def _stats_row(raw: Any, what: str) -> TaskStats | None:
@@ -148,15 +161,7 @@ def _stats_row(raw: Any, what: str) -> TaskStats | None:
 
 def task_stats(body: Any, what: str, rejects: Rejects) -> Mapping[str, TaskStats]:
     """``{task_name: {count, gpu, total_hrs, ...}}`` from ``task_stats``; unfit names dropped."""
-    result = {}
-    for name, raw in _mapping(body, what).items():
-        task_name = label(name)
-        stats = _stats_row(raw, what) if task_name is not None else None
-        if task_name is None or stats is None:
-            rejects.drop(ValueField.TASK_STATS, what)
-            continue
-        result[task_name] = stats
-    return frozen_map(result)
+    return _per_name(body, what, rejects, ValueField.TASK_STATS, _stats_row)
 
 
 def timestamp(value: Any) -> float | None:

@@ -59,6 +59,8 @@ class Telemetry:
             "iceprod_exporter_api_request_duration_seconds", REQUEST_BUCKETS
         )
         self.in_flight = gauge("iceprod_exporter_api_requests_in_flight")
+        self.http_requests = counter("iceprod_exporter_http_requests_total")
+        self.http_auth_failures = counter("iceprod_exporter_http_auth_failures_total")
         self.token_refreshes = counter("iceprod_exporter_token_refreshes_total")
         self.token_failures = counter("iceprod_exporter_token_refresh_failures_total")
         self.token_expiry = gauge("iceprod_exporter_token_expiry_timestamp_seconds")

@@ -69,6 +69,19 @@ BAD = [
     ({"shard": "2", "total_shards": "2"}, "shard: must be below total_shards (2)"),
     ({"token": "a", "token_file": "/x"}, "token: set either it or token_file"),
     ({"compat_dataset_monitor": "perhaps"}, "compat_dataset_monitor: Input should be a valid"),
+    ({"api_url": "http://"}, "api_url: must name a valid host"),
+    ({"api_url": "http://bad host name"}, "api_url: must name a valid host"),
+    ({"api_url": "https://h:99999/"}, "api_url: must be an http:// or https:// URL"),
+    ({"oauth_url": "http://-x-/realm"}, "oauth_url: must name a valid host"),
+    ({"poll_interval": "inf"}, "poll_interval: Input should be a finite number"),
+    ({"timeout": "1e300"}, "timeout: Input should be less than or equal to 600"),
+    ({"timeout": "nan"}, "timeout: Input should be a finite number"),
+    ({"rate_limit": "inf"}, "rate_limit: Input should be a finite number"),
+    ({"max_staleness": "1e300"}, "max_staleness: Input should be less than or equal to"),
+    ({"grace_period": "-inf"}, "grace_period: Input should be a finite number"),
+    ({"task_stats_interval": "inf"}, "task_stats_interval: Input should be a finite number"),
+    ({"timeout": "60", "poll_timeout": "30"}, "poll_timeout: must be at least timeout (60s)"),
+    ({"listen_address": "bad host"}, "listen_address: must be an IPv4 or IPv6 address"),
 ]
 
 
@@ -95,6 +108,53 @@ def test_bad_file(tmp_path: Path, text: str, message: str) -> None:
     file.write_text(text)
     with pytest.raises(ConfigError, match=message):
         config.load({}, environ={}, config_file=file)
+
+
+def test_invalid_yaml_gives_the_position_but_never_the_line(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("api_url: http://x\noauth_client_secret: [s3cr3t-line\n")
+    with pytest.raises(ConfigError) as err:
+        config.load({}, environ={}, config_file=file)
+    message = str(err.value)
+    assert message == f"config_file: {file} is not valid YAML at line 3, column 1"
+    assert "s3cr3t" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("setting", ["config_file", "oauth_client_secret_file", "token_file"])
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path: Path, setting: str) -> None:
+    file = tmp_path / "f"
+    file.write_bytes(b"secret\xff\xfe")
+    with pytest.raises(ConfigError) as err:
+        if setting == "config_file":
+            config.load({}, environ={}, config_file=file)
+        else:
+            config.validate({"api_url": "http://x", setting: str(file)}).require_api()
+    assert str(err.value) == f"{setting}: {file} is not UTF-8 text (byte 6)"
+
+
+def test_listen_address_takes_ipv6_brackets_and_host_names() -> None:
+    for given, stored in [("::", "::"), ("[::1]", "::1"), ("localhost", "localhost")]:
+        assert config.validate({"listen_address": given}).listen_address == stored
+
+
+def test_userinfo_passwords_are_redacted_where_urls_are_shown() -> None:
+    settings = config.validate({"api_url": "https://bob:hunter2@api.example.org", "token": "t"})
+    assert settings.redacted()["api_url"] == "https://bob:<redacted>@api.example.org"
+    assert config.redact_url("https://api.example.org/x") == "https://api.example.org/x"
+    result = cli(
+        "check-config",
+        env={"API_URL": "https://bob:hunter2@h.example", "ICEPROD_EXPORTER_TOKEN": "t"},
+    )
+    assert result.returncode == 0 and "hunter2" not in result.stdout + result.stderr
+
+
+def test_argument_errors_never_echo_values() -> None:
+    result = cli("run", "--oauth-client-secret=s3cr3t", "--no-such-flag=s3cr3t", "s3cr3t")
+    assert result.returncode == 2
+    assert "s3cr3t" not in result.stderr
+    assert "unrecognized arguments: --no-such-flag VALUE" in result.stderr
+    result = cli("demo", "--datasets", "s3cr3t")
+    assert result.returncode == 2 and "s3cr3t" not in result.stderr
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -194,9 +254,17 @@ def test_cli_port_in_use_is_a_clear_error() -> None:
             port,
         )
     assert result.returncode == 2
-    assert result.stderr.strip().endswith(
-        f"port: cannot listen on 127.0.0.1:{port}: Address already in use"
-    )
+    assert result.stderr.strip().endswith(f"port: port {port} is already in use on 127.0.0.1")
+
+
+def test_cli_an_address_not_on_this_host_names_listen_address() -> None:
+    result = cli(
+        "run", "--api-url", "http://127.0.0.1:9", "--token", "t",
+        "--listen-address", "192.0.2.1", "--port", "0",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("iceprod-exporter: error: listen_address:")
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("name", ["oauth_client_secret_file", "token_file", "refresh_token_file"])

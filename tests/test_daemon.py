@@ -196,14 +196,16 @@ def test_outage_keeps_values_then_drops_them_and_recovers(stack: Stack) -> None:
         # discovery call is refused
         wait_for(
             lambda: (
-                stack.value(
-                    "iceprod_exporter_api_request_failures_total",
-                    endpoint="/datasets",
-                    reason="connection",
+                (
+                    stack.value(
+                        "iceprod_exporter_api_request_failures_total",
+                        endpoint="/datasets",
+                        reason="connection",
+                    )
+                    or 0
                 )
-                or 0
-            )
-            >= 1,
+                >= 1
+            ),
             10,
             "the refused discovery call counted",
         )

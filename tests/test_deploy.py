@@ -259,6 +259,7 @@ def _check_service_monitor(obj: dict[str, Any], objects: list[dict[str, Any]]) -
     for endpoint in spec["endpoints"]:
         assert endpoint["port"] in port_names
         keys = {"port", "path", "scheme", "interval", "scrapeTimeout", "honorLabels"}
+        keys |= {"tlsConfig", "basicAuth"}  # the tls overlay
         assert set(endpoint) <= keys
         # the operator's `endpoint` target label must not rename the exporter's `endpoint` label
         assert endpoint["honorLabels"] is True
@@ -674,3 +675,99 @@ def test_systemd_env_example_is_valid(tmp_path: Path) -> None:
     settings = config.load({}, environ=environ)
     settings.require_api()
     assert settings.port == config.DEFAULT_PORT
+
+
+# --- TLS variants (web configuration file) -------------------------------------------------------
+
+TLS_OVERLAY = KUBERNETES / "overlays" / "tls"
+
+
+def test_tls_overlay_serves_https_with_basic_auth(
+    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    from iceprod_exporter import web_config
+
+    from .http_support import make_pki
+
+    objects = rendered["overlays/tls"]
+    (monitor,) = [o for o in objects if o["kind"] == "ServiceMonitor"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["tlsConfig"]["ca"]["secret"] == {
+        "name": "iceprod-exporter-tls",
+        "key": "ca.crt",
+    }
+    assert endpoint["tlsConfig"]["serverName"] == "iceprod-exporter.iceprod-exporter.svc"
+    assert set(endpoint["basicAuth"]) == {"username", "password"}
+    (template,) = support.pod_templates(objects)
+    (container,) = template["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    web_file = Path(env["ICEPROD_EXPORTER_WEB_CONFIG_FILE"])
+    mounts = _mounts(template)
+    _, volume = mounts[str(web_file.parent)]
+    projected = {
+        item["path"]
+        for source in volume["projected"]["sources"]
+        for item in source["secret"]["items"]
+    }
+    assert projected == {web_file.name, "tls.crt", "tls.key", "ca.crt"}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS"
+    # the example web config loads, with real certificates under the projected names
+    pki = make_pki(tmp_path / "pki")
+    for src, dst in ((pki.server_cert, "tls.crt"), (pki.server_key, "tls.key"), (pki.ca, "ca.crt")):
+        (tmp_path / dst).write_bytes(src.read_bytes())
+    example = tmp_path / web_file.name
+    example.write_text((TLS_OVERLAY / "web-config.example.yml").read_text())
+    loaded = web_config.load(example)
+    assert loaded.tls is not None and loaded.users
+    # kubelet probes present no client certificate
+    assert loaded.tls.client_auth_type != "RequireAndVerifyClientCert"
+
+
+def test_compose_tls_variant(tmp_path: Path) -> None:
+    from iceprod_exporter import web_config
+
+    services = _compose_config("compose.yaml", "compose.tls.yaml")["services"]
+    exporter = services["iceprod-exporter"]
+    web_file = Path(exporter["environment"]["ICEPROD_EXPORTER_WEB_CONFIG_FILE"])
+    binds = _binds(exporter)
+    assert binds[str(web_file.parent)].resolve() == (COMPOSE / "tls").resolve()
+    prometheus_binds = _binds(services["prometheus"])
+    assert prometheus_binds["/etc/prometheus/prometheus.yml"].name == "prometheus-tls.yml"
+    # the TLS Prometheus config is the shipped one plus https and basic auth
+    plain = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    tls = yaml.safe_load((COMPOSE / "tls" / "prometheus-tls.yml").read_text())
+    job = next(j for j in tls["scrape_configs"] if j["job_name"] == "iceprod-exporter")
+    assert job.pop("scheme") == "https" and job.pop("tls_config") and job.pop("basic_auth")
+    assert tls == plain
+    # make-certs.sh with the real openssl yields a web config the exporter loads
+    work = tmp_path / "tls"
+    shutil.copytree(COMPOSE / "tls", work)
+    done = run(["sh", work / "make-certs.sh"], timeout=60)
+    assert done.returncode == 0, describe(done)
+    loaded = web_config.load(work / "web-config.yml")
+    assert loaded.tls is not None and set(loaded.users) == {"prometheus"}
+    assert (work / "scrape-password").read_text() == "change-me"
+    nofile = exporter["ulimits"]["nofile"]
+    assert min(nofile["soft"], nofile["hard"]) >= 1000 + 128
+
+
+def test_systemd_tls_drop_in_verifies(unit_root: Path) -> None:
+    drop_in = DEPLOY / "systemd" / "iceprod-exporter.service.d" / "tls.conf"
+    target = unit_root / "etc/systemd/system/iceprod-exporter.service.d"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(drop_in, target / "tls.conf")
+    try:
+        result = run(["systemd-analyze", "verify", f"--root={unit_root}", SYSTEMD_UNIT.name])
+        assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), describe(
+            result
+        )
+    finally:
+        shutil.rmtree(target)
+    values = _unit_values(drop_in)
+    names = {c.split(":")[0] for c in values["LoadCredential"]}
+    web = next(e for e in values["Environment"] if e.startswith("ICEPROD_EXPORTER_WEB_CONFIG_FILE"))
+    assert web.split("%d/")[1] in names and {"tls.crt", "tls.key"} <= names
+    (limit,) = _unit_values(SYSTEMD_UNIT)["LimitNOFILE"]
+    assert int(limit) >= 1000 + 128, "the connection cap plus the exporter's own files"

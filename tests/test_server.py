@@ -6,15 +6,17 @@ import asyncio
 import io
 import subprocess
 import sys
-from collections.abc import Callable
-from wsgiref.util import setup_testing_defaults
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from iceprod_exporter import config
 from iceprod_exporter.daemon import Exporter
-from iceprod_exporter.server import make_app
+from iceprod_exporter.server import HttpServer
 from iceprod_exporter.simulator import SimulatedIceProd, build_store
+
+from .http_support import request
 
 
 class Clock:
@@ -37,24 +39,36 @@ def exporter(clock: Callable[[], float], **settings: str) -> Exporter:
     return Exporter(config.validate(values), clock=clock)
 
 
-def call(app: Callable[..., object], path: str) -> tuple[str, bytes]:
-    environ: dict[str, object] = {"PATH_INFO": path}
-    setup_testing_defaults(environ)
-    seen: list[str] = []
+@contextmanager
+def served(e: Exporter) -> Iterator[HttpServer]:
+    """The exporter's real HTTP server on a free port of 127.0.0.1."""
+    server = HttpServer(e.registry, e.rendered, e.status, "127.0.0.1", 0)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
-    def start(status: str, headers: list[tuple[str, str]]) -> None:
-        seen.append(status)
 
-    body = b"".join(app(environ, start))  # type: ignore[operator]
-    return seen[0], body
+def call(server: HttpServer, path: str) -> tuple[str, bytes]:
+    """GET ``path`` over real HTTP: (status line, body)."""
+    r = request("127.0.0.1", server.port, path)
+    return f"{r.status} {_REASONS[r.status]}", r.body
+
+
+_REASONS = {200: "OK", 503: "Service Unavailable", 404: "Not Found"}
 
 
 def test_liveness_fails_when_the_poller_stalls() -> None:
     clock = Clock()
     e = exporter(clock)
-    app = make_app(e.registry, e.rendered, e.status)
+    with served(e) as app:
+        _check_liveness(e, app, clock)
+
+
+def _check_liveness(e: Exporter, app: HttpServer, clock: Clock) -> None:
     assert call(app, "/healthz")[0] == "200 OK"
-    clock.now += 3 * 10 + 5 + 1  # health_stall_polls x poll_interval + timeout
+    clock.now += 3_600  # far past health_stall_polls x poll_interval + the poll's timeout
     status, body = call(app, "/healthz")
     assert status.startswith("503") and b"stalled" in body
     e.poller.mark_progress()
@@ -65,14 +79,14 @@ def test_readiness_waits_for_the_first_successful_poll() -> None:
     clock = Clock()
     with SimulatedIceProd(build_store(datasets=3, seed=1)) as simulator:
         e = exporter(clock, api_url=simulator.url)
-        app = make_app(e.registry, e.rendered, e.status)
-        assert call(app, "/readyz")[0].startswith("503")
-        snapshot = asyncio.run(e.once())
-    assert snapshot.up
-    assert call(app, "/readyz")[0] == "200 OK"
-    status, page = call(app, "/")
+        with served(e) as app:
+            assert call(app, "/readyz")[0].startswith("503")
+            snapshot = asyncio.run(e.once())
+            assert snapshot.up
+            assert call(app, "/readyz")[0] == "200 OK"
+            status, page = call(app, "/")
+            _, metrics = call(app, "/metrics")
     assert status == "200 OK" and b"IceProd exporter" in page and b"&lt;redacted&gt;" in page
-    _, metrics = call(app, "/metrics")
     names = {f.name for f in text_string_to_metric_families(metrics.decode())}
     assert {"iceprod_up", "iceprod_dataset_jobs", "process_cpu_seconds"} <= names
 

@@ -1,0 +1,131 @@
+"""Benchmark: /metrics scraped like Prometheus while polls run back to back.
+
+For each dataset count (simulated IceProd, separate processes): serial scrapes (OpenMetrics
+Accept, gzip) during polls (median, p99, max); 50 concurrent scrapers for 15 s (throughput, p99,
+errors); 1,000 idle connections held open (scrape p99, threads, RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import EXPORTER, ROOT, free_port, get, poll_events, process, wait
+
+ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=underscores;q=0.5,"
+    "text/plain;version=0.0.4;q=0.3,*/*;q=0.1"
+)
+HEADERS = {"Accept": ACCEPT, "Accept-Encoding": "gzip", "User-Agent": "Prometheus/3"}
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[98] if len(values) > 1 else 0
+
+
+def scrape(conn: http.client.HTTPConnection) -> float:
+    started = time.perf_counter()
+    conn.request("GET", "/metrics", headers=HEADERS)
+    response = conn.getresponse()
+    response.read()
+    if response.status != 200:
+        raise RuntimeError(f"status {response.status}")
+    return time.perf_counter() - started
+
+
+def proc_status(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f} ms"
+
+
+def run(datasets: int, seconds: float, workdir: Path) -> None:
+    sim_port, port = free_port(), free_port()
+    simulator = [sys.executable, "-m", "iceprod_exporter.simulator", "--datasets", str(datasets),
+                 "--port", str(sim_port), "--tick", "0"]  # fmt: skip
+    api_url = f"http://127.0.0.1:{sim_port}"
+    print(f"\n== {datasets} datasets ({os.cpu_count()} cores)", flush=True)
+    with process(simulator, workdir / f"sim-{datasets}.log"):
+        wait(lambda: get(api_url + "/healthz")[1] == b"{}", 600, "simulator")
+        log = workdir / f"exporter-{datasets}.log"
+        argv = [*EXPORTER, "run", "--api-url", api_url, "--token", "bench", "--port", str(port),
+                "--listen-address", "127.0.0.1", "--poll-interval", "1", "--rate-limit", "0",
+                "--log-format", "json"]  # fmt: skip
+        with process(argv, log) as proc:
+            wait(lambda: poll_events(log), 900, "first poll")
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            scrape(conn)  # warm: the first snapshot's bytes
+            size = len(get(f"http://127.0.0.1:{port}/metrics")[1])
+            polls_before = len(poll_events(log))
+            latencies = []
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                latencies.append(scrape(conn))
+                time.sleep(0.01)
+            polls = len(poll_events(log)) - polls_before
+            print(f"  exposition {size / 1e6:.1f} MB; {polls} polls during {seconds:.0f} s")
+            print(f"  serial scrapes during polls: n={len(latencies)} median "
+                  f"{ms(statistics.median(latencies))} p99 {ms(p99(latencies))} "
+                  f"max {ms(max(latencies))}")  # fmt: skip
+
+            # 50 concurrent scrapers, each on its own keep-alive connection
+            results: list[float] = []
+            errors: list[str] = []
+            stop = time.monotonic() + 15
+
+            def scraper() -> None:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                while time.monotonic() < stop:
+                    try:
+                        results.append(scrape(c))
+                    except Exception as exc:  # counted, the run goes on
+                        errors.append(repr(exc))
+                        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+            threads = [threading.Thread(target=scraper) for _ in range(50)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            print(f"  50 scrapers x 15 s: {len(results) / 15:.0f} scrapes/s p99 {ms(p99(results))} "
+                  f"max {ms(max(results))} errors {len(errors)}")  # fmt: skip
+
+            rss_before = proc_status(proc.pid, "VmRSS") / 1024
+            idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(1000)]
+            time.sleep(1)
+            with_idle = [scrape(conn) for _ in range(200)]
+            print(f"  1,000 idle connections: scrape p99 {ms(p99(with_idle))} "
+                  f"(median {ms(statistics.median(with_idle))}), threads "
+                  f"{proc_status(proc.pid, 'Threads')}, RSS {rss_before:.0f} -> "
+                  f"{proc_status(proc.pid, 'VmRSS') / 1024:.0f} MiB, "
+                  f"peak {proc_status(proc.pid, 'VmHWM') / 1024:.0f} MiB")  # fmt: skip
+            for s in idle:
+                s.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--datasets", default="1000,10000", help="comma list")
+    parser.add_argument("--seconds", type=float, default=20, help="serial scraping time")
+    args = parser.parse_args()
+    workdir = ROOT / ".cache" / "bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+    for n in (int(x) for x in args.datasets.split(",")):
+        run(n, args.seconds, workdir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,261 @@
+"""Helpers for the HTTP server tests: openssl certificates, HTTP(S) requests, Chromium.
+
+Chromium runs headless, driven through the DevTools protocol (Tornado's websocket client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+
+from .debian import ToolError, apt_install
+
+
+def need(binary: str, package: str) -> str:
+    """The path of a Debian tool, installed when missing (fails loudly otherwise)."""
+    found = shutil.which(binary)
+    if found is None:
+        apt_install(package)
+        found = shutil.which(binary)
+    if found is None:
+        raise ToolError(f"{binary}: package {package} installed but {binary} is not on PATH")
+    return found
+
+
+def _openssl(*args: str | Path, cwd: Path) -> None:
+    done = subprocess.run(
+        [need("openssl", "openssl"), *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A test CA with a server certificate (localhost, 127.0.0.1, ::1) and a client one."""
+
+    directory: Path
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_cert(directory: Path, name: str, ca: Path, ca_key: Path, server: bool) -> None:
+    """``name.crt``/``name.key`` signed by the CA (EC P-256, valid two days)."""
+    _openssl(
+        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=directory,
+    )  # fmt: skip
+    ext = directory / f"{name}.ext"
+    ext.write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nextendedKeyUsage=serverAuth\n"
+        if server
+        else "subjectAltName=DNS:prometheus.test\nextendedKeyUsage=clientAuth\n"
+    )
+    _openssl(
+        "x509", "-req", "-in", f"{name}.csr", "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", f"{name}.crt", "-days", "2", "-extfile", ext, cwd=directory,
+    )  # fmt: skip
+
+
+def make_pki(directory: Path) -> Pki:
+    """Make the CA, server and client certificates with the real openssl."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _openssl(
+        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=iceprod-exporter test CA",
+        "-days", "2", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=directory,
+    )  # fmt: skip
+    ca, ca_key = directory / "ca.crt", directory / "ca.key"
+    make_cert(directory, "server", ca, ca_key, server=True)
+    make_cert(directory, "client", ca, ca_key, server=False)
+    return Pki(
+        directory,
+        ca,
+        directory / "server.crt",
+        directory / "server.key",
+        directory / "client.crt",
+        directory / "client.key",
+    )
+
+
+def bcrypt_hash(password: str) -> str:
+    """A bcrypt hash at a low cost (tests only)."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(4)).decode()
+
+
+def client_context(pki: Pki, client_cert: bool = False) -> ssl.SSLContext:
+    """A client context trusting the test CA, optionally presenting the client certificate."""
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    if client_cert:
+        ctx.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+    return ctx
+
+
+@dataclass
+class Response:
+    """One HTTP response."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def request(
+    host: str,
+    port: int,
+    path: str = "/metrics",
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+    timeout: float = 10,
+) -> Response:
+    """One request on a fresh connection (HTTPS when ``context`` is given)."""
+    conn: http.client.HTTPConnection = (
+        http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        if context is not None
+        else http.client.HTTPConnection(host, port, timeout=timeout)
+    )
+    try:
+        conn.request(method, path, headers=headers or {})
+        response = conn.getresponse()
+        body = response.read()
+        return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+    finally:
+        conn.close()
+
+
+def peer_certificate(host: str, port: int, pki: Pki) -> bytes:
+    """The DER certificate the server presents on a new connection."""
+    with (
+        socket.create_connection((host, port), timeout=5) as raw,
+        client_context(pki).wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+
+# --------------------------------------------------------------------------- chromium
+
+
+@dataclass
+class PageResult:
+    """What Chromium saw on one page."""
+
+    text: str
+    html: str
+    errors: list[str]
+
+
+def browse(url: str, timeout: float = 60) -> PageResult:
+    """Load ``url`` in headless Chromium; return its text, DOM and every console/log error."""
+    chromium = need("chromium", "chromium")
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        proc = subprocess.Popen(
+            [
+                chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0", "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            port_file = Path(profile) / "DevToolsActivePort"
+            deadline = time.monotonic() + timeout
+            while not (port_file.exists() and port_file.read_text().strip()):
+                assert proc.poll() is None, f"chromium exited with {proc.returncode}"
+                assert time.monotonic() < deadline, "chromium did not open its DevTools port"
+                time.sleep(0.1)
+            port = int(port_file.read_text().split()[0])
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+                targets = json.load(r)
+            ws = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+            return asyncio.run(asyncio.wait_for(_devtools(ws, url), timeout))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+async def _devtools(ws_url: str, url: str) -> PageResult:
+    from tornado.websocket import websocket_connect
+
+    conn = await websocket_connect(ws_url, max_message_size=64 * 2**20)
+    next_id = 0
+    errors: list[str] = []
+
+    async def call(method: str, **params: Any) -> dict[str, Any]:
+        nonlocal next_id
+        next_id += 1
+        wanted = next_id
+        await conn.write_message(json.dumps({"id": wanted, "method": method, "params": params}))
+        while True:
+            message = await conn.read_message()
+            assert message is not None, "DevTools connection closed"
+            event = json.loads(message)
+            _collect(event, errors)
+            if event.get("id") == wanted:
+                assert "error" not in event, event
+                return dict(event.get("result", {}))
+            if event.get("method") == "Page.loadEventFired":
+                loaded.append(True)
+
+    loaded: list[bool] = []
+    for domain in ("Runtime.enable", "Log.enable", "Page.enable", "Network.enable"):
+        await call(domain)
+    await call("Page.navigate", url=url)
+    while not loaded:
+        message = await conn.read_message()
+        assert message is not None, "DevTools connection closed"
+        event = json.loads(message)
+        _collect(event, errors)
+        if event.get("method") == "Page.loadEventFired":
+            loaded.append(True)
+    await asyncio.sleep(0.5)  # late console messages
+    text = await call("Runtime.evaluate", expression="document.body.innerText")
+    dom = await call("Runtime.evaluate", expression="document.documentElement.outerHTML")
+    conn.close()
+    return PageResult(text["result"]["value"], dom["result"]["value"], errors)
+
+
+def _collect(event: dict[str, Any], errors: list[str]) -> None:
+    method, params = event.get("method"), event.get("params", {})
+    if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+        errors.append(f"console: {params.get('args')}")
+    elif method == "Runtime.exceptionThrown":
+        errors.append(f"exception: {params.get('exceptionDetails')}")
+    elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+        errors.append(f"log: {params['entry'].get('text')} {params['entry'].get('url', '')}")
+    elif method == "Network.loadingFailed":
+        errors.append(f"network: {params.get('errorText')}")
+    elif (
+        method == "Network.responseReceived"
+        and params.get("response", {}).get("status", 200) >= 400
+    ):
+        errors.append(f"http {params['response']['status']}: {params['response'].get('url')}")
