@@ -408,3 +408,22 @@ def test_unfit_values_drop_only_their_field() -> None:
     ]:
         value = registry.get_sample_value("iceprod_exporter_bad_values_total", {"field": field})
         assert value == n, field
+
+
+def test_every_bounded_label_combination_starts_at_zero() -> None:
+    from iceprod_exporter.labels import API_REASONS, TOKEN_REASONS, Endpoint, ValueField
+
+    registry = CollectorRegistry()
+    Telemetry(registry)
+    value = registry.get_sample_value
+    for endpoint in Endpoint:
+        assert value("iceprod_exporter_api_requests_total", {"endpoint": endpoint}) == 0
+        assert value("iceprod_exporter_permission_denied", {"endpoint": endpoint}) == 0
+        for reason in API_REASONS:
+            labels = {"endpoint": endpoint, "reason": reason}
+            assert value("iceprod_exporter_api_request_failures_total", labels) == 0
+    for reason in TOKEN_REASONS:
+        labels = {"reason": reason}
+        assert value("iceprod_exporter_token_refresh_failures_total", labels) == 0
+    for field in ValueField:
+        assert value("iceprod_exporter_bad_values_total", {"field": field}) == 0
