@@ -154,7 +154,11 @@ class Exporter:
             ),
             "token": {
                 "state": "ok" if token_error is None else f"failing: {token_error}",
-                "expires": ago(self.tokens.expires_at) if self.tokens.expires_at else "unknown",
+                "expires": (
+                    f"in {self.tokens.expires_at - now:.0f}s"
+                    if self.tokens.expires_at
+                    else "unknown (no exp)"
+                ),
             },
             "last polls": [
                 {
