@@ -5,16 +5,19 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-# IceProd's own server needs Python 3.12, so the whole project is tested on it.
-# (pyenv's python3.12 shim fails unless 3.12 is the active version, so ask the interpreter itself)
-PYTHON312 ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12; do \
-	$$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$p; break; }; done)
+# The project runs on Python >= 3.11; 3.12 is preferred because the whole suite is tested on it
+# (IceProd's own server, which the tests run in a venv of its own, needs 3.12 or newer).
+# pyenv's shims fail unless their version is the active one, so ask each interpreter itself.
+PYTHON ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12 \
+	$$HOME/.pyenv/versions/3.1[34]*/bin/python python3.13 python3.14 python3 \
+	$$HOME/.pyenv/versions/3.11*/bin/python python3.11; do \
+	$$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
 .PHONY: demo test lint docs bench bench-scrape soak clean
 
 $(VENV)/.installed: pyproject.toml
-	@test -n "$(PYTHON312)" || { echo "Python 3.12 not found (pyenv install 3.12)"; exit 1; }
-	@test -x $(PY) || $(PYTHON312) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "Python >= 3.11 not found"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
