@@ -200,22 +200,26 @@ class RenderedSnapshot:
         )
 
 
-def exposition(
-    registry: Collector, snapshot: RenderedSnapshot, fmt: Format, gzipped: bool = False
-) -> bytes:
-    """/metrics: the self-metrics rendered now, then the snapshot's prepared bytes.
+def live_part(registry: Collector, fmt: Format, gzipped: bool = False) -> bytes:
+    """The self-metrics part of /metrics, rendered now (OpenMetrics: without its ``# EOF``).
 
-    In OpenMetrics only the snapshot part keeps its ``# EOF``. Gzipped, the self-metrics are a
-    gzip member of their own followed by the snapshot's precomputed member: concatenated members
-    are one valid gzip stream (RFC 1952, section 2.2), which Go's and Python's readers decode.
+    Gzipped, it is a gzip member of its own, followed on the wire by the snapshot's precomputed
+    member: concatenated members are one valid gzip stream (RFC 1952, section 2.2), which Go's
+    and Python's readers decode.
     """
     live = encode(registry, fmt)
     if fmt is Format.OPENMETRICS:
-        live = live.removesuffix(_OM_EOF)
-    part = snapshot.render(fmt, gzipped)
+        live = live.removesuffix(_OM_EOF)  # the snapshot part carries the one EOF
     if gzipped:
         live = gzip.compress(live, compresslevel=_LIVE_GZIP_LEVEL, mtime=0)
-    return live + part
+    return live
+
+
+def exposition(
+    registry: Collector, snapshot: RenderedSnapshot, fmt: Format, gzipped: bool = False
+) -> bytes:
+    """/metrics: the self-metrics rendered now, then the snapshot's prepared bytes."""
+    return live_part(registry, fmt, gzipped) + snapshot.render(fmt, gzipped)
 
 
 def _family(spec: MetricSpec) -> GaugeMetricFamily:

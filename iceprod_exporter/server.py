@@ -33,7 +33,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
 
 from . import __version__, landing
-from .collector import CONTENT_TYPES, Format, RenderedSnapshot, exposition
+from .collector import CONTENT_TYPES, Format, RenderedSnapshot, exposition, live_part
 from .web_config import RELOAD_SECONDS, Authenticator, LiveWebConfig
 
 log = structlog.get_logger(__name__)
@@ -154,16 +154,6 @@ def render_metrics(
 # --------------------------------------------------------------------------- handlers
 
 
-class _NoSnapshot:
-    """Stands in for the snapshot part when only the self-metrics are rendered."""
-
-    def render(self, fmt: Format, gzipped: bool = False) -> bytes:
-        return b""
-
-
-_EMPTY: Any = _NoSnapshot()
-
-
 @dataclass
 class _Context:
     registry: CollectorRegistry
@@ -184,9 +174,7 @@ class _Context:
         now = time.monotonic()
         cached = self.live_cache.get((fmt, gzipped))
         if cached is None or now - cached[0] > SELF_METRICS_MAX_AGE:
-            # the self-metrics member alone: an empty registry stands in for the snapshot
-            live = exposition(self.registry, _EMPTY, fmt, gzipped)
-            cached = (now, live)
+            cached = (now, live_part(self.registry, fmt, gzipped))
             self.live_cache[(fmt, gzipped)] = cached
         return cached[1] + part
 
