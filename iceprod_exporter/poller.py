@@ -289,7 +289,9 @@ def _apply(job: Fetch, result: Fetched, track: Tracking, now: float) -> tuple[Da
         track = Tracking(retired_at=track.retired_at, forbidden=True)
     elif error is not None and error.reason == Reason.NOT_FOUND:
         track = dataclasses.replace(track, retired_at=track.retired_at or now)
-    if job.final and (result.counted or error is not None):
+    if job.final:
+        # retired whether or not the final read got through (the deadline may cut it): a
+        # complete dataset is never read again, so it must not wait for one
         track = dataclasses.replace(track, retired_at=track.retired_at or now)
     if track.retired_at is not None:
         dataset = dataclasses.replace(dataset, watched=False)

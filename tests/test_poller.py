@@ -427,3 +427,28 @@ def test_every_bounded_label_combination_starts_at_zero() -> None:
         assert value("iceprod_exporter_token_refresh_failures_total", labels) == 0
     for field in ValueField:
         assert value("iceprod_exporter_bad_values_total", {"field": field}) == 0
+
+
+def test_a_completed_dataset_whose_final_read_is_cut_keeps_its_grace_period() -> None:
+    class Hanging(FakeSource):
+        hang = False
+
+        async def get(self, template: str, *args: Any, **kw: Any) -> Any:
+            if self.hang and template == api.JOB_COUNTS:
+                await asyncio.sleep(30)
+            return await super().get(template, *args, **kw)
+
+    source, clock = Hanging(), Clock()
+    source.add("a", 1)
+    poller = make(source, clock, poll_timeout=0.3)
+    poll(poller)
+    source.datasets["a"]["status"] = "complete"
+    source.hang = True
+    clock.now += 60
+    assert not poll(poller).up, "the final read passed the deadline"
+    source.hang = False
+    clock.now += 60
+    snap = poll(poller)
+    assert "a" in snap.datasets and not snap.datasets["a"].watched, "kept for the grace period"
+    clock.now += 300
+    assert "a" not in poll(poller).datasets
