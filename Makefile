@@ -1,6 +1,8 @@
 # Every target sets up what it needs: the virtual environment and the Python packages. The tests
 # install the Debian tools they run for real (prometheus, promtool, alertmanager, docker-compose)
 # and the pinned IceProd server environment in their own set-up, and fail loudly if they cannot.
+# `make check` runs only the unit tier (tests not marked `integration`, see tests/conftest.py),
+# which needs none of them and no root.
 
 SHELL := /bin/bash
 VENV := .venv
@@ -13,7 +15,7 @@ PYTHON ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12 \
 	$$HOME/.pyenv/versions/3.11*/bin/python python3.11; do \
 	$$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: demo test lint docs bench bench-scrape soak clean
+.PHONY: demo check test lint docs bench bench-rate bench-scrape soak clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.11 not found"; exit 1; }
@@ -25,10 +27,13 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed  ## run the exporter on its built-in simulated IceProd
 	$(VENV)/bin/iceprod-exporter demo $(ARGS)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed  ## ruff check, ruff format --check and mypy --strict over the whole repository
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+
+check: $(VENV)/.installed lint  ## the fast loop: lint, types and the unit tier (no root, no Debian tools; < 30 s)
+	$(PY) -m pytest -q -m "not integration"
 
 test: $(VENV)/.installed lint  ## the whole suite: lint, types, unit, integration, real IceProd
 	$(VENV)/bin/iceprod-exporter docs --check
@@ -37,9 +42,12 @@ test: $(VENV)/.installed lint  ## the whole suite: lint, types, unit, integratio
 docs: $(VENV)/.installed  ## regenerate docs/metrics.md and docs/configuration.md
 	$(VENV)/bin/iceprod-exporter docs
 
-bench: $(VENV)/.installed  ## 1,000 simulated datasets: poll time, requests, scrape latency, memory
-	$(PY) benchmarks/bench.py $(ARGS)
+bench: $(VENV)/.installed  ## side by side with dataset_monitor (100/1k/10k), then scrape latency (1k/10k)
+	$(PY) benchmarks/side_by_side.py
 	$(PY) benchmarks/scrape.py
+
+bench-rate: $(VENV)/.installed  ## 1,000 datasets at unlimited and the default rate limit: cycle times
+	$(PY) benchmarks/bench.py $(ARGS)
 
 bench-scrape: $(VENV)/.installed  ## scrape latency, 50 scrapers, 1,000 idle connections (1k/10k)
 	$(PY) benchmarks/scrape.py $(ARGS)

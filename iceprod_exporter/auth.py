@@ -71,7 +71,8 @@ class Grant(Protocol):
         ...
 
 
-def _expiry(value: str) -> float | None:
+def token_expiry(value: str) -> float | None:
+    """A JWT's ``exp`` claim, read without verifying the token; None when it has none."""
     try:
         claims = jwt.decode(value, options={"verify_signature": False})
     except jwt.PyJWTError:
@@ -315,7 +316,7 @@ class TokenManager:
             error = TokenError(Reason.BAD_RESPONSE, f"token request: {type(exc).__name__}")
             self._fail(error)
             raise error from None
-        expires_at = _expiry(value)
+        expires_at = token_expiry(value)
         if expires_at is None and lifetime is not None:
             expires_at = started + lifetime
         with self._swap:

@@ -1,4 +1,9 @@
-"""Installs the Debian packages a test runs for real (as root), or says loudly why it cannot."""
+"""Installs the Debian packages a test runs for real (as root), or says loudly why it cannot.
+
+It also keeps the unit tier honest: while a test that is not marked ``integration`` runs,
+:func:`refuse_in_unit_tier` (called by every helper that reaches for a Debian tool, the real
+IceProd or apt) fails it, so ``make check`` provably needs neither root nor Debian packages.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,23 @@ class ToolError(RuntimeError):
     """A tool a test runs is missing and could not be installed, or is unusable."""
 
 
+#: the node id of the unit-tier test running now (set by tests/conftest.py), else None
+unit_test: str | None = None
+
+
+def refuse_in_unit_tier(what: str) -> None:
+    """Fail when a test of the unit tier needs ``what`` (a Debian tool, the real IceProd)."""
+    if unit_test is not None:
+        raise ToolError(
+            f"{unit_test} needs {what}, which the unit tier (make check) does not have: "
+            "mark it @pytest.mark.integration (see tests/conftest.py)"
+        )
+
+
 def apt_install(*packages: str) -> None:
     """Install ``packages`` with apt-get, one installer at a time, updating the lists first."""
     names = " ".join(packages)
+    refuse_in_unit_tier(f"apt-get install {names}")
     if shutil.which("apt-get") is None:
         raise ToolError(f"{names} missing and this machine has no apt-get")
     if os.geteuid() != 0:

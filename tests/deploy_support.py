@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .debian import ToolError, apt_install
+from .debian import ToolError, apt_install, refuse_in_unit_tier
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -102,6 +102,7 @@ def compose_command() -> list[str]:
     ``config`` needs no Docker engine with either. Debian 12 packages docker-compose 1.29 (the
     Python implementation); newer Debian packages compose v2.
     """
+    refuse_in_unit_tier("a compose implementation (Debian package docker-compose)")
     if shutil.which("docker") and run(["docker", "compose", "version"]).returncode == 0:
         return ["docker", "compose"]
     if not shutil.which("docker-compose"):
@@ -410,6 +411,7 @@ def read_env_file(path: Path) -> dict[str, str]:
 
 def kustomize(directory: Path) -> list[dict[str, Any]]:
     """Render a kustomization with ``kubectl kustomize`` and return its objects."""
+    refuse_in_unit_tier("kubectl")
     if not shutil.which("kubectl"):
         # Debian's kubernetes-client (1.20) embeds a kustomize too old for components.
         raise ToolError("kubectl (>= 1.21, with kustomize v4+) is required and not on PATH")

@@ -21,11 +21,12 @@ from typing import Any
 
 import bcrypt
 
-from .debian import ToolError, apt_install
+from .debian import ToolError, apt_install, refuse_in_unit_tier
 
 
 def need(binary: str, package: str) -> str:
     """The path of a Debian tool, installed when missing (fails loudly otherwise)."""
+    refuse_in_unit_tier(f"{binary} (Debian package {package})")
     found = shutil.which(binary)
     if found is None:
         apt_install(package)

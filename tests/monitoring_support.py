@@ -22,11 +22,8 @@ import re
 import shutil
 import socket
 import subprocess
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +33,12 @@ import yaml
 from iceprod_exporter.metrics import SPECS, Group, Kind
 from iceprod_exporter.snapshot import DATASET_STATUSES, JOB_STATUSES, TASK_STATUSES
 
-from .debian import ToolError, apt_install
+from .debian import ToolError, apt_install, refuse_in_unit_tier
+
+# tests/support.py holds these; the aliases re-export them to tests that import them from here
+from .support import free_port as free_port
+from .support import http_get as http_get
+from .support import wait_for as wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -80,6 +82,7 @@ def _which(names: tuple[str, ...]) -> Path | None:
 def tool(name: str) -> Path:
     """Return the path of a monitoring tool, installing its Debian package if needed."""
     package, names = TOOLS[name]
+    refuse_in_unit_tier(f"{name} (Debian package {package})")
     found = _which(names)
     if found is None:
         apt_install(*sorted({p for p, _ in TOOLS.values()}))
@@ -127,54 +130,28 @@ def run_tool(name: str, *args: str, cwd: Path | None = None, timeout: float = 12
 # --------------------------------------------------------------------------- servers
 
 
-def free_port() -> int:
-    """Return a port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
-    """GET a URL; return (status, body), with status 0 when the connection failed."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (urllib.error.URLError, OSError):
-        return 0, b""
-
-
-def wait_for(
-    condition: Callable[[], Any],
-    timeout: float,
-    what: str,
-    interval: float = 0.25,
-    diagnose: Callable[[], str] | None = None,
-) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(interval)
-    extra = f"\n{diagnose()}" if diagnose else ""
-    raise AssertionError(
-        f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){extra}"
-    )
+def _with_descendants(pid: int) -> list[int]:
+    """The process and every process below it (the exporter serves HTTP from a child)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                todo.extend(int(child) for child in children.read_text().split())
+    return found
 
 
 def listening_addresses(pid: int) -> set[tuple[str, int]]:
-    """Return the (address, port) pairs a process listens on, read from /proc."""
+    """Return the (address, port) pairs a process and its children listen on, from /proc."""
     inodes = set()
-    fd_dir = Path(f"/proc/{pid}/fd")
-    for fd in fd_dir.iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
+    for member in _with_descendants(pid):
+        with contextlib.suppress(OSError):  # a child may be gone meanwhile
+            for fd in Path(f"/proc/{member}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
     found: set[tuple[str, int]] = set()
     for table, width in (("tcp", 8), ("tcp6", 32), ("udp", 8), ("udp6", 32)):
         path = Path(f"/proc/net/{table}")
@@ -197,7 +174,7 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
 
 
 def assert_loopback_only(proc: subprocess.Popen[bytes], name: str) -> set[tuple[str, int]]:
-    """Fail unless every socket the process listens on is bound to 127.0.0.1."""
+    """Fail unless every socket the process (or a child) listens on is bound to 127.0.0.1."""
     addresses = listening_addresses(proc.pid)
     outside = {a for a in addresses if a[0] != "127.0.0.1"}
     assert addresses, f"{name} listens on nothing"

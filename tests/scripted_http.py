@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from iceprod_exporter.simulator.service import ServerThread, Service
+
 
 @dataclass
 class Reply:
@@ -26,7 +28,7 @@ class Seen:
     authorization: str | None
 
 
-class ScriptedServer:
+class ScriptedServer(Service):
     """Each path maps to a list of replies used in turn (the last one repeats)."""
 
     def __init__(self) -> None:
@@ -49,21 +51,21 @@ class ScriptedServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._serving: ServerThread | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def __enter__(self) -> ScriptedServer:
-        self.thread.start()
-        return self
+    def start(self) -> None:
+        """Serve from a daemon thread (the port is bound from the start)."""
+        self._serving = ServerThread(self.httpd)
 
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    def stop(self) -> None:
+        """Stop serving and close the port."""
+        if self._serving is not None:
+            self._serving.close()
+            self._serving = None
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?")[0]

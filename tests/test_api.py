@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
+from requests_futures.sessions import FuturesSession
 
 from iceprod_exporter import api
 from iceprod_exporter.api import ApiClient, ApiError, RateLimiter
 from iceprod_exporter.auth import StaticTokenGrant, TokenManager
+from iceprod_exporter.labels import Reason
 from iceprod_exporter.telemetry import Telemetry
 
 from .scripted_http import Reply, ScriptedServer
@@ -36,7 +38,10 @@ class Sleeps:
 
 
 def client(
-    url: str, registry: CollectorRegistry, sleep: Sleeps | None = None, **kw: float
+    url: str,
+    registry: CollectorRegistry,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    **kw: float,
 ) -> ApiClient:
     telemetry = Telemetry(registry)
     tokens = TokenManager(StaticTokenGrant("tok"), telemetry)
@@ -57,7 +62,7 @@ def client(
         backoff_max=options["backoff_max"],
         concurrency=int(options["concurrency"]),
         rate_limit=options["rate_limit"],
-        **({"sleep": sleep} if sleep else {}),
+        sleep=sleep,
     )
 
 
@@ -198,6 +203,7 @@ def test_rate_limiter_allows_fractions() -> None:
     assert now[0] == pytest.approx(6.0), "0.5 rps: 1 burst, then one every 2 s"
 
 
+@pytest.mark.integration  # 1.5 s of rate limiting
 def test_rate_limit_bounds_real_request_rate(server: ScriptedServer) -> None:
     server.script[ROUTE] = [Reply(200, {})]
     c = client(server.url, CollectorRegistry(), rate_limit=10.0)
@@ -239,6 +245,7 @@ def test_401_fetches_a_new_token_from_the_issuer(server: ScriptedServer) -> None
     assert first != second and second == f"Bearer {issuer.issued[-1].token}"
 
 
+@pytest.mark.integration  # over 1 s: a 2 s hang
 def test_a_hang_holds_workers_not_queued_requests(server: ScriptedServer) -> None:
     """Abandoned requests keep their worker until it is free; queued ones fail at the deadline.
 
@@ -259,10 +266,12 @@ def test_a_hang_holds_workers_not_queued_requests(server: ScriptedServer) -> Non
     reasons = [r.reason for r in results if isinstance(r, ApiError)]
     assert len(reasons) == 10
     assert set(reasons) == {"timeout", "deadline"}
-    assert reasons.count("deadline") >= 2, "queued past the deadline: failed, never sent"
+    assert reasons.count(Reason.DEADLINE) >= 2, "queued past the deadline: failed, never sent"
     assert len(server.seen) <= 2 * 4, "two workers, each free again after a 0.3 s timeout"
     assert took < 1.5
-    executor = c._rest.session.executor
+    session = c._rest.session
+    assert isinstance(session, FuturesSession)
+    executor = session.executor
     assert len(executor._threads) <= 2 and executor._work_queue.qsize() == 0, "nothing piled up"
     c.close()
 

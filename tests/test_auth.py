@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from iceprod_exporter.auth import (
     ClientCredentialsGrant,
+    Grant,
     OpenIDProvider,
     RefreshTokenGrant,
     StaticTokenGrant,
@@ -35,8 +36,8 @@ def issuer() -> Iterator[OIDCIssuer]:
         yield i
 
 
-def manager(grant: object, registry: CollectorRegistry | None = None) -> TokenManager:
-    return TokenManager(grant, Telemetry(registry or CollectorRegistry()))  # type: ignore[arg-type]
+def manager(grant: Grant, registry: CollectorRegistry | None = None) -> TokenManager:
+    return TokenManager(grant, Telemetry(registry or CollectorRegistry()))
 
 
 def cc(issuer: OIDCIssuer, secret: str = SECRET, timeout: float = 5.0) -> ClientCredentialsGrant:
@@ -57,6 +58,7 @@ def test_client_credentials_token_is_a_valid_jwt(issuer: OIDCIssuer) -> None:
     assert registry.get_sample_value("iceprod_exporter_token_refreshes_total") == 1
 
 
+@pytest.mark.integration  # 3 s: token lifetimes
 def test_expiry_driven_refresh(issuer: OIDCIssuer) -> None:
     issuer.token_ttl = 3
     tokens = manager(cc(issuer))
@@ -110,6 +112,7 @@ def test_issuer_unreachable() -> None:
     assert err.value.reason == "connection"
 
 
+@pytest.mark.integration  # over 1 s: the first backoff step
 def test_issuer_failing_then_recovering(issuer: OIDCIssuer) -> None:
     issuer.fail_status = 503
     tokens = manager(cc(issuer))
@@ -189,6 +192,7 @@ def test_login_device_flow_writes_a_private_refresh_token(tmp_path: Path) -> Non
         assert issuer.validate(tokens.current())["groups"] == ["/institutions/IceCube"]
 
 
+@pytest.mark.integration  # 3 s: lifetime and backoff
 def test_failing_issuer_does_not_break_a_token_that_still_works(issuer: OIDCIssuer) -> None:
     issuer.token_ttl = 4
     registry = CollectorRegistry()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -14,10 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as openmetrics_families,
-)
-from prometheus_client.parser import text_string_to_metric_families
 
 from iceprod_exporter.simulator import (
     SYSTEM_ROLE_CLAIMS,
@@ -27,7 +22,19 @@ from iceprod_exporter.simulator import (
     build_store,
 )
 
-from .monitoring_support import free_port, http_get, tool, wait_for
+from .monitoring_support import tool
+from .support import (
+    Samples,
+    free_port,
+    http_get,
+    openmetrics_families,
+    samples,
+    start_exporter,
+    wait_for,
+)
+
+# the daemon in a process of its own against the simulator (seconds), and promtool
+pytestmark = pytest.mark.integration
 
 SECRET = "daemon-test-secret-0xC0FFEE"
 MAX_STALENESS = 6
@@ -41,14 +48,10 @@ class Stack:
     url: str
     log: Path
 
-    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    def scrape(self) -> Samples:
         status, body = http_get(self.url + "metrics")
         assert status == 200, status
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(body.decode())
-            for s in f.samples
-        }
+        return samples(body.decode())
 
     def value(self, name: str, **labels: str) -> float | None:
         return self.scrape().get((name, tuple(sorted(labels.items()))))
@@ -83,23 +86,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "ICEPROD_EXPORTER_RETRIES": "0",
                 "ICEPROD_EXPORTER_LOG_LEVEL": "debug",
             }
-            with log.open("w") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "iceprod_exporter", "run"],
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    text=True,
-                )
-            s = Stack(issuer, simulator, process, f"http://127.0.0.1:{port}/", log)
+            url = f"http://127.0.0.1:{port}/"
+            process = start_exporter(env, url, log)
             try:
-                wait_for(
-                    lambda: http_get(s.url + "readyz")[0] == 200,
-                    30,
-                    "exporter ready",
-                    diagnose=log.read_text,
-                )
-                yield s
+                yield Stack(issuer, simulator, process, url, log)
             finally:
                 process.terminate()
                 assert process.wait(timeout=10) == 0, "SIGTERM stops the daemon cleanly"

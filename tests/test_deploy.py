@@ -11,12 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,9 @@ import yaml
 
 from iceprod_exporter import __version__, config
 from tests import deploy_support as support
+from tests.debian import refuse_in_unit_tier
 from tests.deploy_support import DEPLOY, KUBERNETES, NAMESPACE, REPO, describe, find, run
+from tests.support import free_port, http_get
 
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = DEPLOY / "compose"
@@ -99,21 +98,6 @@ def test_dockerignore_keeps_the_context_small() -> None:
         assert "__pycache__" not in name and not name.endswith(".pyc")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 @pytest.fixture(scope="module")
 def built_image(
     dockerfile: support.Dockerfile, tmp_path_factory: pytest.TempPathFactory
@@ -173,7 +157,7 @@ def demo_exporter(
     built_image: support.EmulatedBuild, image_env: dict[str, str], tmp_path: Path
 ) -> Iterator[int]:
     """Compose's default command, run from the installed venv on a free local port."""
-    port = _free_port()
+    port = free_port()
     exe = Path(built_image.env["VIRTUAL_ENV"]) / "bin" / "iceprod-exporter"
     command = [exe, "demo", "--listen-address", "127.0.0.1", "--port", str(port)]
     command += ["--poll-interval", "1", "--datasets", "3"]
@@ -188,11 +172,8 @@ def demo_exporter(
         try:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and process.poll() is None:
-                try:
-                    if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
-                        break
-                except OSError:
-                    pass
+                if http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                    break
                 time.sleep(0.5)
             else:
                 pytest.fail(f"demo never became ready:\n{log.read_text()[-3000:]}")
@@ -212,9 +193,9 @@ def test_image_demo_serves_and_healthcheck_passes(
     image_env: dict[str, str],
 ) -> None:
     port = demo_exporter
-    assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
-    status, body = _get(f"http://127.0.0.1:{port}/metrics")
-    assert status == 200 and "iceprod_up 1.0" in body
+    assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200 and b"iceprod_up 1.0" in body
 
     # The HEALTHCHECK exactly as written, run by the image's python.
     _, rest = dockerfile.stage(None).one("HEALTHCHECK").flags()
@@ -224,7 +205,7 @@ def test_image_demo_serves_and_healthcheck_passes(
     check: list[str | Path] = [python, *command[1:]]
     healthy = run(check, env={**image_env, "ICEPROD_EXPORTER_PORT": str(port)}, timeout=30)
     assert healthy.returncode == 0, describe(healthy)
-    dead = run(check, env={**image_env, "PROMETHEUS_PORT": str(_free_port())}, timeout=30)
+    dead = run(check, env={**image_env, "PROMETHEUS_PORT": str(free_port())}, timeout=30)
     assert dead.returncode != 0, describe(dead)
 
 
@@ -496,6 +477,7 @@ def _binds(service: dict[str, Any]) -> dict[str, Path]:
     return binds
 
 
+@pytest.mark.integration  # docker-compose
 def test_compose_config_demo_mode() -> None:
     resolved = _compose_config("compose.yaml")
     services = resolved["services"]
@@ -512,6 +494,7 @@ def test_compose_config_demo_mode() -> None:
             assert str(published).startswith("127.0.0.1"), f"{name}: {port} is public"
 
 
+@pytest.mark.integration  # docker-compose, promtool
 def test_compose_prometheus_scrapes_the_stack(tmp_path: Path) -> None:
     services = _compose_config("compose.yaml")["services"]
     binds = _binds(services["prometheus"])
@@ -543,6 +526,7 @@ def test_compose_prometheus_scrapes_the_stack(tmp_path: Path) -> None:
     assert result.returncode == 0, describe(result)
 
 
+@pytest.mark.integration  # docker-compose
 def test_compose_grafana_provisioning_fits_the_mounts() -> None:
     services = _compose_config("compose.yaml")["services"]
     binds = _binds(services["grafana"])
@@ -567,6 +551,7 @@ def test_compose_grafana_provisioning_fits_the_mounts() -> None:
     assert "http://prometheus:9090" in urls, urls
 
 
+@pytest.mark.integration  # docker-compose
 def test_compose_real_iceprod_override() -> None:
     resolved = _compose_config(
         "compose.yaml",
@@ -601,6 +586,7 @@ def unit_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``systemd-analyze verify`` insists that ExecStart= is executable and resolves dependencies
     such as network-online.target; ``--root`` points both at this tree instead of the host.
     """
+    refuse_in_unit_tier("systemd-analyze")
     root = tmp_path_factory.mktemp("systemd-root")
     system_units = next(
         path
@@ -725,6 +711,7 @@ def test_tls_overlay_serves_https_with_basic_auth(
     assert loaded.tls.client_auth_type != "RequireAndVerifyClientCert"
 
 
+@pytest.mark.integration  # docker-compose, openssl
 def test_compose_tls_variant(tmp_path: Path) -> None:
     from iceprod_exporter import web_config
 

@@ -55,8 +55,6 @@ from .monitoring_support import (
     RULE_FILES,
     Server,
     assert_loopback_only,
-    free_port,
-    http_get,
     load_dashboards,
     prom_query,
     start_alertmanager,
@@ -65,10 +63,11 @@ from .monitoring_support import (
     targets,
     variable_promql,
     variable_query,
-    wait_for,
 )
+from .support import free_port, http_get, wait_for
 
-pytestmark = pytest.mark.timeout(300)
+# real Prometheus and Alertmanager
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 SYSTEM_CLAIMS: dict[str, object] = {"resource_access": {"iceprod": {"roles": ["iceprod-system"]}}}
 CLIENT_ID = "iceprod-exporter-e2e"

@@ -10,12 +10,12 @@ import asyncio
 import subprocess
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from iceprod_exporter.collector import SnapshotCollector
@@ -23,7 +23,10 @@ from iceprod_exporter.poller import Poller, Schedule
 from iceprod_exporter.telemetry import Telemetry
 
 from .monitoring_support import tool
+from .support import openmetrics_families
 from .test_poller import Clock, FakeSource
+
+pytestmark = pytest.mark.integration  # promtool, and a few seconds of examples
 
 # every code point, lone surrogates included (valid in JSON, not encodable as UTF-8)
 TEXT = st.text(st.characters(blacklist_categories=()), max_size=8)
@@ -110,10 +113,10 @@ def test_any_answer_gives_a_poll_and_a_parseable_exposition(
         lambda: poller.snapshot, max_staleness=600, compat=compat, clock=clock, registry=registry
     )
     text = generate_latest(registry).decode()
-    openmetrics = generate_openmetrics(registry).decode()
+    openmetrics = generate_openmetrics(registry).decode()  # type: ignore[no-untyped-call]
     list(parse_text(text))
     seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-    for family in parse_om(openmetrics):
+    for family in openmetrics_families(openmetrics):
         for sample in family.samples:
             key = (sample.name, tuple(sorted(sample.labels.items())))
             assert key not in seen, f"duplicate series {key}"

@@ -38,7 +38,7 @@ from iceprod_exporter import parse as parse_module
 from iceprod_exporter.parse import timestamp
 from iceprod_exporter.simulator import OIDCIssuer, SimulatedIceProd
 
-from .monitoring_support import free_port, http_get, listening_addresses, wait_for
+from .monitoring_support import listening_addresses
 from .real_iceprod import expected
 from .real_iceprod.expected import Labels, labels
 from .real_iceprod.harness import ADMIN_CLAIMS, SYSTEM_CLAIMS, RealIceProd
@@ -46,6 +46,9 @@ from .real_iceprod.proxy import RecordingProxy
 from .real_iceprod.scenario import SCENARIO
 from .real_iceprod.seed import SeededScenario, seed_scenario
 from .real_iceprod.sim_store import load_store
+from .support import free_port, http_get, start_exporter, wait_for
+
+pytestmark = pytest.mark.integration  # the real IceProd server in its pinned venv
 
 AUDIENCE = "iceprod"
 #: access token lifetime: the exporter goes through several expiries in a few seconds
@@ -223,23 +226,9 @@ def daemon(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Daemon]]:
         port = free_port()
         env = {**env, "PROMETHEUS_PORT": str(port)}
         out, err = tmp_path / f"run{len(started)}.out", tmp_path / f"run{len(started)}.err"
-        with out.open("w") as o, err.open("w") as e:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "iceprod_exporter", "run"],
-                env=env,
-                stdout=o,
-                stderr=e,
-                text=True,
-                stdin=subprocess.DEVNULL,
-            )
-        d = Daemon(process, f"http://127.0.0.1:{port}/", out, err)
+        url = f"http://127.0.0.1:{port}/"
+        d = Daemon(start_exporter(env, url, out, err), url, out, err)
         started.append(d)
-        wait_for(
-            lambda: http_get(d.url + "readyz")[0] == 200,
-            30,
-            "exporter ready (/readyz)",
-            diagnose=lambda: d.stderr.read_text()[-3000:],
-        )
         return d
 
     yield start
@@ -648,8 +637,8 @@ def test_plain_user_token_reads_what_it_may(
     }
     assert failed == {"/grids": "forbidden"}, failed
     events = d.events()
-    denied = [e for e in events if e.get("event") == "permission.denied"]
+    denials = [e for e in events if e.get("event") == "permission.denied"]
     polls = [e for e in events if e.get("event") == "poll.finished"]
     assert len(polls) >= 4 and all(p["up"] for p in polls)
-    assert [e["endpoint"] for e in denied] == ["/grids"], denied
+    assert [e["endpoint"] for e in denials] == ["/grids"], denials
     assert USER_SECRET not in d.logs()

@@ -32,6 +32,8 @@ from .real_iceprod.scenario import SCENARIO
 from .real_iceprod.seed import SeededScenario, seed_scenario
 from .real_iceprod.venv import MARKER_NAME, ensure_venv, find_base_python, requirements_hash
 
+pytestmark = pytest.mark.integration  # the real IceProd server in its pinned venv
+
 AUDIENCE = "iceprod"
 CLIENTS: dict[str, tuple[str, dict[str, Any]]] = {
     "exporter-system": ("system-secret", SYSTEM_CLAIMS),

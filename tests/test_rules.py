@@ -68,11 +68,13 @@ def _unit_tests(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("name", ["promtool", "prometheus", "alertmanager", "amtool"])
+@pytest.mark.integration
 def test_tools_are_installed_and_recent(name: str) -> None:
     version = tool_version(name)
     assert re.match(r"\d+\.\d+\.\d+", version), version
 
 
+@pytest.mark.integration
 def test_promtool_accepts_the_rule_files() -> None:
     output = run_tool("promtool", "check", "rules", *map(str, RULE_FILES))
     assert output.count("SUCCESS") == len(RULE_FILES), output
@@ -80,6 +82,7 @@ def test_promtool_accepts_the_rule_files() -> None:
     assert f"{len(_alerts())} rules found" in output
 
 
+@pytest.mark.integration
 def test_rule_unit_tests_pass() -> None:
     output = run_tool(
         "promtool",
@@ -91,6 +94,7 @@ def test_rule_unit_tests_pass() -> None:
     assert output.count("SUCCESS") == len(RULE_TEST_FILES), output
 
 
+@pytest.mark.integration
 def test_rule_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
     """The unit tests have teeth: a rule with a moved threshold fails them."""
     rules = tmp_path / "rules"
@@ -244,6 +248,7 @@ def test_recording_cases_export_one_iceprod_three_ways() -> None:
     assert all(len(c) == 2 for c in copies.values()), "each series from two replicas"
 
 
+@pytest.mark.integration
 def test_recording_rules_without_deduplication_fail_the_ha_cases(tmp_path: Path) -> None:
     """The HA cases have teeth: rules that sum every replica's copy fail them.
 
@@ -275,6 +280,7 @@ def test_recording_rules_without_deduplication_fail_the_ha_cases(tmp_path: Path)
     }
 
 
+@pytest.mark.integration
 def test_prometheus_config_is_valid_and_scrapes_the_exporter() -> None:
     config_file = PROMETHEUS_DIR / "prometheus.yml"
     output = run_tool("promtool", "check", "config", str(config_file))
@@ -286,6 +292,7 @@ def test_prometheus_config_is_valid_and_scrapes_the_exporter() -> None:
     assert EXPORTER_JOB in jobs
 
 
+@pytest.mark.integration
 def test_alertmanager_config_is_valid() -> None:
     output = run_tool("amtool", "check-config", str(PROMETHEUS_DIR / "alertmanager.yml"))
     assert "SUCCESS" in output, output

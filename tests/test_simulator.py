@@ -23,6 +23,7 @@ from iceprod_exporter.simulator import (
     Store,
     build_store,
 )
+from iceprod_exporter.snapshot import DATASET_STATUSES, TASK_STATUSES
 
 ALICE = {"groups": ["/institutions/IceCube"], "preferred_username": "alice"}
 ADMIN = {"groups": ["/tokens/IceProdAdmins"], "preferred_username": "root"}
@@ -577,6 +578,7 @@ def test_down_and_back_on_same_port(world: tuple[SimulatedIceProd, dict[str, str
     assert session.get(f"{url}/healthz").status_code == 200
 
 
+@pytest.mark.integration  # over 1 s: Retry-After is 1 s
 def test_fail_status_with_retry_after(
     issuer: OIDCIssuer, world: tuple[SimulatedIceProd, dict[str, str]]
 ) -> None:
@@ -722,21 +724,8 @@ def summary(store: Store) -> dict[str, tuple[str, int, int, int]]:
 def test_build_store_mixes_statuses() -> None:
     """Generated worlds have every dataset and task status, GPU tasks and one truncated set."""
     store = build_store(60, seed=1)
-    assert {d["status"] for d in store.datasets.values()} == {
-        "processing",
-        "suspended",
-        "errors",
-        "complete",
-    }
-    assert {t["status"] for t in store.tasks.values()} == {
-        "idle",
-        "waiting",
-        "queued",
-        "processing",
-        "suspended",
-        "failed",
-        "complete",
-    }
+    assert {d["status"] for d in store.datasets.values()} == set(DATASET_STATUSES)
+    assert {t["status"] for t in store.tasks.values()} == set(TASK_STATUSES)
     assert [d["truncated"] for d in store.datasets.values()].count(True) == 1
     assert any(t["requirements"].get("gpu") for t in store.tasks.values())
     assert any(len(store.jobs_of(d)) < doc["jobs_submitted"] for d, doc in store.datasets.items())
@@ -774,6 +763,7 @@ def test_simulation_is_deterministic() -> None:
     assert worlds[0] == worlds[1]
 
 
+@pytest.mark.integration  # about 1 s, and a timing bound
 def test_step_on_a_thousand_datasets_is_cheap() -> None:
     """One step over 1,000 datasets takes well under a second."""
     store = build_store(1000, seed=2)

@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .service import Service
+from .service import ServerThread, Service
 
 REALM_PATH = "/realms/IceCube"
 _OIDC_PATH = "/protocol/openid-connect"
@@ -78,7 +78,7 @@ class OIDCIssuer(Service):
         audience: str | None = "iceprod",
         refresh_ttl: float = 1800.0,
         auto_approve_devices: bool = False,
-        device_interval: int = 5,
+        device_interval: float = 5,
     ):
         """Make a fresh RSA signing key; nothing listens until start()."""
         self.token_ttl = token_ttl
@@ -100,8 +100,7 @@ class OIDCIssuer(Service):
         self._live_refresh: dict[str, str] = {}  # jti -> client_id
         self._devices: dict[str, _DeviceCode] = {}  # device_code -> pending authorization
         self._port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
 
     @property
     def url(self) -> str:
@@ -110,23 +109,18 @@ class OIDCIssuer(Service):
 
     def start(self) -> None:
         """Listen on 127.0.0.1 (the same port again after a stop) from a daemon thread."""
-        if self._server is not None:
+        if self._serving is not None:
             raise RuntimeError("issuer already running")
-        self._server = _Server(("127.0.0.1", self._port), self)
-        self._port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        server = _Server(("127.0.0.1", self._port), self)
+        self._port = server.server_address[1]
+        self._serving = ServerThread(server)
 
     def stop(self) -> None:
         """Stop listening; tokens, clients and records are kept."""
-        if self._server is None or self._thread is None:
+        if self._serving is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-        self._server = self._thread = None
+        self._serving.close()
+        self._serving = None
 
     def register_client(
         self, client_id: str, secret: str | None, claims: Mapping[str, object]

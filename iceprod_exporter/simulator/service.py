@@ -1,5 +1,7 @@
 """Start/stop lifecycle shared by the simulated servers."""
 
+import socketserver
+import threading
 from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Self
@@ -29,3 +31,21 @@ class Service(ABC):
     ) -> None:
         """Stop."""
         self.stop()
+
+
+class ServerThread:
+    """A socketserver (an ``http.server``) serving from a daemon thread until closed."""
+
+    def __init__(self, server: socketserver.BaseServer) -> None:
+        """Start serving at once."""
+        self.server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop serving, close the listening socket and wait (``timeout``) for the thread."""
+        self.server.shutdown()
+        self.server.server_close()
+        self._thread.join(timeout)

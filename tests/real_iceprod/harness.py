@@ -27,11 +27,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import requests
 
+from iceprod_exporter.simulator.service import Service
+
+from ..debian import refuse_in_unit_tier
 from .venv import DEFAULT_VENV_DIR, ensure_venv
 
 HERE = Path(__file__).resolve().parent
@@ -101,7 +103,7 @@ def _child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-class RealIceProd:
+class RealIceProd(Service):
     """The real IceProd REST server in a subprocess on 127.0.0.1 (context manager)."""
 
     def __init__(
@@ -128,10 +130,11 @@ class RealIceProd:
         self._returncode: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self) -> RealIceProd:
+    def start(self) -> None:
         """Ensure the venv, launch the server, wait for the ready line and /healthz."""
         if self._proc is not None:
             raise RealIceProdError("already started")
+        refuse_in_unit_tier("the real IceProd server (its pinned venv)")
         self._python = ensure_venv(self.venv_dir)
         cmd = [
             str(self._python),
@@ -161,7 +164,6 @@ class RealIceProd:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - t0
-        return self
 
     def _wait_ready(self, t0: float) -> None:
         assert self._proc is not None
@@ -198,17 +200,6 @@ class RealIceProd:
                 proc.kill()
                 proc.wait(timeout=15)
         self._returncode = proc.returncode
-
-    def __enter__(self) -> RealIceProd:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- accessors ---------------------------------------------------------------------
     @property

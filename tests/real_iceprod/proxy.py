@@ -17,11 +17,11 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-import jwt
+from iceprod_exporter.auth import token_expiry
+from iceprod_exporter.simulator.service import ServerThread, Service
 
 # hop-by-hop headers (RFC 9110 7.6.1) are the proxy's own business, not forwarded
 _HOP_BY_HOP = frozenset(
@@ -53,14 +53,6 @@ class ProxiedRequest:
     def expired(self) -> bool:
         """Whether the token had expired when the request passed through."""
         return self.exp is not None and self.at >= self.exp
-
-
-def _exp(token: str) -> float | None:
-    try:
-        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
-    except jwt.PyJWTError:
-        return None
-    return float(exp) if isinstance(exp, int | float) else None
 
 
 class _Server(ThreadingHTTPServer):
@@ -107,11 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError as exc:
             status, reason, body = 502, "Bad Gateway", f"proxy: {exc}".encode()
             out_headers = [("Content-Type", "text/plain")]
-        proxy.record(
-            ProxiedRequest(
-                at, self.command, self.path, bearer, _exp(bearer) if bearer else None, status
-            )
-        )
+        exp = token_expiry(bearer) if bearer else None
+        proxy.record(ProxiedRequest(at, self.command, self.path, bearer, exp, status))
         self.send_response(status, reason)
         for name, value in out_headers:
             self.send_header(name, value)
@@ -124,7 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: the records are the log."""
 
 
-class RecordingProxy:
+class RecordingProxy(Service):
     """Forwards every request to ``upstream`` and records it (context manager)."""
 
     def __init__(self, upstream: str, timeout: float = 60.0) -> None:
@@ -136,44 +125,28 @@ class RecordingProxy:
         self.timeout = timeout
         self._lock = threading.Lock()
         self._records: list[ProxiedRequest] = []
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
+        self._port = 0
 
     @property
     def url(self) -> str:
         """Base URL clients should use instead of the upstream's."""
-        if self._server is None:
+        if self._serving is None:
             raise RuntimeError("proxy not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self._port}"
 
-    def start(self) -> RecordingProxy:
+    def start(self) -> None:
         """Listen on an ephemeral 127.0.0.1 port, serving from a daemon thread."""
-        self._server = _Server(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
+        server = _Server(self)
+        self._port = server.server_address[1]
+        self._serving = ServerThread(server)
 
     def stop(self) -> None:
         """Stop listening (open keep-alive connections die with their daemon threads)."""
-        if self._server is None or self._thread is None:
+        if self._serving is None:
             return
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
-        self._server = self._thread = None
-
-    def __enter__(self) -> RecordingProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self._serving.close(timeout=10)
+        self._serving = None
 
     def record(self, request: ProxiedRequest) -> None:
         """Add one record (called by the handler threads)."""

@@ -114,6 +114,48 @@ def _move_task(api: _Api, dataset_id: str, task: Task, task_id: str) -> None:
         )
 
 
+def add_jobs(
+    ds: Dataset,
+    seeded: SeededDataset,
+    post_job: Callable[[dict[str, Any]], str],
+    post_task: Callable[[dict[str, Any]], str],
+) -> None:
+    """POST every job of ``ds`` and its tasks, recording the ids they get in ``seeded``.
+
+    Each task depends on the one before, as IceProd's job materialization makes them.
+    """
+    for job_index in range(len(ds.jobs)):
+        job_id = post_job({"dataset_id": seeded.dataset_id, "job_index": job_index})
+        seeded.job_ids.append(job_id)
+        task_ids: list[str] = []
+        for task_index, tdef in enumerate(ds.task_defs):
+            body = {
+                "dataset_id": seeded.dataset_id,
+                "job_id": job_id,
+                "task_index": task_index,
+                "job_index": job_index,
+                "name": tdef.name,
+                "depends": task_ids[-1:],
+                "requirements": tdef.requirements(),
+            }
+            task_ids.append(post_task(body))
+        seeded.task_ids.append(task_ids)
+
+
+def moving_order(ds: Dataset, task_ids: list[list[str]]) -> list[tuple[Task, str]]:
+    """Every task of ``ds`` with its id (by job), in the order they are moved out of idle.
+
+    Every task starts idle. Tasks with a site go first, one at a time, so each is the only
+    waiting task of its dataset when POST /task_actions/queue picks one.
+    """
+    tasks = [
+        (job.tasks[i], task_ids[j][i])
+        for j, job in enumerate(ds.jobs)
+        for i in range(ds.tasks_per_job)
+    ]
+    return sorted(tasks, key=lambda tt: not tt[0].site)
+
+
 def dataset_post_body(ds: Dataset) -> dict[str, Any]:
     """The POST /datasets body for ``ds`` (also used to load the simulator's Store)."""
     posted_jobs = ds.initial_jobs_submitted or ds.jobs_submitted
@@ -146,38 +188,14 @@ def _seed_dataset(api: _Api, ds: Dataset, admin_token: Token) -> SeededDataset:
     number = api.call("GET", base)["dataset"]
     seeded = SeededDataset(dataset_id=dataset_id, dataset=number)
 
-    for job_index in range(len(ds.jobs)):
-        job_id = api.call("POST", "/jobs", {"dataset_id": dataset_id, "job_index": job_index})[
-            "result"
-        ]
-        seeded.job_ids.append(job_id)
-        task_ids: list[str] = []
-        for task_index, tdef in enumerate(ds.task_defs):
-            task_ids.append(
-                api.call(
-                    "POST",
-                    "/tasks",
-                    {
-                        "dataset_id": dataset_id,
-                        "job_id": job_id,
-                        "task_index": task_index,
-                        "job_index": job_index,
-                        "name": tdef.name,
-                        "depends": task_ids[-1:],
-                        "requirements": tdef.requirements(),
-                    },
-                )["result"]
-            )
-        seeded.task_ids.append(task_ids)
+    add_jobs(
+        ds,
+        seeded,
+        post_job=lambda body: api.call("POST", "/jobs", body)["result"],
+        post_task=lambda body: api.call("POST", "/tasks", body)["result"],
+    )
 
-    # Every task starts idle. Tasks with a site go first, one at a time, so each is the only
-    # waiting task of its dataset when POST /task_actions/queue picks one.
-    tasks = [
-        (job.tasks[i], seeded.task_ids[j][i])
-        for j, job in enumerate(ds.jobs)
-        for i in range(ds.tasks_per_job)
-    ]
-    for task, task_id in sorted(tasks, key=lambda tt: not tt[0].site):
+    for task, task_id in moving_order(ds, seeded.task_ids):
         _move_task(api, dataset_id, task, task_id)
 
     for job, job_id in zip(ds.jobs, seeded.job_ids, strict=True):

@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from iceprod_exporter.simulator import Store
 
 from .scenario import SCENARIO, Dataset, Scenario, validate
-from .seed import TASK_PATHS, SeededDataset, SeededScenario, dataset_post_body
+from .seed import (
+    TASK_PATHS,
+    SeededDataset,
+    SeededScenario,
+    add_jobs,
+    dataset_post_body,
+    moving_order,
+)
 
 
 @dataclass
@@ -46,31 +53,8 @@ def _load_dataset(store: Store, ds: Dataset) -> SeededDataset:
     if ds.priority != 0.5:
         doc.update(priority=ds.priority)
     loaded = SeededDataset(dataset_id=dataset_id, dataset=doc["dataset"])
-    for job_index in range(len(ds.jobs)):
-        job_id = store.add_job({"dataset_id": dataset_id, "job_index": job_index})
-        loaded.job_ids.append(job_id)
-        task_ids: list[str] = []
-        for task_index, tdef in enumerate(ds.task_defs):
-            task_ids.append(
-                store.add_task(
-                    {
-                        "dataset_id": dataset_id,
-                        "job_id": job_id,
-                        "task_index": task_index,
-                        "job_index": job_index,
-                        "name": tdef.name,
-                        "depends": task_ids[-1:],
-                        "requirements": tdef.requirements(),
-                    }
-                )
-            )
-        loaded.task_ids.append(task_ids)
-    tasks = [
-        (job.tasks[i], loaded.task_ids[j][i])
-        for j, job in enumerate(ds.jobs)
-        for i in range(ds.tasks_per_job)
-    ]
-    for task, task_id in sorted(tasks, key=lambda tt: not tt[0].site):
+    add_jobs(ds, loaded, post_job=store.add_job, post_task=store.add_task)
+    for task, task_id in moving_order(ds, loaded.task_ids):
         task_doc = store.tasks[task_id]
         for status in TASK_PATHS[task.status]:
             if status == "queued" and task.site:
