@@ -62,9 +62,11 @@ def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
 
 
 @contextmanager
-def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     try:
         yield proc
     finally:
@@ -72,11 +74,27 @@ def process(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=20)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the exporter and its serving process)."""
+    found = [pid]
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        found += process_tree(int(child))
+    return found
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A field of /proc/PID/status summed over the process tree (kB for memory fields)."""
+    total = 0
+    for member in process_tree(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                total += int(line.split()[1])
+    return total
+
+
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory of the exporter's processes (the sum of each one's peak)."""
+    return proc_status(pid, "VmHWM") / 1024
 
 
 def poll_events(log: Path) -> list[dict[str, float]]:

@@ -7,7 +7,7 @@ import asyncio
 import re
 import secrets
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -136,7 +136,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     exporter = Exporter(settings)
     if args.command == "once":
         return _once(exporter)
-    asyncio.run(exporter.run())
+    return _serve(exporter)
+
+
+def _serve(exporter: Any, announce: Callable[[Any], None] = lambda http: None) -> int:
+    """Start the serving process, ``announce`` it, run until stopped; 1 if serving died."""
+    from .serving import ServerExited
+
+    try:
+        announce(exporter.start_http())
+        asyncio.run(exporter.run())
+    except ServerExited as exc:
+        print(f"iceprod-exporter: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -154,20 +166,17 @@ def _progress(exporter: Any) -> Iterator[None]:
         yield
         return
     answered = 0
-    poller = exporter.poller
-    mark = poller.mark_progress
 
     def tick() -> None:
         nonlocal answered
         answered += 1
-        mark()
         print(f"\rpolling IceProd: {answered} API answers", end="", file=sys.stderr, flush=True)
 
-    poller.mark_progress = tick
+    stop = exporter.progress.listen(tick)
     try:
         yield
     finally:
-        poller.mark_progress = mark
+        stop()
         print(file=sys.stderr)
 
 
@@ -223,21 +232,22 @@ def _demo(args: argparse.Namespace) -> int:
                 "auth_mode": config.AuthMode.CLIENT_CREDENTIALS,
             }
         )
-        exporter = Exporter(settings)
-        http = exporter.start_http()
         host = (
             "localhost"
             if settings.listen_address in ("0.0.0.0", "127.0.0.1")
             else (settings.listen_address)
         )
-        print(
-            f"IceProd exporter demo: open http://{host}:{http.port}/ "
-            f"(simulated IceProd at {simulator.url}, {args.datasets} datasets); Ctrl-C stops.",
-            file=sys.stderr,
-            flush=True,
-        )
-        asyncio.run(exporter.run())
-    return 0
+
+        def announce(http: Any) -> None:
+            print(
+                f"IceProd exporter demo: open {http.scheme}://{host}:{http.port}/ "
+                f"(simulated IceProd at {simulator.url}, {args.datasets} datasets); "
+                "Ctrl-C stops.",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        return _serve(Exporter(settings), announce)
 
 
 def _docs(args: argparse.Namespace) -> int:

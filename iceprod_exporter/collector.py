@@ -57,6 +57,12 @@ class SnapshotCollector(Collector):
         snapshot = self._snapshot()
         return snapshot, snapshot.visible(self._clock(), self._max_staleness) is not snapshot
 
+    def stale_after(self, snapshot: Snapshot) -> float:
+        """When ``snapshot``'s dataset values turn stale (at once if no poll succeeded)."""
+        if snapshot.last_success is None:
+            return -math.inf
+        return snapshot.last_success + self._max_staleness
+
     def stale_view(self, snapshot: Snapshot) -> Snapshot:
         """What ``snapshot`` shows once its values are stale (``visible`` past any age)."""
         return snapshot.visible(math.inf, self._max_staleness)
@@ -110,23 +116,46 @@ def encode(registry: Collector, fmt: Format) -> bytes:
     return generate_latest(registry)
 
 
-@dataclass(frozen=True)
 class Variants:
-    """One snapshot view encoded every way it is served: identity and gzip, per format."""
+    """One snapshot view encoded every way it is served: identity and gzip, per format.
 
-    identity: Mapping[Format, bytes]
-    gzip: Mapping[Format, bytes]
+    The identity bytes are given; each gzip variant is compressed once, when first asked for
+    or all at once by :meth:`compressed` (the serving process, before the view goes live).
+    """
+
+    def __init__(self, identity: Mapping[Format, bytes]) -> None:
+        self.identity = identity
+        self._gzip: dict[Format, bytes] = {}
 
     def body(self, fmt: Format, gzipped: bool) -> bytes:
-        """The prepared bytes of one variant."""
-        return (self.gzip if gzipped else self.identity)[fmt]
+        """The bytes of one variant."""
+        if not gzipped:
+            return self.identity[fmt]
+        found = self._gzip.get(fmt)
+        if found is None:  # two threads may both compress once: same bytes, no lock needed
+            found = gzip.compress(self.identity[fmt], compresslevel=_SNAPSHOT_GZIP_LEVEL, mtime=0)
+            self._gzip[fmt] = found
+        return found
+
+    def compressed(self) -> Variants:
+        """The same variants, every gzip one compressed now."""
+        for fmt in self.identity:
+            self.body(fmt, gzipped=True)
+        return self
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
+    """A snapshot's exposition: its full view and its stale view, and when it turns stale."""
+
     snapshot: Snapshot  # the raw snapshot (before the staleness view)
     full: Variants
     stale: Variants
+    stale_after: float  # wall-clock time after which the stale view is served
+
+    def variants(self, now: float) -> Variants:
+        """The view to serve at ``now``."""
+        return self.stale if now > self.stale_after else self.full
 
 
 class RenderedSnapshot:
@@ -144,11 +173,11 @@ class RenderedSnapshot:
     def __init__(self, collector: SnapshotCollector) -> None:
         self._collector = collector
         self._lock = threading.Lock()
-        self._prepared: tuple[_Prepared, ...] = ()  # replaced whole: readers need no lock
+        self._prepared: tuple[Prepared, ...] = ()  # replaced whole: readers need no lock
 
-    def prepare(self, snapshot: Snapshot) -> None:
+    def prepare(self, snapshot: Snapshot) -> Prepared:
         """Encode ``snapshot`` (full and stale views) now: in a worker thread, before its swap."""
-        self._get(snapshot)
+        return self._get(snapshot)
 
     def is_prepared(self) -> bool:
         """Whether the current snapshot's bytes are ready (a scrape would not render)."""
@@ -165,13 +194,13 @@ class RenderedSnapshot:
         """The current snapshot's part of /metrics in one variant (rendered if not prepared)."""
         return self.variants().body(fmt, gzipped)
 
-    def _find(self, snapshot: Snapshot) -> _Prepared | None:
+    def _find(self, snapshot: Snapshot) -> Prepared | None:
         for prepared in self._prepared:
             if prepared.snapshot is snapshot:
                 return prepared
         return None
 
-    def _get(self, snapshot: Snapshot) -> _Prepared:
+    def _get(self, snapshot: Snapshot) -> Prepared:
         found = self._find(snapshot)
         if found is not None:
             return found
@@ -180,24 +209,29 @@ class RenderedSnapshot:
             found = self._find(snapshot)
             if found is not None:
                 return found
-            prepared = _Prepared(
-                snapshot,
-                self._encode(snapshot),
-                self._encode(self._collector.stale_view(snapshot)),
-            )
+            prepared = self.encode(snapshot)
             self._prepared = (prepared, *self._prepared)[: self.KEEP]
             return prepared
 
-    def _encode(self, snapshot: Snapshot) -> Variants:
-        families = _Families(self._collector.families(snapshot))
-        identity = {fmt: encode(families, fmt) for fmt in Format}
-        return Variants(
-            identity=identity,
-            gzip={
-                fmt: gzip.compress(body, compresslevel=_SNAPSHOT_GZIP_LEVEL, mtime=0)
-                for fmt, body in identity.items()
-            },
+    def encode(self, snapshot: Snapshot) -> Prepared:
+        """Encode ``snapshot``'s full and stale views without keeping them (for another process)."""
+        return Prepared(
+            snapshot,
+            self._encode(snapshot),
+            self._encode(self._collector.stale_view(snapshot)),
+            self._collector.stale_after(snapshot),
         )
+
+    def _encode(self, snapshot: Snapshot) -> Variants:
+        # family by family, so only one family's samples are alive at a time (at 10,000
+        # datasets all of them would take hundreds of megabytes); the bytes are the same
+        parts: dict[Format, list[bytes]] = {fmt: [] for fmt in Format}
+        for family in self._collector.families(snapshot):
+            one = _Families([family])
+            for fmt in Format:
+                parts[fmt].append(encode(one, fmt).removesuffix(_OM_EOF))
+        parts[Format.OPENMETRICS].append(_OM_EOF)
+        return Variants({fmt: b"".join(chunks) for fmt, chunks in parts.items()})
 
 
 def live_part(registry: Collector, fmt: Format, gzipped: bool = False) -> bytes:
@@ -210,16 +244,54 @@ def live_part(registry: Collector, fmt: Format, gzipped: bool = False) -> bytes:
     live = encode(registry, fmt)
     if fmt is Format.OPENMETRICS:
         live = live.removesuffix(_OM_EOF)  # the snapshot part carries the one EOF
-    if gzipped:
-        live = gzip.compress(live, compresslevel=_LIVE_GZIP_LEVEL, mtime=0)
-    return live
+    return gzip_member(live) if gzipped else live
 
 
-def exposition(
-    registry: Collector, snapshot: RenderedSnapshot, fmt: Format, gzipped: bool = False
-) -> bytes:
-    """/metrics: the self-metrics rendered now, then the snapshot's prepared bytes."""
-    return live_part(registry, fmt, gzipped) + snapshot.render(fmt, gzipped)
+def gzip_member(body: bytes) -> bytes:
+    """``body`` as a gzip member of its own, compressed fast (it is small and made often)."""
+    return gzip.compress(body, compresslevel=_LIVE_GZIP_LEVEL, mtime=0)
+
+
+class LivePart:
+    """A registry's part of /metrics (see :func:`live_part`), reused for ``max_age`` seconds.
+
+    Encoding the exporter's own metrics costs a few milliseconds in prometheus_client, so bursts
+    of scrapes share one rendering; Prometheus scrapes every 15-60 s and always gets a fresh one.
+    """
+
+    def __init__(self, registry: Collector, max_age: float = 1.0) -> None:
+        self.registry = registry
+        self._max_age = max_age
+        self._cache: dict[tuple[Format, bool], tuple[float, bytes]] = {}
+
+    def __call__(self, fmt: Format, gzipped: bool = False) -> bytes:
+        """The part in one variant, at most ``max_age`` s old."""
+        now = time.monotonic()
+        cached = self._cache.get((fmt, gzipped))
+        if cached is None or now - cached[0] > self._max_age:
+            cached = (now, live_part(self.registry, fmt, gzipped))
+            self._cache[(fmt, gzipped)] = cached
+        return cached[1]
+
+
+class Exposition:
+    """/metrics of one process: its own metrics, then the current snapshot's prepared bytes."""
+
+    def __init__(self, registry: Collector, rendered: RenderedSnapshot) -> None:
+        self.live = LivePart(registry)
+        self.rendered = rendered
+
+    def is_prepared(self) -> bool:
+        """Whether the current snapshot's bytes are ready (a scrape would not render)."""
+        return self.rendered.is_prepared()
+
+    def prepare(self) -> None:
+        """Encode the current snapshot now (blocking: in a worker thread)."""
+        self.rendered.variants()
+
+    def body(self, fmt: Format, gzipped: bool = False) -> bytes:
+        """The whole body in one variant."""
+        return self.live(fmt, gzipped) + self.rendered.render(fmt, gzipped)
 
 
 def _family(spec: MetricSpec) -> GaugeMetricFamily:

@@ -5,11 +5,19 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import MutableMapping
+from enum import StrEnum
 from typing import Any, TextIO
 
 import structlog
 
-from .config import LogFormat
+
+class LogFormat(StrEnum):
+    """Log rendering; ``auto`` picks console on a terminal and JSON lines otherwise."""
+
+    AUTO = "auto"
+    JSON = "json"
+    CONSOLE = "console"
+
 
 REDACTED = "<redacted>"
 _secrets: set[str] = set()

@@ -1,8 +1,10 @@
 """HTTP: ``/metrics``, ``/healthz``, ``/readyz`` and a landing page, on Tornado.
 
-Tornado runs on its own IOLoop in a dedicated thread, so scrapes never share the poller's asyncio
-loop. Every handler reads in-memory state only; ``/metrics`` is the self-metrics rendered now plus
-bytes prepared once per snapshot (see :class:`~iceprod_exporter.collector.RenderedSnapshot`).
+Tornado runs on its own IOLoop in a dedicated thread. Every handler reads in-memory state only:
+``/metrics`` is the server's own counters rendered now, then the bytes of a
+:class:`MetricsSource` (the exporter's self-metrics and the snapshot, prepared once per poll).
+The daemon runs this server in a process of its own (:mod:`~iceprod_exporter.serving`), so
+scrapes never compete with polling for the interpreter.
 Misbehaving clients are bounded: a connection cap, header/idle/body timeouts, a header size limit,
 tiny bodies only; none of them gets a traceback into the log.
 """
@@ -22,10 +24,10 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
 from tornado.iostream import IOStream
@@ -33,7 +35,8 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
 
 from . import __version__, landing
-from .collector import CONTENT_TYPES, Format, RenderedSnapshot, exposition, live_part
+from .collector import CONTENT_TYPES, Format, LivePart
+from .telemetry import HttpTelemetry
 from .web_config import RELOAD_SECONDS, Authenticator, LiveWebConfig
 
 log = structlog.get_logger(__name__)
@@ -56,10 +59,6 @@ SHUTDOWN_GRACE = 5.0
 _FD_RESERVE = 128
 REALM = "iceprod-exporter"
 ALLOW = "GET, HEAD"
-#: the self-metrics part is re-rendered at most this often: encoding it costs 4-8 ms in
-#: prometheus_client, so bursts of scrapes (dashboards, many replicas) share one rendering;
-#: Prometheus itself scrapes every 15-60 s and always gets a fresh one
-SELF_METRICS_MAX_AGE = 1.0
 #: paths that answer without basic auth: Kubernetes probes cannot easily send credentials
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -143,12 +142,21 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return bool(star and star > 0)
 
 
-def render_metrics(
-    registry: CollectorRegistry, snapshot: RenderedSnapshot, accept: str = ""
-) -> tuple[bytes, str]:
-    """The exposition in the negotiated format (identity): self-metrics, then the snapshot."""
-    fmt = negotiate(accept)
-    return exposition(registry, snapshot, fmt), CONTENT_TYPES[fmt]
+class MetricsSource(Protocol):
+    """What /metrics serves after the server's own counters."""
+
+    def is_prepared(self) -> bool:
+        """Whether :meth:`body` answers without encoding anything."""
+
+    def prepare(self) -> None:
+        """Make :meth:`body` ready (blocking; called in a worker thread)."""
+
+    def body(self, fmt: Format, gzipped: bool = False) -> bytes:
+        """The bytes in one format and encoding (OpenMetrics ending with ``# EOF``)."""
+
+
+class NotReady(Exception):
+    """The source has nothing to serve yet (the serving process awaits its first snapshot)."""
 
 
 # --------------------------------------------------------------------------- handlers
@@ -156,27 +164,19 @@ def render_metrics(
 
 @dataclass
 class _Context:
-    registry: CollectorRegistry
-    rendered: RenderedSnapshot
+    source: MetricsSource
+    own: LivePart  # the server's own counters
     status: Callable[[], Status]
     web: LiveWebConfig
     auth: Authenticator
-    auth_failures: Counter | None
-    requests: Counter | None
+    telemetry: HttpTelemetry
     render_pool: ThreadPoolExecutor
     bcrypt_pool: ThreadPoolExecutor
     in_flight: int = 0
-    live_cache: dict[tuple[Format, bool], tuple[float, bytes]] = field(default_factory=dict)
 
     def body(self, fmt: Format, gzipped: bool) -> bytes:
-        """/metrics bytes; the self-metrics part reused for :data:`SELF_METRICS_MAX_AGE`."""
-        part = self.rendered.render(fmt, gzipped)
-        now = time.monotonic()
-        cached = self.live_cache.get((fmt, gzipped))
-        if cached is None or now - cached[0] > SELF_METRICS_MAX_AGE:
-            cached = (now, live_part(self.registry, fmt, gzipped))
-            self.live_cache[(fmt, gzipped)] = cached
-        return cached[1] + part
+        """/metrics bytes: the server's counters, then the source."""
+        return self.own(fmt, gzipped) + self.source.body(fmt, gzipped)
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -235,16 +235,14 @@ class _Handler(RequestHandler):
                 )
             )
         if not ok:
-            if self.context.auth_failures is not None:
-                self.context.auth_failures.inc()
+            self.context.telemetry.auth_failures.inc()
             log.debug("http.auth_failed", path=self.request.path)  # never user or password
             raise HTTPError(401)
 
     def on_finish(self) -> None:
         if getattr(self, "_counted", False):
             self.context.in_flight -= 1
-        if self.context.requests is not None:
-            self.context.requests.labels(self.handler_label, str(self.get_status())).inc()
+        self.context.telemetry.requests.labels(self.handler_label, str(self.get_status())).inc()
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:
@@ -273,11 +271,16 @@ class _Metrics(_Handler):
     handler_label = "/metrics"
 
     async def get(self) -> None:
-        rendered = self.context.rendered
-        if not rendered.is_prepared():
-            # not prepared by the poller (``once``, tests): encode in a worker, so the IOLoop
-            # keeps serving other clients meanwhile
-            await IOLoop.current().run_in_executor(self.context.render_pool, rendered.variants)
+        source = self.context.source
+        if not source.is_prepared():
+            # not prepared by the poller (tests) or not received yet (a serving process just
+            # started): wait in a worker, so the IOLoop keeps serving other clients meanwhile
+            try:
+                await IOLoop.current().run_in_executor(self.context.render_pool, source.prepare)
+            except NotReady as exc:
+                self.set_status(503)
+                self._send(f"{exc}\n".encode())
+                return
         fmt = negotiate(self.request.headers.get("Accept", ""))
         gzipped = accepts_gzip(self.request.headers.get("Accept-Encoding", ""))
         body = self.context.body(fmt, gzipped)
@@ -418,13 +421,13 @@ class HttpServer:
     """The exporter's HTTP(S) server, on its own IOLoop in a background thread.
 
     The sockets are bound in the constructor, so a bad address or a busy port raises
-    :class:`BindError` at once; ``start`` begins serving, ``stop`` shuts down gracefully.
+    :class:`BindError` at once; ``start`` begins serving, ``stop`` shuts down gracefully. Its
+    own counters (requests, failed logins) live in ``registry``.
     """
 
     def __init__(
         self,
-        registry: CollectorRegistry,
-        rendered: RenderedSnapshot,
+        source: MetricsSource,
         status: Callable[[], Status],
         address: str,
         port: int,
@@ -434,21 +437,19 @@ class HttpServer:
         idle_timeout: float = IDLE_TIMEOUT,
         body_timeout: float = BODY_TIMEOUT,
         max_header_size: int = MAX_HEADER_SIZE,
-        auth_failures: Counter | None = None,
-        requests: Counter | None = None,
     ) -> None:
         _quiet_tornado()
+        self.registry = CollectorRegistry()
         self.web = web_config or LiveWebConfig.from_file(None)
         self.max_connections = _fit_fd_limit(max_connections)
         self._timeouts = (idle_timeout, body_timeout, max_header_size)
         self._context = _Context(
-            registry,
-            rendered,
+            source,
+            LivePart(self.registry),
             status,
             self.web,
             Authenticator(),
-            auth_failures,
-            requests,
+            HttpTelemetry(self.registry),
             ThreadPoolExecutor(1, thread_name_prefix="http-render"),
             ThreadPoolExecutor(1, thread_name_prefix="http-bcrypt"),
         )

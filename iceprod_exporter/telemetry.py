@@ -23,14 +23,26 @@ def _package_version(name: str) -> str:
         return "unknown"
 
 
+def _counter(name: str, registry: CollectorRegistry) -> Counter:
+    s = spec(name)
+    assert s.kind is Kind.COUNTER
+    return Counter(s.name, s.help, s.labels, registry=registry)
+
+
+class HttpTelemetry:
+    """The HTTP server's own counters, kept where requests are served (the serving process)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = _counter("iceprod_exporter_http_requests_total", registry)
+        self.auth_failures = _counter("iceprod_exporter_http_auth_failures_total", registry)
+
+
 class Telemetry:
-    """Counters, gauges and histograms about the exporter, registered in ``registry``."""
+    """Counters, gauges and histograms about polling and tokens, registered in ``registry``."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         def counter(name: str) -> Counter:
-            s = spec(name)
-            assert s.kind is Kind.COUNTER
-            return Counter(s.name, s.help, s.labels, registry=registry)
+            return _counter(name, registry)
 
         def gauge(name: str) -> Gauge:
             s = spec(name)
@@ -59,8 +71,6 @@ class Telemetry:
             "iceprod_exporter_api_request_duration_seconds", REQUEST_BUCKETS
         )
         self.in_flight = gauge("iceprod_exporter_api_requests_in_flight")
-        self.http_requests = counter("iceprod_exporter_http_requests_total")
-        self.http_auth_failures = counter("iceprod_exporter_http_auth_failures_total")
         self.token_refreshes = counter("iceprod_exporter_token_refreshes_total")
         self.token_failures = counter("iceprod_exporter_token_refresh_failures_total")
         self.token_expiry = gauge("iceprod_exporter_token_expiry_timestamp_seconds")

@@ -20,10 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as openmetrics_families,
-)
 from prometheus_client.parser import text_string_to_metric_families
 
 from iceprod_exporter import config
@@ -42,7 +38,8 @@ from .http_support import (
     peer_certificate,
     request,
 )
-from .monitoring_support import prom_query, start_prometheus, wait_for
+from .monitoring_support import prom_query, start_prometheus
+from .support import openmetrics_families, wait_for
 
 DATASETS = 6
 PASSWORD = "scrape-pass-0xBEEF"
@@ -64,7 +61,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 def serve(e: Exporter, address: str = "127.0.0.1", **kwargs: object) -> HttpServer:
-    server = HttpServer(e.registry, e.rendered, e.status, address, 0, **kwargs)  # type: ignore[arg-type]
+    server = HttpServer(e.metrics, e.status, address, 0, **kwargs)  # type: ignore[arg-type]
     server.start()
     return server
 
@@ -122,7 +119,7 @@ def test_openmetrics_has_one_eof_at_the_end(http: HttpServer) -> None:
     assert r.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     text = r.body.decode()
     assert text.count("# EOF") == 1 and text.endswith("# EOF\n")
-    names = {f.name for f in openmetrics_families(text)}  # type: ignore[no-untyped-call]
+    names = {f.name for f in openmetrics_families(text)}
     assert {"iceprod_up", "iceprod_dataset_jobs", "iceprod_exporter_api_requests"} <= names
 
 
@@ -178,13 +175,13 @@ def test_bind_failures_name_the_setting(polled: Exporter) -> None:
     server = serve(polled)
     try:
         with pytest.raises(BindError) as busy:
-            HttpServer(polled.registry, polled.rendered, polled.status, "127.0.0.1", server.port)
+            HttpServer(polled.metrics, polled.status, "127.0.0.1", server.port)
         assert busy.value.setting == "port"
     finally:
         server.stop()
     for address in ("192.0.2.1", "no-such-host.invalid"):
         with pytest.raises(BindError) as bad:
-            HttpServer(polled.registry, polled.rendered, polled.status, address, 0)
+            HttpServer(polled.metrics, polled.status, address, 0)
         assert bad.value.setting == "listen_address", address
 
 
@@ -203,6 +200,7 @@ def test_stop_waits_for_a_slow_reader_then_closes(polled: Exporter) -> None:
 # --------------------------------------------------------------------------- bounded clients
 
 
+@pytest.mark.integration  # 1.5 s: the idle timeout
 def test_connections_over_the_cap_are_closed_and_idle_ones_time_out(polled: Exporter) -> None:
     server = serve(polled, max_connections=20, idle_timeout=1.5)
     try:
@@ -233,6 +231,7 @@ def _limit_files() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
 
+@pytest.mark.integration  # 5 s: 500 connections
 def test_hundreds_of_idle_and_half_sent_connections_do_not_delay_scrapes(
     tmp_path: Path,
 ) -> None:
@@ -271,7 +270,9 @@ def test_hundreds_of_idle_and_half_sent_connections_do_not_delay_scrapes(
             time.sleep(0.05)
         assert slowest < 1.0, f"slowest scrape {slowest:.2f}s with 500 bad connections"
         assert proc.poll() is None
-        fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        # the connections are held by the serving process, the exporter's one child
+        (child,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        fds = len(os.listdir(f"/proc/{child}/fd"))
         assert 500 <= fds < 1024
         time.sleep(0.5)
         # read before shutdown: what clients caused, not how the process ends
@@ -338,14 +339,10 @@ def test_require_and_verify_client_cert_refuses_a_client_without_one(
 def test_basic_auth_accepts_the_password_and_counts_failures(
     polled: Exporter, tmp_path: Path
 ) -> None:
-    registry = CollectorRegistry()
-    failures = Counter("iceprod_exporter_http_auth_failures", "failed logins", registry=registry)
-    requests_ = Counter(
-        "iceprod_exporter_http_requests", "requests", ["handler", "code"], registry=registry
-    )
     hashed = bcrypt_hash(PASSWORD)
     web = web_config(tmp_path, f"basic_auth_users:\n  prometheus: {hashed}\n")
-    server = serve(polled, web_config=web, auth_failures=failures, requests=requests_)
+    server = serve(polled, web_config=web)
+    registry = server.registry
     try:
         good = "Basic " + _b64(f"prometheus:{PASSWORD}")
         for _ in range(3):  # the 2nd and 3rd hit the cache
@@ -461,6 +458,7 @@ def test_prometheus_scrapes_over_https_with_basic_auth_and_client_certs(
 # --------------------------------------------------------------------------- landing page
 
 
+@pytest.mark.integration  # chromium
 def test_landing_page_in_headless_chromium(polled: Exporter) -> None:
     server = serve(polled)
     try:
@@ -474,6 +472,7 @@ def test_landing_page_in_headless_chromium(polled: Exporter) -> None:
     assert "poll cycles" in page.text and "ok: first poll succeeded" in page.text
 
 
+@pytest.mark.integration  # chromium
 def test_landing_page_renders_nested_details_escaped(polled: Exporter) -> None:
     details = {
         "version": "<b>1</b>",
@@ -491,7 +490,7 @@ def test_landing_page_renders_nested_details_escaped(polled: Exporter) -> None:
     def status() -> Status:
         return Status(True, "ok", False, "waiting", details)
 
-    server = HttpServer(polled.registry, polled.rendered, status, "127.0.0.1", 0)
+    server = HttpServer(polled.metrics, status, "127.0.0.1", 0)
     server.start()
     try:
         page = browse(f"http://127.0.0.1:{server.port}/")
@@ -505,6 +504,7 @@ def test_landing_page_renders_nested_details_escaped(polled: Exporter) -> None:
     assert page.html.count("<th>started</th>") == 1, "one column per key"
 
 
+@pytest.mark.integration  # about 1 s of bcrypt on every core
 def test_concurrent_scrapes_never_wait_on_a_bcrypt_flood(polled: Exporter, tmp_path: Path) -> None:
     import bcrypt
 

@@ -8,7 +8,7 @@ import gzip
 from prometheus_client import CollectorRegistry, Gauge
 
 from iceprod_exporter import config
-from iceprod_exporter.collector import Format, RenderedSnapshot, SnapshotCollector, exposition
+from iceprod_exporter.collector import Exposition, Format, RenderedSnapshot, SnapshotCollector
 from iceprod_exporter.daemon import Exporter
 from iceprod_exporter.simulator import SimulatedIceProd, build_store
 
@@ -50,9 +50,10 @@ def test_exposition_concatenates_self_metrics_and_snapshot_gzip_members() -> Non
         asyncio.run(e.once())
     registry = CollectorRegistry()
     Gauge("live_thing", "a per-scrape value", registry=registry).set(7)
+    metrics = Exposition(registry, e.rendered)
     for fmt in Format:
-        plain = exposition(registry, e.rendered, fmt)
-        zipped = exposition(registry, e.rendered, fmt, gzipped=True)
+        plain = metrics.body(fmt)
+        zipped = metrics.body(fmt, gzipped=True)
         assert gzip.decompress(zipped) == plain
         assert plain.startswith(b"# HELP live_thing")
         assert plain.count(b"# EOF") == (1 if fmt is Format.OPENMETRICS else 0)

@@ -42,7 +42,7 @@ def exporter(clock: Callable[[], float], **settings: str) -> Exporter:
 @contextmanager
 def served(e: Exporter) -> Iterator[HttpServer]:
     """The exporter's real HTTP server on a free port of 127.0.0.1."""
-    server = HttpServer(e.registry, e.rendered, e.status, "127.0.0.1", 0)
+    server = HttpServer(e.metrics, e.status, "127.0.0.1", 0)
     server.start()
     try:
         yield server
@@ -71,7 +71,7 @@ def _check_liveness(e: Exporter, app: HttpServer, clock: Clock) -> None:
     clock.now += 3_600  # far past health_stall_polls x poll_interval + the poll's timeout
     status, body = call(app, "/healthz")
     assert status.startswith("503") and b"stalled" in body
-    e.poller.mark_progress()
+    e.poller.progress.mark()
     assert call(app, "/healthz")[0] == "200 OK"
 
 

@@ -1,0 +1,303 @@
+"""The HTTP server in a process of its own, fed with the bytes the poller prepared.
+
+Polling is CPU work in Python (HTTP clients, JSON, encoding the exposition), and in one process
+every scrape would wait for the interpreter lock behind it: tens of milliseconds at a thousand
+datasets. So the daemon serves from a child process that only copies bytes. The parent sends it,
+over a socket pair:
+
+- each snapshot's encoded exposition (full and stale views, both formats, identity; the child
+  compresses), the moment the snapshot is swapped in;
+- every :data:`HEARTBEAT` seconds, its own metrics (identity, both formats) and its status.
+
+The child answers ``/healthz`` with 503 when the parent has not reported for
+:data:`SILENT_AFTER` seconds (a wedged or stopped parent), and exits when the parent does (the
+socket closes). It ignores SIGINT and SIGTERM: the parent stops it gracefully.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import structlog
+
+from . import logs
+from .collector import Format, Prepared, Variants, gzip_member
+from .logs import LogFormat
+from .server import SHUTDOWN_GRACE, BindError, HttpServer, NotReady, Status
+from .web_config import LiveWebConfig, WebConfigError
+
+log = structlog.get_logger(__name__)
+
+#: how often the parent sends its own metrics and status
+HEARTBEAT = 1.0
+#: a parent silent this long is reported not live
+SILENT_AFTER = 30.0
+#: how long a scrape waits for the first snapshot after the child started
+FIRST_SNAPSHOT_WAIT = 10.0
+#: how long the parent waits for the child to bind and start
+START_TIMEOUT = 60.0
+#: how long a published snapshot may take to go live in the child (it compresses it)
+PUBLISH_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """What the child needs to serve: where to listen, the web config file, how to log."""
+
+    listen_address: str
+    port: int
+    web_config_file: str | None
+    log_level: str
+    log_format: LogFormat
+
+
+class ServerExited(Exception):
+    """The serving process ended on its own; the exporter stops (its supervisor restarts it)."""
+
+
+# --------------------------------------------------------------------------- the child
+
+
+class Mirror:
+    """The serving process's copy of what the parent sent: a :class:`MetricsSource`."""
+
+    def __init__(
+        self,
+        silent_after: float = SILENT_AFTER,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._silent_after = silent_after
+        self._clock = clock
+        self._monotonic = monotonic
+        self._prepared: tuple[Variants, Variants, float] | None = None
+        self._live: Mapping[tuple[Format, bool], bytes] | None = None
+        self._status = Status(False, "starting", False, "starting")
+        self._heard_at = monotonic()
+        self._first = threading.Event()
+
+    def snapshot(self, full: Variants, stale: Variants, stale_after: float) -> None:
+        """A new snapshot's bytes (compressed here, before they go live)."""
+        self._prepared = (full.compressed(), stale.compressed(), stale_after)
+        self._ready()
+
+    def heartbeat(self, live: Mapping[Format, bytes], status: Status) -> None:
+        """The parent's own metrics and status, sent every :data:`HEARTBEAT` seconds."""
+        self._live = {
+            (fmt, gzipped): gzip_member(body) if gzipped else body
+            for fmt, body in live.items()
+            for gzipped in (False, True)
+        }
+        self._status = status
+        self._heard_at = self._monotonic()
+        self._ready()
+
+    def _ready(self) -> None:
+        if self.is_prepared():
+            self._first.set()
+
+    def is_prepared(self) -> bool:
+        """Whether a snapshot and the parent's metrics have arrived."""
+        return self._prepared is not None and self._live is not None
+
+    def prepare(self) -> None:
+        """Wait (bounded) for the first snapshot."""
+        if not self._first.wait(FIRST_SNAPSHOT_WAIT):
+            raise NotReady("starting: no snapshot received yet")
+
+    def body(self, fmt: Format, gzipped: bool = False) -> bytes:
+        """The parent's metrics, then the snapshot's view of now."""
+        prepared, live = self._prepared, self._live
+        assert prepared is not None and live is not None, "prepare() first"
+        full, stale, stale_after = prepared
+        view = stale if self._clock() > stale_after else full
+        return live[(fmt, gzipped)] + view.body(fmt, gzipped)
+
+    def status(self) -> Status:
+        """The parent's last status, unless it has gone silent."""
+        silent = self._monotonic() - self._heard_at
+        if silent > self._silent_after:
+            reason = f"the exporter's main process has not reported for {silent:.0f}s"
+            return Status(False, f"stalled: {reason}", False, reason, self._status.details)
+        return self._status
+
+
+def _receive(conn: Connection, mirror: Mirror) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            log.info("serving.parent_gone")
+            return
+        kind = message[0]
+        if kind == "stop":
+            return
+        if kind == "snapshot":
+            views = [
+                Variants({fmt: conn.recv_bytes() for fmt in Format}) for _ in ("full", "stale")
+            ]
+            mirror.snapshot(views[0], views[1], message[2])
+            conn.send(("served", message[1]))  # the parent swaps it in once it is served here
+        elif kind == "heartbeat":
+            mirror.heartbeat(message[1], message[2])
+
+
+def child_main(fd: int) -> int:
+    """The serving process: serve what the parent sends until it says stop or goes away."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # the parent stops us, gracefully
+    conn = Connection(fd)
+    options: ServingOptions = conn.recv()
+    logs.configure(options.log_level, options.log_format)
+    mirror = Mirror()
+    try:
+        web = LiveWebConfig.from_file(options.web_config_file)
+        server = HttpServer(
+            mirror, mirror.status, options.listen_address, options.port, web_config=web
+        )
+        server.start()
+    except BindError as exc:
+        conn.send(("error", exc.setting, exc.message))
+        return 2
+    except WebConfigError as exc:
+        conn.send(("error", "web_config_file", str(exc)))
+        return 2
+    conn.send(("ready", server.port, server.addresses, server.scheme))
+    try:
+        _receive(conn, mirror)
+    finally:
+        server.stop()
+    return 0
+
+
+# --------------------------------------------------------------------------- the parent
+
+_CHILD = (
+    "import sys; from iceprod_exporter.serving import child_main; "
+    "sys.exit(child_main(int(sys.argv[1])))"
+)
+
+
+class ServingProcess:
+    """Starts the serving process and feeds it: snapshots on publish, a heartbeat every second.
+
+    ``heartbeat`` returns the parent's own metrics (identity, per format) and its status.
+    ``on_exit`` is called (from a background thread) if the child ends without being stopped.
+    """
+
+    def __init__(
+        self,
+        options: ServingOptions,
+        heartbeat: Callable[[], tuple[Mapping[Format, bytes], Status]],
+        on_exit: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._options = options
+        self._heartbeat = heartbeat
+        self._on_exit = on_exit
+        self._lock = threading.Lock()
+        self._published = 0
+        self._stopping = threading.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._thread = threading.Thread(target=self._beat, name="serving-heartbeat", daemon=True)
+        self.port = 0
+        self.addresses: list[tuple[str, int]] = []
+        self.scheme = "http"
+
+    def start(self, first: Prepared) -> None:
+        """Spawn the child, wait until it listens, and send it ``first`` and a heartbeat.
+
+        Raises :class:`BindError` when the child cannot listen or load the web config, and
+        :class:`ServerExited` when it ends or hangs before listening.
+        """
+        ours, theirs = socket.socketpair()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._conn.send(self._options)
+        try:
+            if not self._conn.poll(START_TIMEOUT):
+                raise EOFError
+            answer = self._conn.recv()
+        except (EOFError, OSError):
+            self._kill()
+            code = self._proc.poll()
+            raise ServerExited(
+                f"the HTTP serving process failed to start (exit code {code})"
+            ) from None
+        if answer[0] == "error":
+            self._kill()
+            raise BindError(answer[1], answer[2])
+        _, self.port, self.addresses, self.scheme = answer
+        self.publish(first)
+        self._send_heartbeat()
+        self._thread.start()
+
+    def publish(self, prepared: Prepared) -> None:
+        """Send a snapshot's bytes and wait (bounded) until the child serves them."""
+        with contextlib.suppress(OSError, EOFError), self._lock:
+            assert self._conn is not None
+            self._published += 1
+            self._conn.send(("snapshot", self._published, prepared.stale_after))
+            for view in (prepared.full, prepared.stale):
+                for fmt in Format:
+                    self._conn.send_bytes(view.identity[fmt])
+            deadline = time.monotonic() + PUBLISH_TIMEOUT
+            while self._conn.poll(max(0.0, deadline - time.monotonic())):
+                if self._conn.recv() == ("served", self._published):
+                    return
+            log.warning("serving.publish_slow", timeout=PUBLISH_TIMEOUT)
+
+    def _send_heartbeat(self) -> None:
+        live, status = self._heartbeat()
+        with self._lock:
+            assert self._conn is not None
+            self._conn.send(("heartbeat", live, status))
+
+    def _beat(self) -> None:
+        while not self._stopping.wait(HEARTBEAT):
+            try:
+                self._send_heartbeat()
+            except OSError:
+                break
+            if self._proc is not None and self._proc.poll() is not None:
+                break
+        if not self._stopping.is_set():
+            code = self._proc.poll() if self._proc else None
+            log.error("serving.exited", exit_code=code)
+            self._on_exit()
+
+    def stop(self) -> None:
+        """Ask the child to finish in-flight requests and exit; kill it if it does not."""
+        self._stopping.set()
+        if self._proc is None:
+            return
+        with contextlib.suppress(OSError), self._lock:
+            assert self._conn is not None
+            self._conn.send(("stop",))
+        try:
+            self._proc.wait(SHUTDOWN_GRACE + 5)
+        except subprocess.TimeoutExpired:
+            self._kill()
+        if self._conn is not None:
+            self._conn.close()
+        if self._thread.is_alive():
+            self._thread.join(HEARTBEAT + 1)
+
+    def _kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(10)

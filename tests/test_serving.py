@@ -1,0 +1,167 @@
+"""The serving process: the HTTP server apart from the poller, fed with prepared bytes.
+
+The process tests run the real ``iceprod-exporter run`` against the simulated IceProd and act on
+its real processes with real signals.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from iceprod_exporter import serving
+from iceprod_exporter.collector import Format, Variants
+from iceprod_exporter.server import HttpServer, Status
+from iceprod_exporter.serving import Mirror
+from iceprod_exporter.simulator import SimulatedIceProd, build_store
+
+from .http_support import request
+from .support import free_port, wait_for
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _variants(text: bytes) -> Variants:
+    return Variants({Format.TEXT: text, Format.OPENMETRICS: text + b"# EOF\n"})
+
+
+def test_mirror_serves_the_view_of_now_and_reports_a_silent_parent() -> None:
+    wall, mono = Clock(), Clock()
+    mirror = Mirror(silent_after=30, clock=wall, monotonic=mono)
+    assert not mirror.is_prepared()
+    mirror.snapshot(_variants(b"full 1\n"), _variants(b"stale 1\n"), stale_after=1010.0)
+    assert not mirror.is_prepared(), "the parent's own metrics have not arrived"
+    mirror.heartbeat({fmt: b"own 1\n" for fmt in Format}, Status(True, "ok: polling", True, "ok"))
+    assert mirror.is_prepared()
+    assert mirror.body(Format.TEXT) == b"own 1\nfull 1\n"
+    assert gzip.decompress(mirror.body(Format.OPENMETRICS, gzipped=True)) == (
+        b"own 1\nfull 1\n# EOF\n"
+    ), "two gzip members, one stream"
+    wall.now = 1011.0  # past stale_after: the stale view, without a word from the parent
+    assert mirror.body(Format.TEXT) == b"own 1\nstale 1\n"
+    mono.now += 29
+    assert mirror.status().live
+    mono.now += 2  # 31 s without a heartbeat: a wedged or stopped parent
+    status = mirror.status()
+    assert not status.live and not status.ready
+    assert "has not reported for 31s" in status.live_reason
+    mirror.heartbeat({fmt: b"own 2\n" for fmt in Format}, Status(True, "ok: polling", True, "ok"))
+    assert mirror.status().live_reason == "ok: polling"
+
+
+def test_metrics_answer_503_until_the_first_snapshot_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(serving, "FIRST_SNAPSHOT_WAIT", 0.2)
+    mirror = Mirror()
+    server = HttpServer(mirror, mirror.status, "127.0.0.1", 0)
+    server.start()
+    try:
+        r = request("127.0.0.1", server.port, "/metrics")
+        assert r.status == 503 and b"no snapshot received yet" in r.body
+        assert request("127.0.0.1", server.port, "/healthz").status == 503, "starting"
+        mirror.snapshot(_variants(b"a 1\n"), _variants(b"a 0\n"), stale_after=float("inf"))
+        mirror.heartbeat({fmt: b"" for fmt in Format}, Status(True, "ok", True, "ok"))
+        r = request("127.0.0.1", server.port, "/metrics")
+        assert r.status == 200 and r.body.endswith(b"a 1\n")
+        assert request("127.0.0.1", server.port, "/healthz").status == 200
+    finally:
+        server.stop()
+
+
+#: the process tests start the real daemon (2-3 s each): the integration tier
+process_test = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[SimulatedIceProd]:
+    with SimulatedIceProd(build_store(datasets=8, seed=4)) as sim:
+        yield sim
+
+
+def _start(simulator: SimulatedIceProd, log: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    """``iceprod-exporter run`` in a session of its own: (process, port, serving child pid)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "iceprod_exporter", "run", "--api-url", simulator.url,
+            "--token", "t", "--port", str(port), "--listen-address", "127.0.0.1",
+            "--poll-interval", "2", "--log-format", "json"]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(lambda: _ready(port), 60, "exporter ready", diagnose=log.read_text)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return proc, port, int(children[0])
+
+
+def _ready(port: int) -> bool:
+    try:
+        return request("127.0.0.1", port, "/readyz", timeout=2).status == 200
+    except OSError:
+        return False
+
+
+def _gone(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "State:\tZ" in status  # exited, not yet reaped by its (dead) parent's reaper
+
+
+@process_test
+def test_sigterm_to_the_whole_group_stops_both_processes_gracefully(
+    simulator: SimulatedIceProd, tmp_path: Path
+) -> None:
+    log = tmp_path / "exporter.log"
+    proc, port, child = _start(simulator, log)
+    assert request("127.0.0.1", port, "/metrics").status == 200
+    os.killpg(proc.pid, signal.SIGTERM)  # what systemd sends to every process of the unit
+    assert proc.wait(20) == 0
+    wait_for(lambda: _gone(child), 10, "serving process gone")
+    text = log.read_text()
+    assert '"exporter.stopped"' in text
+    assert "Traceback" not in text and '"level": "error"' not in text, text[-2000:]
+
+
+@process_test
+def test_the_serving_process_leaves_with_its_parent(
+    simulator: SimulatedIceProd, tmp_path: Path
+) -> None:
+    proc, port, child = _start(simulator, tmp_path / "exporter.log")
+    proc.kill()  # no chance to stop the child: it must notice on its own
+    proc.wait(10)
+    wait_for(lambda: _gone(child), 10, "serving process gone after its parent died")
+    with pytest.raises(OSError):
+        request("127.0.0.1", port, "/healthz", timeout=2)
+
+
+@process_test
+def test_a_dead_serving_process_stops_the_exporter_with_one_line(
+    simulator: SimulatedIceProd, tmp_path: Path
+) -> None:
+    log = tmp_path / "exporter.log"
+    proc, _, child = _start(simulator, log)
+    started = time.monotonic()
+    os.kill(child, signal.SIGKILL)
+    assert proc.wait(20) == 1, "a non-zero exit: the supervisor restarts the exporter"
+    assert time.monotonic() - started < 10
+    text = log.read_text()
+    assert '"serving.exited"' in text
+    assert text.strip().splitlines()[-1] == (
+        "iceprod-exporter: error: the HTTP serving process exited; stopping"
+    )
+    assert "Traceback" not in text, text[-2000:]
