@@ -681,6 +681,22 @@ def dataset_board() -> Json:
         ),
         Panel(
             "stat",
+            "Counts read",
+            "When the job and task counts were last read: every poll while they change, every "
+            "quiet_poll_interval (5 min) once they are quiet.",
+            [
+                Target(
+                    f"max(iceprod_dataset_counted_timestamp_seconds{{{D}}}) * 1000",
+                    "counts read",
+                )
+            ],
+            width=4,
+            height=4,
+            unit="dateTimeFromNow",
+            options={"colorMode": "none"},
+        ),
+        Panel(
+            "stat",
             "Priority",
             "Dataset priority in IceProd.",
             [Target(f"max(iceprod_dataset_priority{{{D}}})", "priority")],

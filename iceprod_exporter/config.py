@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from .logs import LogFormat
+
 ENV_PREFIX = "ICEPROD_EXPORTER_"
 
 #: IceProd's own deployment variables, so the exporter drops into its environment unchanged.
@@ -47,14 +49,6 @@ class AuthMode(StrEnum):
     CLIENT_CREDENTIALS = "client_credentials"
     REFRESH_TOKEN = "refresh_token"
     STATIC_TOKEN = "static_token"
-
-
-class LogFormat(StrEnum):
-    """Log rendering; ``auto`` picks console on a terminal and JSON lines otherwise."""
-
-    AUTO = "auto"
-    JSON = "json"
-    CONSOLE = "console"
 
 
 class ConfigError(Exception):
@@ -135,7 +129,29 @@ class Settings(BaseModel):
         ge=0,
         le=7 * 86400,
         allow_inf_nan=False,
-        description="Seconds between task_stats fetches of a dataset (0: never).",
+        description=(
+            "Seconds between task_stats fetches of a dataset, made only when its completed task"
+            " count changed since the last fetch (0: never)."
+        ),
+    )
+    quiet_after_polls: int = Field(
+        3,
+        ge=0,
+        le=1000,
+        description=(
+            "A processing dataset whose counts were unchanged this many reads in a row is quiet"
+            " and read every quiet_poll_interval only, until they change (0: never quiet)."
+        ),
+    )
+    quiet_poll_interval: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        allow_inf_nan=False,
+        description=(
+            "Seconds between reads of a quiet dataset: the longest a change of its counts waits"
+            " to be seen (status and metadata changes are seen every cycle)."
+        ),
     )
     timeout: float = Field(
         30.0,

@@ -23,11 +23,19 @@ from prometheus_client import (
 from . import __version__
 from .api import ApiClient
 from .auth import TokenError, TokenManager, grant_from_settings
-from .collector import RenderedSnapshot, SnapshotCollector
+from .collector import (
+    CONTENT_TYPES,
+    Exposition,
+    Format,
+    RenderedSnapshot,
+    SnapshotCollector,
+    live_part,
+)
 from .config import ConfigError, Settings, redact_url
 from .logs import register_secret
-from .poller import Poller, Schedule
-from .server import BindError, HttpServer, Status, render_metrics
+from .poller import Poller, Progress, Schedule
+from .server import BindError, Status, negotiate
+from .serving import ServerExited, ServingOptions, ServingProcess
 from .snapshot import Snapshot
 from .telemetry import Telemetry
 from .web_config import LiveWebConfig, WebConfigError
@@ -60,6 +68,7 @@ class Exporter:
         self._clock = clock
         self.telemetry = Telemetry(self.registry)
         self.tokens = TokenManager(grant_from_settings(settings), self.telemetry, clock)
+        self.progress = Progress(clock)
         self.client = ApiClient(
             settings.api_url,
             self.tokens,
@@ -69,9 +78,22 @@ class Exporter:
             backoff_max=settings.backoff_max,
             concurrency=settings.concurrency,
             rate_limit=settings.rate_limit,
-            on_response=lambda: self.poller.mark_progress(),
+            on_response=self.progress.mark,
         )
-        self.poller = Poller(
+        # not registered: the snapshot part of /metrics is rendered once per snapshot
+        self.rendered = RenderedSnapshot(
+            SnapshotCollector(
+                lambda: poller.snapshot,
+                max_staleness=settings.max_staleness,
+                compat=settings.compat_dataset_monitor,
+                clock=clock,
+            )
+        )
+        self.metrics = Exposition(self.registry, self.rendered)
+        self.http: ServingProcess | None = None
+        self._serving_exited = False
+        self._running: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        poller = self.poller = Poller(
             self.client,
             Schedule(
                 poll_interval=settings.poll_interval,
@@ -79,24 +101,17 @@ class Exporter:
                 task_stats_interval=settings.task_stats_interval,
                 grace_period=settings.grace_period,
                 poll_timeout=settings.poll_timeout,
+                quiet_after_polls=settings.quiet_after_polls,
+                quiet_poll_interval=settings.quiet_poll_interval,
                 shard=settings.shard,
                 total_shards=settings.total_shards,
             ),
             self.telemetry,
             clock,
             publish=self._prepare,
-        )
-        # not registered: the snapshot part of /metrics is rendered once per snapshot
-        self.rendered = RenderedSnapshot(
-            SnapshotCollector(
-                lambda: self.poller.snapshot,
-                max_staleness=settings.max_staleness,
-                compat=settings.compat_dataset_monitor,
-                clock=clock,
-            )
+            progress=self.progress,
         )
         self.started_at = clock()
-        self.http: HttpServer | None = None
 
     # --- health
 
@@ -105,7 +120,7 @@ class Exporter:
         s = self.settings
         now = self._clock()
         stall = s.health_stall_polls * s.poll_interval + s.poll_timeout
-        quiet = now - self.poller.progress_at
+        quiet = now - self.progress.at
         crashes = self.poller.consecutive_crashes
         snapshot = self.poller.snapshot
         if crashes >= s.health_stall_polls:
@@ -192,33 +207,42 @@ class Exporter:
         finally:
             self.client.close()
 
-    def start_http(self) -> HttpServer:
-        """Start the HTTP(S) server in its own thread (web config: TLS, basic auth, headers)."""
-        address, port = self.settings.listen_address, self.settings.port
+    def start_http(self) -> ServingProcess:
+        """Start the HTTP(S) server in its own process (web config: TLS, basic auth, headers)."""
+        s = self.settings
         try:
-            web = LiveWebConfig.from_file(self.settings.web_config_file)
+            LiveWebConfig.from_file(s.web_config_file)  # one clear line now, not from the child
         except WebConfigError as exc:
             raise ConfigError(f"web_config_file: {exc}") from None
+        options = ServingOptions(
+            s.listen_address,
+            s.port,
+            str(s.web_config_file) if s.web_config_file else None,
+            s.log_level,
+            s.log_format,
+        )
+        http = ServingProcess(options, self._heartbeat, on_exit=self._serving_ended)
         try:
-            self.http = HttpServer(
-                self.registry,
-                self.rendered,
-                self.status,
-                address,
-                port,
-                web_config=web,
-                auth_failures=self.telemetry.http_auth_failures,
-                requests=self.telemetry.http_requests,
-            )
+            http.start(self.rendered.encode(self.poller.snapshot))
         except BindError as exc:
             raise ConfigError(f"{exc.setting}: {exc.message}") from None
-        self.http.start()
-        return self.http
+        self.http = http
+        return http
+
+    def _heartbeat(self) -> tuple[dict[Format, bytes], Status]:
+        return {fmt: live_part(self.registry, fmt) for fmt in Format}, self.status()
+
+    def _serving_ended(self) -> None:
+        self._serving_exited = True
+        if self._running is not None:
+            loop, stop = self._running
+            loop.call_soon_threadsafe(stop.set)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Poll on schedule and serve HTTP until ``stop`` is set or SIGTERM/SIGINT arrives."""
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
+        self._running = (loop, stop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, stop.set)
@@ -226,7 +250,7 @@ class Exporter:
         log.info(
             "exporter.started",
             version=__version__,
-            url=f"http://{self.settings.listen_address}:{http.port}/",
+            url=f"{http.scheme}://{self.settings.listen_address}:{http.port}/",
             api_url=redact_url(self.settings.api_url),
             poll_interval=self.settings.poll_interval,
         )
@@ -258,14 +282,23 @@ class Exporter:
             http.stop()
             self.client.close()
             log.info("exporter.stopped")
+        if self._serving_exited:
+            raise ServerExited("the HTTP serving process exited; stopping")
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
-        """What /metrics serves, for ``once`` and tests."""
-        return render_metrics(self.registry, self.rendered, accept)
+        """What /metrics serves (identity), for ``once`` and tests."""
+        fmt = negotiate(accept)
+        return self.metrics.body(fmt), CONTENT_TYPES[fmt]
 
     async def _prepare(self, snapshot: Snapshot) -> None:
         # rendered off the loop and before the swap, so no scrape waits for a render
-        await asyncio.to_thread(self.rendered.prepare, snapshot)
+        await asyncio.to_thread(self._render, snapshot)
+
+    def _render(self, snapshot: Snapshot) -> None:
+        if self.http is not None:  # served by the child, which keeps the bytes
+            self.http.publish(self.rendered.encode(snapshot))
+        else:
+            self.rendered.prepare(snapshot)
 
     async def _poll_job(self) -> None:
         try:

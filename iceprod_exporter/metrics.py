@@ -26,14 +26,12 @@ class Kind(StrEnum):
     GAUGE = "gauge"
     COUNTER = "counter"
     HISTOGRAM = "histogram"
-    INFO = "info"
 
 
 class Stability(StrEnum):
     """Stability level (kube-state-metrics policy: deprecations last two minor releases)."""
 
     STABLE = "stable"
-    EXPERIMENTAL = "experimental"
     DEPRECATED = "deprecated"
 
 
@@ -55,7 +53,6 @@ class MetricSpec:
     labels: tuple[str, ...] = ()
     group: Group = Group.ICEPROD
     stability: Stability = Stability.STABLE
-    source: str = ""
     sampler: Sampler | None = None
 
 
@@ -113,18 +110,32 @@ def _status(snapshot: Snapshot) -> Iterator[Sample]:
             yield (d.label, status), 1.0 if status == d.status else 0.0
 
 
-def _jobs(snapshot: Snapshot) -> Iterator[Sample]:
-    for d in _datasets(snapshot):
-        if d.jobs is not None:
-            for status, n in dense(d.jobs, JOB_STATUSES):
-                yield (d.label, status), float(n)
+def _jobs(datasets: Callable[[Snapshot], Iterable[Dataset]], unread_as_zero: bool) -> Sampler:
+    """Jobs by status of the ``datasets``.
+
+    With ``unread_as_zero`` a dataset whose job counts were not read counts zero jobs in every
+    status, as IceProd's dataset_monitor reports it; else it has no series.
+    """
+
+    def sample(snapshot: Snapshot) -> Iterator[Sample]:
+        for d in datasets(snapshot):
+            if d.jobs is not None or unread_as_zero:
+                for status, n in dense(d.jobs or {}, JOB_STATUSES):
+                    yield (d.label, status), float(n)
+
+    return sample
 
 
-def _tasks(snapshot: Snapshot) -> Iterator[Sample]:
-    for d in _datasets(snapshot):
-        for name, by_status in (d.tasks or {}).items():
-            for status, n in dense(by_status, TASK_STATUSES):
-                yield (d.label, name, status), float(n)
+def _tasks(datasets: Callable[[Snapshot], Iterable[Dataset]]) -> Sampler:
+    """Tasks by task name and status of the ``datasets``."""
+
+    def sample(snapshot: Snapshot) -> Iterator[Sample]:
+        for d in datasets(snapshot):
+            for name, by_status in (d.tasks or {}).items():
+                for status, n in dense(by_status, TASK_STATUSES):
+                    yield (d.label, name, status), float(n)
+
+    return sample
 
 
 def _task_stat(value: Callable[[float], float], field: str) -> Sampler:
@@ -147,20 +158,8 @@ def _ratio(r: float) -> float:
 
 
 def _processing(snapshot: Snapshot) -> Iterator[Dataset]:
+    """The datasets IceProd's dataset_monitor reports on: processing ones (watched here)."""
     return (d for d in _datasets(snapshot) if d.status == "processing" and d.watched)
-
-
-def _compat_jobs(snapshot: Snapshot) -> Iterator[Sample]:
-    for d in _processing(snapshot):
-        for status, n in dense(d.jobs or {}, JOB_STATUSES):
-            yield (d.label, status), float(n)
-
-
-def _compat_tasks(snapshot: Snapshot) -> Iterator[Sample]:
-    for d in _processing(snapshot):
-        for name, by_status in (d.tasks or {}).items():
-            for status, n in dense(by_status, TASK_STATUSES):
-                yield (d.label, name, status), float(n)
 
 
 def future_resource_hours(datasets: Iterable[Dataset]) -> dict[str, int]:
@@ -214,8 +213,6 @@ _TASK_STAT_METRICS: tuple[tuple[str, str, Callable[[float], float], str], ...] =
 _D = ("dataset",)
 _DT = ("dataset", "task_name")
 _TASK_STATS = Endpoint.TASK_STATS.value
-_DISCOVERY = Endpoint.DATASETS.value
-_GRIDS = Endpoint.GRIDS.value
 
 SPECS: tuple[MetricSpec, ...] = (
     # --- IceProd health as seen by the exporter
@@ -223,7 +220,6 @@ SPECS: tuple[MetricSpec, ...] = (
         "iceprod_up",
         Kind.GAUGE,
         "1 if the last poll reached the IceProd API and its dataset list was read, else 0.",
-        source=_DISCOVERY,
         sampler=_up,
     ),
     MetricSpec(
@@ -239,7 +235,6 @@ SPECS: tuple[MetricSpec, ...] = (
         "Datasets in IceProd by status (every known status, 0 included), from GET /datasets."
         + CACHED,
         ("status",),
-        source=_DISCOVERY,
         sampler=_dataset_counts,
     ),
     MetricSpec(
@@ -248,7 +243,6 @@ SPECS: tuple[MetricSpec, ...] = (
         "Grids (submit sites) registered with IceProd (value 1). From GET /grids (needs a "
         "system or admin token)." + CACHED,
         ("grid", "host", "version"),
-        source=_GRIDS,
         sampler=_grid_info,
     ),
     MetricSpec(
@@ -257,7 +251,6 @@ SPECS: tuple[MetricSpec, ...] = (
         "Unix time a grid last reported to IceProd; time() minus it is the grid's silence. "
         "From GET /grids." + CACHED,
         ("grid",),
-        source=_GRIDS,
         sampler=_grid_update,
     ),
     # --- per dataset
@@ -266,7 +259,6 @@ SPECS: tuple[MetricSpec, ...] = (
         Kind.GAUGE,
         "Dataset metadata (value 1); join on dataset. From GET /datasets." + CACHED,
         ("dataset", "dataset_id", "group", "username", "description"),
-        source=_DISCOVERY,
         sampler=_info,
     ),
     MetricSpec(
@@ -274,7 +266,6 @@ SPECS: tuple[MetricSpec, ...] = (
         Kind.GAUGE,
         "1 for the dataset's current status, 0 for the others. From GET /datasets." + CACHED,
         ("dataset", "status"),
-        source=_DISCOVERY,
         sampler=_status,
     ),
     MetricSpec(
@@ -282,7 +273,6 @@ SPECS: tuple[MetricSpec, ...] = (
         Kind.GAUGE,
         "Dataset priority as set in IceProd. From GET /datasets." + CACHED,
         _D,
-        source=_DISCOVERY,
         sampler=_per_dataset(lambda d: d.priority),
     ),
     MetricSpec(
@@ -290,7 +280,6 @@ SPECS: tuple[MetricSpec, ...] = (
         Kind.GAUGE,
         "Unix time the dataset was submitted (start_date). From GET /datasets." + CACHED,
         _D,
-        source=_DISCOVERY,
         sampler=_per_dataset(lambda d: d.start_timestamp),
     ),
     MetricSpec(
@@ -299,7 +288,6 @@ SPECS: tuple[MetricSpec, ...] = (
         "1 if the dataset is truncated (no further jobs will be materialized). "
         "From GET /datasets." + CACHED,
         _D,
-        source=_DISCOVERY,
         sampler=_per_dataset(lambda d: 1.0 if d.truncated else 0.0),
     ),
     MetricSpec(
@@ -308,7 +296,6 @@ SPECS: tuple[MetricSpec, ...] = (
         "Jobs the dataset was submitted with; minus the sum of iceprod_dataset_jobs it gives "
         "jobs not yet materialized. From GET /datasets." + CACHED,
         _D,
-        source=_DISCOVERY,
         sampler=_per_dataset(lambda d: d.jobs_submitted),
     ),
     MetricSpec(
@@ -316,7 +303,6 @@ SPECS: tuple[MetricSpec, ...] = (
         Kind.GAUGE,
         "Tasks the dataset was submitted with. From GET /datasets." + CACHED,
         _D,
-        source=_DISCOVERY,
         sampler=_per_dataset(lambda d: d.tasks_submitted),
     ),
     MetricSpec(
@@ -325,8 +311,7 @@ SPECS: tuple[MetricSpec, ...] = (
         "Materialized jobs by status (every known status, 0 included). "
         "From GET /datasets/{dataset_id}/job_counts/status." + CACHED,
         ("dataset", "status"),
-        source=Endpoint.JOB_COUNTS.value,
-        sampler=_jobs,
+        sampler=_jobs(_datasets, unread_as_zero=False),
     ),
     MetricSpec(
         "iceprod_dataset_tasks",
@@ -334,8 +319,15 @@ SPECS: tuple[MetricSpec, ...] = (
         "Tasks by task name and status (every known status, 0 included). "
         "From GET /datasets/{dataset_id}/task_counts/name_status." + CACHED,
         ("dataset", "task_name", "status"),
-        source=Endpoint.TASK_COUNTS_NAME.value,
-        sampler=_tasks,
+        sampler=_tasks(_datasets),
+    ),
+    MetricSpec(
+        "iceprod_dataset_counted_timestamp_seconds",
+        Kind.GAUGE,
+        "Unix time the dataset's job and task counts were last read: every cycle while they "
+        "change, every quiet_poll_interval once they are quiet." + CACHED,
+        _D,
+        sampler=_per_dataset(lambda d: d.counted_at),
     ),
     *(
         MetricSpec(
@@ -344,7 +336,6 @@ SPECS: tuple[MetricSpec, ...] = (
             f"{text} of the task name's complete tasks. From GET {_TASK_STATS} "
             f"(polled every task_stats_interval).{CACHED}",
             _DT,
-            source=_TASK_STATS,
             sampler=_task_stat(convert, field),
         )
         for name, field, convert, text in _TASK_STAT_METRICS
@@ -358,8 +349,7 @@ SPECS: tuple[MetricSpec, ...] = (
         ("dataset", "status"),
         group=Group.COMPAT,
         stability=Stability.DEPRECATED,
-        source=Endpoint.JOB_COUNTS.value,
-        sampler=_compat_jobs,
+        sampler=_jobs(_processing, unread_as_zero=True),
     ),
     MetricSpec(
         "iceprod_tasks",
@@ -369,8 +359,7 @@ SPECS: tuple[MetricSpec, ...] = (
         ("dataset", "taskname", "status"),
         group=Group.COMPAT,
         stability=Stability.DEPRECATED,
-        source=Endpoint.TASK_COUNTS_NAME.value,
-        sampler=_compat_tasks,
+        sampler=_tasks(_processing),
     ),
     MetricSpec(
         "iceprod_future_resources_hours",
@@ -380,7 +369,6 @@ SPECS: tuple[MetricSpec, ...] = (
         ("resource",),
         group=Group.COMPAT,
         stability=Stability.DEPRECATED,
-        source=_TASK_STATS,
         sampler=_compat_future,
     ),
     # --- the exporter itself (instrumented directly, see telemetry.py)

@@ -71,25 +71,42 @@ class Schedule:
     grace_period: float = 900.0
     #: seconds one cycle may take before what is still outstanding is abandoned
     poll_timeout: float = 300.0
+    #: unchanged reads in a row that make a processing dataset quiet (0: never quiet)
+    quiet_after_polls: int = 3
+    #: seconds between reads of a quiet dataset (the longest a change waits to be seen)
+    quiet_poll_interval: float = 300.0
     shard: int = 0
     total_shards: int = 1
 
     def counts_due(self, dataset: Dataset, tracking: Tracking, now: float) -> bool:
         """Whether a watched dataset's job and task counts should be read this cycle."""
-        if tracking.counted_at is None:
+        if dataset.counted_at is None:
             return True
         if dataset.status in SLOW_STATUSES:
-            # half an interval of slack so timer jitter does not skip a whole slow cycle
-            age = now - tracking.counted_at
-            return age >= (self.slow_poll_factor - 0.5) * self.poll_interval
-        return True
+            every = self.slow_poll_factor * self.poll_interval
+        elif self.quiet(tracking):
+            every = self.quiet_poll_interval
+        else:
+            return True
+        # half an interval of slack so timer jitter does not skip a whole slow cycle
+        return now - dataset.counted_at >= every - 0.5 * self.poll_interval
+
+    def quiet(self, tracking: Tracking) -> bool:
+        """Whether a processing dataset is read on the quiet cadence."""
+        return 0 < self.quiet_after_polls <= tracking.unchanged
 
     def stats_due(self, dataset: Dataset, tracking: Tracking, now: float) -> bool:
-        """Whether ``task_stats`` should be read along with the counts."""
+        """Whether ``task_stats`` should be read along with the counts.
+
+        Only when tasks completed since the last read: ``task_stats`` aggregates complete tasks
+        alone, so it cannot have changed otherwise.
+        """
         if self.task_stats_interval <= 0:
             return False
         if dataset.task_stats is None or tracking.stats_at is None:
             return True  # never read, or lost (a 403 that has cleared): restore it now
+        if tracking.stats_complete is not None and completed(dataset) == tracking.stats_complete:
+            return False
         return now - tracking.stats_at >= self.task_stats_interval
 
     def mine(self, dataset_id: str) -> bool:
@@ -97,12 +114,22 @@ class Schedule:
         return self.total_shards == 1 or shard_of(dataset_id, self.total_shards) == self.shard
 
 
+def completed(dataset: Dataset) -> int | None:
+    """The dataset's complete tasks as last counted (None before its first read)."""
+    if dataset.tasks is None:
+        return None
+    return sum(counts.get("complete", 0) for counts in dataset.tasks.values())
+
+
 @dataclass(frozen=True, slots=True)
 class Tracking:
     """The poller's bookkeeping of one dataset; never exposed."""
 
-    counted_at: float | None = None
     stats_at: float | None = None
+    #: complete tasks counted when ``task_stats`` was last read
+    stats_complete: int | None = None
+    #: reads in a row that found the counts unchanged (quiet datasets are read less often)
+    unchanged: int = 0
     #: when the dataset completed or vanished; its series go after the grace period
     retired_at: float | None = None
     #: the token may not read the dataset's routes (HTTP 403)
@@ -217,7 +244,14 @@ def plan(
                 kept[dataset_id] = dataclasses.replace(current, watched=False)
             continue  # a dataset first seen complete is counted in iceprod_datasets only
         current = dataclasses.replace(current, watched=True)
-        if full or track.retired_at is not None or schedule.counts_due(current, track, now):
+        # a status or metadata change is read at once, quiet or not
+        changed = before is not None and any(getattr(before, k) != v for k, v in row.items())
+        if (
+            full
+            or changed
+            or track.retired_at is not None
+            or schedule.counts_due(current, track, now)
+        ):
             stats = full or schedule.stats_due(current, track, now)
             fetches.append(Fetch(current, stats=stats and schedule.task_stats_interval > 0))
         else:
@@ -277,15 +311,20 @@ def assemble(
 def _apply(job: Fetch, result: Fetched, track: Tracking, now: float) -> tuple[Dataset, Tracking]:
     dataset = job.dataset
     if result.counted:
-        dataset = dataclasses.replace(dataset, jobs=result.jobs, tasks=result.tasks)
-        track = dataclasses.replace(track, counted_at=now, forbidden=False)
+        same = (result.jobs, result.tasks) == (dataset.jobs, dataset.tasks)
+        dataset = dataclasses.replace(dataset, jobs=result.jobs, tasks=result.tasks, counted_at=now)
+        track = dataclasses.replace(
+            track, forbidden=False, unchanged=track.unchanged + 1 if same else 0
+        )
     if result.stats_read:
         dataset = dataclasses.replace(dataset, task_stats=result.stats)
-        track = dataclasses.replace(track, stats_at=now)
+        track = dataclasses.replace(track, stats_at=now, stats_complete=completed(dataset))
     error = result.error
     if error is not None and error.reason == Reason.FORBIDDEN:
         # nothing of it may be read: drop what is held, and read it all again once allowed
-        dataset = dataclasses.replace(dataset, jobs=None, tasks=None, task_stats=None)
+        dataset = dataclasses.replace(
+            dataset, jobs=None, tasks=None, task_stats=None, counted_at=None
+        )
         track = Tracking(retired_at=track.retired_at, forbidden=True)
     elif error is not None and error.reason == Reason.NOT_FOUND:
         track = dataclasses.replace(track, retired_at=track.retired_at or now)
@@ -297,6 +336,30 @@ def _apply(job: Fetch, result: Fetched, track: Tracking, now: float) -> tuple[Da
         dataset = dataclasses.replace(dataset, watched=False)
     # on other failures the last values stay, until max_staleness drops them all
     return dataset, track
+
+
+class Progress:
+    """When the poller last showed a sign of life: an API answer arrived or a cycle ended.
+
+    Built before the API client and the poller, which both mark it; listeners (the CLI's
+    progress line) are told of every mark.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self.at = clock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def mark(self) -> None:
+        """Note a sign of life now."""
+        self.at = self._clock()
+        for listener in self._listeners:
+            listener()
+
+    def listen(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` on every mark; returns the function that stops it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
 
 class Poller:
@@ -313,6 +376,7 @@ class Poller:
         telemetry: Telemetry,
         clock: Callable[[], float] = time.time,
         publish: Callable[[Snapshot], Awaitable[None]] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self._client = client
         self._schedule = schedule
@@ -321,17 +385,13 @@ class Poller:
         self._publish = publish
         self.snapshot = Snapshot()
         self.tracking: Mapping[str, Tracking] = frozen_map({})
-        self.progress_at = clock()
+        self.progress = progress or Progress(clock)
         self.consecutive_failures = 0
         self.consecutive_crashes = 0
         self.history: list[PollRecord] = []
         self.endpoint_errors: dict[str, EndpointError] = {}
         self._denied: set[str] = set()
         self._rejected: set[ValueField] = set()
-
-    def mark_progress(self) -> None:
-        """Note that the poller is alive (an API answer arrived or a cycle ended)."""
-        self.progress_at = self._clock()
 
     async def poll(self, full: bool = False) -> Snapshot:
         """Run one cycle and publish its snapshot; ``full`` fetches everything now.
@@ -502,7 +562,7 @@ class Poller:
             telemetry.poll_crashes.inc()
         else:
             self.consecutive_crashes = 0
-            self.mark_progress()  # a crashing poller is not making progress
+            self.progress.mark()  # a crashing poller is not making progress
         if snapshot.up:
             self.consecutive_failures = 0
         else:

@@ -77,6 +77,8 @@ class Dataset:
     #: task name -> status -> count, from ``task_counts/name_status``
     tasks: Mapping[str, Counts] | None = None
     task_stats: Mapping[str, TaskStats] | None = None
+    #: when ``jobs`` and ``tasks`` were last read (quiet datasets are read less often)
+    counted_at: float | None = None
     #: False once the dataset completed or vanished: it keeps its last series for the grace period
     watched: bool = True
 

@@ -23,6 +23,7 @@ PROCESSING = Dataset(
     jobs_submitted=10,
     tasks_submitted=20,
     jobs=frozen_map(counts(processing=6, complete=2)),
+    counted_at=NOW - 30,
     tasks=frozen_map(
         {
             "generate": frozen_map(counts(complete=7, processing=1)),
@@ -49,6 +50,7 @@ LEGACY = Dataset(
     truncated=True,
     jobs=frozen_map(counts(processing=1)),
     tasks=frozen_map({"main": frozen_map(counts(reset=1))}),
+    counted_at=NOW - 240,  # quiet: read every quiet_poll_interval
 )
 
 FORBIDDEN = Dataset(

@@ -16,19 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from .monitoring_support import (
+from .monitoring_support import prom_query, start_prometheus
+from .scripted_http import Reply, ScriptedServer
+from .support import (
+    Samples,
     free_port,
     http_get,
-    prom_query,
-    start_prometheus,
+    openmetrics_families,
+    samples,
+    start_exporter,
     wait_for,
 )
-from .scripted_http import Reply, ScriptedServer
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+# each test runs the daemon in a process of its own, one also a real Prometheus
+pytestmark = pytest.mark.integration
 
 
 def dataset(number: int, **extra: Any) -> dict[str, Any]:
@@ -62,11 +65,7 @@ class Daemon:
     def samples(self) -> Samples:
         status, body = self.scrape()
         assert status == 200, status
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(body)
-            for s in f.samples
-        }
+        return samples(body)
 
     def value(self, name: str, **labels: str) -> float | None:
         return self.samples().get((name, tuple(sorted(labels.items()))))
@@ -91,17 +90,8 @@ def run_daemon(tmp_path: Path, api_url: str, **settings: str) -> Daemon:
         **{f"ICEPROD_EXPORTER_{k.upper()}": v for k, v in settings.items()},
     }
     log = tmp_path / "exporter.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "iceprod_exporter", "run"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-    daemon = Daemon(process, f"http://127.0.0.1:{port}/", log)
-    wait_for(lambda: http_get(daemon.url + "readyz")[0] == 200, 30, "ready", diagnose=log.read_text)
-    return daemon
+    url = f"http://127.0.0.1:{port}/"
+    return Daemon(start_exporter(env, url, log), url, log)
 
 
 @pytest.fixture
@@ -131,7 +121,7 @@ def test_values_the_exposition_cannot_carry_never_break_a_scrape(
     for accept in ("", "application/openmetrics-text; version=1.0.0"):
         status, body = daemon.scrape(accept)
         assert status == 200
-        families = om_families(body) if accept else text_string_to_metric_families(body)
+        families = openmetrics_families(body) if accept else text_string_to_metric_families(body)
         names = {f.name for f in families}
         assert "iceprod_dataset_info" in names
     samples = daemon.samples()
@@ -170,7 +160,8 @@ def test_a_first_failure_is_an_increase_in_a_real_prometheus(
     iceprod: ScriptedServer, daemons: list[Daemon], tmp_path: Path
 ) -> None:
     serve_datasets(iceprod, {"a": dataset(1)})
-    daemons.append(daemon := run_daemon(tmp_path, iceprod.url, retries="0"))
+    # never quiet: the counts stay unchanged, yet the failing read must come on the next cycle
+    daemons.append(daemon := run_daemon(tmp_path, iceprod.url, retries="0", quiet_after_polls="0"))
     config = tmp_path / "prometheus.yml"
     config.write_text(
         textwrap.dedent(

@@ -73,7 +73,7 @@ class FakeSource:
         self.calls[template] += 1
         self.sent += 1
         if self.down:
-            raise ApiError(template, "connection", "refused")
+            raise ApiError(template, Reason.CONNECTION, "refused")
         if template == api.DATASETS:
             assert args and "dataset|status" in args["keys"]
             return self.datasets
@@ -83,7 +83,7 @@ class FakeSource:
         return answer
 
     def bad_response(self, template: str, detail: str) -> ApiError:
-        return ApiError(template, "bad_response", detail)
+        return ApiError(template, Reason.BAD_RESPONSE, detail)
 
 
 class Clock:
@@ -100,6 +100,7 @@ def make(source: FakeSource, clock: Clock, **schedule: Any) -> Poller:
         "slow_poll_factor": 5,
         "task_stats_interval": 600.0,
         "grace_period": 300.0,
+        "quiet_after_polls": 0,  # the fake's counts never change; quiet reads tested apart
         **schedule,
     }
     return Poller(source, Schedule(**options), Telemetry(CollectorRegistry()), clock)
@@ -143,7 +144,56 @@ def test_slow_cadence_for_suspended_and_slower_task_stats() -> None:
     assert source.calls[api.JOB_COUNTS] == 5 + 2, "slow cadence reached after 5 intervals"
     clock.now += 600
     poll(poller)
-    assert source.calls[api.TASK_STATS] == 4
+    assert source.calls[api.TASK_STATS] == 2, "no task completed: task_stats cannot have changed"
+    source.answers["/datasets/a/task_counts/name_status"] = {"generate": {"complete": 2}}
+    clock.now += 60
+    poll(poller)  # the counts show a completed task ...
+    assert source.calls[api.TASK_STATS] == 2
+    clock.now += 60
+    poll(poller)  # ... so task_stats is read again, on the next cycle
+    assert source.calls[api.TASK_STATS] == 3
+    clock.now += 600
+    poll(poller)
+    assert source.calls[api.TASK_STATS] == 3, "nothing completed since"
+
+
+def test_a_quiet_dataset_is_read_within_the_bound_and_busy_again_on_a_change() -> None:
+    source, clock = FakeSource(), Clock()
+    source.add("a", 1)
+    poller = make(source, clock, quiet_after_polls=3, quiet_poll_interval=300.0)
+    reads = []
+    for _ in range(12):
+        before = source.calls[api.JOB_COUNTS]
+        poll(poller)
+        reads.append(source.calls[api.JOB_COUNTS] - before)
+        clock.now += 60
+    # read 4 times (3 unchanged after the first), then every 300 s: cycles 8 and 13
+    assert reads == [1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0], reads
+    assert poller.snapshot.datasets["a"].counted_at == 1_000.0 + 8 * 60
+    source.answers["/datasets/a/job_counts/status"] = {"processing": 1, "complete": 1}
+    clock.now += 4 * 60  # the next quiet read sees the change ...
+    poll(poller)
+    counted = source.calls[api.JOB_COUNTS]
+    for _ in range(3):  # ... and the dataset is read every cycle again
+        clock.now += 60
+        poll(poller)
+    assert source.calls[api.JOB_COUNTS] == counted + 3
+    assert poller.snapshot.datasets["a"].jobs == {"processing": 1, "complete": 1}
+
+
+def test_a_status_change_of_a_quiet_dataset_is_read_at_once() -> None:
+    source, clock = FakeSource(), Clock()
+    source.add("a", 1)
+    poller = make(source, clock, quiet_after_polls=1, quiet_poll_interval=3600.0)
+    for _ in range(3):
+        poll(poller)
+        clock.now += 60
+    calls = source.calls[api.JOB_COUNTS]
+    assert calls == 2, "quiet after one unchanged read"
+    source.datasets["a"]["jobs_submitted"] = 5
+    poll(poller)
+    assert source.calls[api.JOB_COUNTS] == calls + 1, "discovery changed: read now"
+    assert poller.snapshot.datasets["a"].jobs_submitted == 5
 
 
 def test_completed_dataset_keeps_final_state_for_the_grace_period() -> None:
@@ -202,7 +252,7 @@ def test_forbidden_dataset_is_a_permission_problem_not_an_outage() -> None:
     source.add("a", 1)
     source.add("b", 2)
     source.answers["/datasets/b/job_counts/status"] = ApiError(
-        api.JOB_COUNTS, "forbidden", "403", 403
+        api.JOB_COUNTS, Reason.FORBIDDEN, "403", 403
     )
     poller = make(source, clock)
     snap = poll(poller)
@@ -211,8 +261,10 @@ def test_forbidden_dataset_is_a_permission_problem_not_an_outage() -> None:
     assert not poller.tracking["a"].forbidden
 
 
-@pytest.mark.parametrize("reason", ["overloaded", "timeout", "bad_response", "server_error"])
-def test_dataset_failure_marks_down_but_keeps_old_counts(reason: str) -> None:
+@pytest.mark.parametrize(
+    "reason", [Reason.OVERLOADED, Reason.TIMEOUT, Reason.BAD_RESPONSE, Reason.SERVER_ERROR]
+)
+def test_dataset_failure_marks_down_but_keeps_old_counts(reason: Reason) -> None:
     source, clock = FakeSource(), Clock()
     source.add("a", 1)
     poller = make(source, clock)
@@ -279,7 +331,7 @@ def test_global_route_forbidden_to_a_user_token_is_reported_once() -> None:
 
     source, clock = FakeSource(), Clock()
     source.add("a", 1)
-    source.answers["/grids"] = ApiError(api.GRIDS, "forbidden", "403", 403)
+    source.answers["/grids"] = ApiError(api.GRIDS, Reason.FORBIDDEN, "403", 403)
     registry = CollectorRegistry()
     poller = Poller(source, Schedule(poll_interval=60.0), Telemetry(registry), clock)
     with capture_logs() as logs:
@@ -420,11 +472,10 @@ def test_every_bounded_label_combination_starts_at_zero() -> None:
         assert value("iceprod_exporter_api_requests_total", {"endpoint": endpoint}) == 0
         assert value("iceprod_exporter_permission_denied", {"endpoint": endpoint}) == 0
         for reason in API_REASONS:
-            labels = {"endpoint": endpoint, "reason": reason}
+            labels: dict[str, str] = {"endpoint": endpoint, "reason": reason}
             assert value("iceprod_exporter_api_request_failures_total", labels) == 0
     for reason in TOKEN_REASONS:
-        labels = {"reason": reason}
-        assert value("iceprod_exporter_token_refresh_failures_total", labels) == 0
+        assert value("iceprod_exporter_token_refresh_failures_total", {"reason": reason}) == 0
     for field in ValueField:
         assert value("iceprod_exporter_bad_values_total", {"field": field}) == 0
 

@@ -23,6 +23,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tick", type=float, default=5.0, help="seconds per simulation step (0: frozen)"
     )
+    parser.add_argument(
+        "--busy-share",
+        type=float,
+        default=1.0,
+        help="average share of processing datasets that move; the others sit quiet (0-1]",
+    )
     auth = parser.add_argument_group(
         "auth",
         "Without --client-id every request counts as system. Device logins are approved at once.",
@@ -58,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             store,
             issuer,
             port=args.port,
-            simulation=Simulation(store, args.seed),
+            simulation=Simulation(store, args.seed, args.busy_share),
             tick_seconds=args.tick,
         )
         stack.enter_context(api)

@@ -17,6 +17,7 @@ from .access import (
     username_of,
 )
 from .faults import Faults
+from .model import Simulation
 from .records import Records
 from .routes import ROUTES, Call
 from .store import Store
@@ -39,6 +40,7 @@ class Context:
     validator: TokenValidator | None  # None: every request is a system request
     faults: Faults
     records: Records
+    simulation: Simulation | None = None
 
 
 def bearer_token(headers: HTTPHeaders) -> str | None:
@@ -64,6 +66,7 @@ class _Instrumented(RequestHandler):
 
     async def prepare(self) -> None:
         """Record the request, then delay or fail it as the faults say."""
+        self._cpu_started = time.thread_time()  # handlers run on the one IOLoop thread
         self.context.records.saw(self.template, bearer_token(self.request.headers), time.time())
         faults = self.context.faults
         if faults.delay > 0:
@@ -72,6 +75,12 @@ class _Instrumented(RequestHandler):
             self.retry_after = faults.retry_after
             raise HTTPError(faults.fail_status, reason=faults.fail_reason)
 
+    def on_finish(self) -> None:
+        """Charge the CPU this request took (faults' sleeps cost none)."""
+        started = getattr(self, "_cpu_started", None)
+        if started is not None:
+            self.context.records.spent(self.template, time.thread_time() - started)
+
 
 class HealthHandler(_Instrumented):
     """GET /healthz: a plain tornado handler, no auth."""
@@ -79,6 +88,26 @@ class HealthHandler(_Instrumented):
     def get(self) -> None:
         """Answer {}."""
         self.write({})
+
+
+class RecordsHandler(_Instrumented):
+    """GET /_simulator/requests: requests and CPU per route template (not an IceProd route)."""
+
+    def get(self) -> None:
+        """Answer the counts and CPU seconds, so benchmarks can tell what any client cost."""
+        records = self.context.records
+        self.write({"requests": records.request_counts(), "cpu_seconds": records.cpu_seconds()})
+
+
+class PauseHandler(_Instrumented):
+    """PUT /_simulator/paused with ``true`` or ``false``: stop or restart the world's ticks."""
+
+    def put(self) -> None:
+        """Pause or resume the simulation (not an IceProd route)."""
+        if self.context.simulation is None:
+            raise HTTPError(409, reason="no simulation")
+        self.context.simulation.paused = self.request.body.strip() == b"true"
+        self.write({"paused": self.context.simulation.paused})
 
 
 class NotFoundHandler(_Instrumented):
@@ -209,11 +238,16 @@ def _no_access_log(handler: RequestHandler) -> None:
 
 
 def make_app(context: Context) -> Application:
-    """The tornado application: the read routes, /healthz, then the HTML 404 catch-all."""
+    """The tornado application: the read routes, /healthz, the request counts, the 404s."""
     rules: list[Any] = [
         (route.pattern, ApiHandler, {"context": context, "template": template})
         for template, route in ROUTES.items()
     ]
-    rules.append((r"/healthz", HealthHandler, {"context": context, "template": "/healthz"}))
+    for path, handler in (
+        ("/healthz", HealthHandler),
+        ("/_simulator/requests", RecordsHandler),
+        ("/_simulator/paused", PauseHandler),
+    ):
+        rules.append((path, handler, {"context": context, "template": path}))
     rules.append((r"/(.*)", NotFoundHandler, {"context": context, "template": "*"}))
     return Application(rules, log_function=_no_access_log)

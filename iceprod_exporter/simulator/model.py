@@ -31,6 +31,11 @@ _GROUPS = ("simprod", "filtering", "users")
 _USERNAMES = ("alice", "bob", "carol", "dave")
 _STATUS_WEIGHTS = {"processing": 75, "suspended": 7, "errors": 6, "complete": 12}
 _P_SUBMIT = 0.3  # per tick, while fewer datasets are processing than at the start
+# Quiet and busy datasets: in production most processing datasets sit quiet for hours (nothing
+# moves, counts unchanged: held, throttled or waiting on a site) beside a few busy ones. A busy
+# dataset goes quiet with this chance per tick; a quiet one wakes with the chance that keeps
+# `busy_share` of the processing datasets busy on average.
+_P_QUIET = 0.02
 
 
 def seeded_ids(rng: random.Random) -> Callable[[], str]:
@@ -185,14 +190,25 @@ def build_store(datasets: int, seed: int = 0, grids: int = 3) -> Store:
 
 
 class Simulation:
-    """Advances a Store one tick at a time, deterministically from the seed."""
+    """Advances a Store one tick at a time, deterministically from the seed.
 
-    def __init__(self, store: Store, seed: int = 0):
+    Only busy processing datasets move. With `busy_share` 1 every one is busy; below 1 each is
+    busy or quiet (see `_P_QUIET`), starting busy with chance `busy_share`.
+    """
+
+    def __init__(self, store: Store, seed: int = 0, busy_share: float = 1.0):
         """Simulate `store` with a random stream seeded by `seed`."""
+        if not 0.0 < busy_share <= 1.0:
+            raise ValueError("busy_share must be in (0, 1]")
         self.store = store
         self.ticks = 0
         self._rng = random.Random(seed)
         self._fail_rates: dict[str, float] = {}
+        self._busy_share = busy_share
+        self._p_wake = _P_QUIET * busy_share / (1.0 - busy_share) if busy_share < 1 else 1.0
+        self._busy: dict[str, bool] = {}
+        #: a paused world does not move (benchmarks compare clients on the same state)
+        self.paused = False
         # new submissions replace finished datasets, so a long demo keeps moving
         self._processing_target = self._processing()
 
@@ -201,17 +217,39 @@ class Simulation:
 
     def step(self) -> None:
         """One tick: tasks move on, jobs and datasets settle, jobs materialize, grids report."""
+        if self.paused:
+            return
         store = self.store
         with store.lock:
             now = store.clock()
             for dataset in list(store.datasets.values()):
-                if dataset["status"] == "processing":
+                if dataset["status"] == "processing" and self._moves(dataset["dataset_id"]):
                     self._advance(dataset, now)
             if self._processing() < self._processing_target and self._rng.random() < _P_SUBMIT:
                 index = len(store.datasets)
                 _seed_dataset(self._rng, store, index, truncated=False, status="processing")
             self._heartbeat(now)
             self.ticks += 1
+
+    def busy(self) -> int:
+        """How many processing datasets are busy now."""
+        return sum(
+            self._busy.get(d["dataset_id"], True)
+            for d in self.store.datasets.values()
+            if d["status"] == "processing"
+        )
+
+    def _moves(self, dataset_id: str) -> bool:
+        """Whether a processing dataset is busy this tick (and switch it quiet or busy)."""
+        if self._busy_share >= 1.0:
+            return True
+        busy = self._busy.get(dataset_id)
+        if busy is None:
+            busy = self._rng.random() < self._busy_share
+        elif self._rng.random() < (_P_QUIET if busy else self._p_wake):
+            busy = not busy
+        self._busy[dataset_id] = busy
+        return busy
 
     def _advance(self, dataset: Doc, now: str) -> None:
         """Move a processing dataset's open jobs along, then materialize and settle it."""

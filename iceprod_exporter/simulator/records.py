@@ -4,7 +4,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass, replace
 
-import jwt
+from ..auth import token_expiry
 
 
 @dataclass
@@ -19,15 +19,6 @@ class TokenUse:
     expired_uses: int = 0
 
 
-def _exp(token: str) -> float | None:
-    """The token's exp claim, unverified, or None."""
-    try:
-        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
-    except jwt.PyJWTError:
-        return None
-    return float(exp) if isinstance(exp, int | float) else None
-
-
 class Records:
     """Request counts per route template and the bearer tokens seen."""
 
@@ -35,6 +26,7 @@ class Records:
         """Start empty."""
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._cpu: dict[str, float] = {}
         self._tokens: dict[str, TokenUse] = {}
 
     def saw(self, template: str, token: str | None, now: float) -> None:
@@ -45,11 +37,21 @@ class Records:
                 return
             use = self._tokens.get(token)
             if use is None:
-                use = self._tokens[token] = TokenUse(_exp(token), now, now)
+                use = self._tokens[token] = TokenUse(token_expiry(token), now, now)
             use.last_seen = now
             use.uses += 1
             if use.exp is not None and now >= use.exp:
                 use.expired_uses += 1
+
+    def spent(self, template: str, cpu_seconds: float) -> None:
+        """Charge the CPU time one request to `template` took to answer."""
+        with self._lock:
+            self._cpu[template] = self._cpu.get(template, 0.0) + cpu_seconds
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds spent answering, per route template (the server's cost of a client)."""
+        with self._lock:
+            return dict(self._cpu)
 
     def request_counts(self) -> dict[str, int]:
         """Requests per route template ("*" for unknown paths)."""
@@ -70,4 +72,5 @@ class Records:
         """Forget everything seen so far."""
         with self._lock:
             self._counts.clear()
+            self._cpu.clear()
             self._tokens.clear()

@@ -42,7 +42,7 @@ class SimulatedIceProd(Service):
         self.faults = Faults()
         self.records = Records()
         validator = TokenValidator(issuer.jwks(), audience) if issuer else None
-        self._app = make_app(Context(store, validator, self.faults, self.records))
+        self._app = make_app(Context(store, validator, self.faults, self.records, simulation))
         self._port = port
         self._simulation = simulation
         self._tick_seconds = tick_seconds
