@@ -217,7 +217,15 @@ def run(datasets: int, workdir: Path) -> None:
     sim_log = workdir / "simulator.log"
     print(f"\n== {datasets:,} datasets ({os.cpu_count()} cores, {BUSY_SHARE:.0%} busy)", flush=True)
     with process(simulator, sim_log):
-        urls = wait(lambda: dict(URL_LINE.findall(sim_log.read_bytes())) or None, 600, "simulator")
+        urls = wait(
+            lambda: (
+                (found := dict(URL_LINE.findall(sim_log.read_bytes()))).keys()
+                >= {b"issuer", b"iceprod"}
+                and found
+            ),
+            600,
+            "simulator",
+        )
         issuer, api = urls[b"issuer"].decode(), urls[b"iceprod"].decode()
         wait(lambda: get(api + "/healthz")[1] == b"{}", 600, "simulator API")
         pause(api, True)

@@ -1,7 +1,8 @@
 """Soak: the exporter polls a moving simulated IceProd of 1,000 datasets for 10 minutes.
 
-The simulation finishes datasets and submits new ones as it goes. Prints resident memory over
-time (flat within 10 % after warm-up is the target) and checks that no series of a finished
+The simulation finishes datasets and submits new ones as it goes. Prints resident memory of
+both processes (the poller and the serving child) over time (flat within 10 % after warm-up is
+the target) and checks that no series of a finished
 dataset outlives the grace period.
 """
 
@@ -12,21 +13,22 @@ import statistics
 import sys
 import time
 
-from bench import EXPORTER, ROOT, free_port, get, poll_events, process, wait
+from bench import EXPORTER, ROOT, free_port, get, poll_events, proc_status, process, wait
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def finished_series(body: bytes) -> tuple[set[str], float]:
-    """Datasets exposed with status complete, and the exporter's resident memory."""
-    complete, rss = set(), 0.0
+def finished_series(body: bytes) -> set[str]:
+    """Datasets exposed with status complete."""
+    complete: set[str] = set()
     for family in text_string_to_metric_families(body.decode()):
         for sample in family.samples:
-            if sample.name == "iceprod_dataset_status" and sample.value == 1:
-                if sample.labels["status"] == "complete":
-                    complete.add(sample.labels["dataset"])
-            elif sample.name == "process_resident_memory_bytes":
-                rss = sample.value / 2**20
-    return complete, rss
+            if (
+                sample.name == "iceprod_dataset_status"
+                and sample.value == 1
+                and sample.labels["status"] == "complete"
+            ):
+                complete.add(sample.labels["dataset"])
+    return complete
 
 
 def main() -> None:
@@ -54,7 +56,7 @@ def main() -> None:
     log = workdir / "exporter.log"
     with process(simulator, workdir / "simulator.log"):
         wait(lambda: get(api_url + "/healthz")[1] == b"{}", 300, "simulator")
-        with process(exporter, log):
+        with process(exporter, log) as proc:
             wait(lambda: poll_events(log), 600, "first poll")
             started = time.monotonic()
             first_complete: dict[str, float] = {}
@@ -63,7 +65,8 @@ def main() -> None:
             # a dataset may be seen complete up to one poll late, and dropped one poll late
             allowed = args.grace_period + 2 * args.poll_interval + 10
             while (elapsed := time.monotonic() - started) < args.minutes * 60:
-                complete, rss = finished_series(get(url)[1])
+                complete = finished_series(get(url)[1])
+                rss = proc_status(proc.pid, "VmRSS") / 1024  # both processes
                 now = time.monotonic()
                 for number in complete:
                     first_complete.setdefault(number, now)

@@ -763,6 +763,58 @@ def test_simulation_is_deterministic() -> None:
     assert worlds[0] == worlds[1]
 
 
+def test_quiet_datasets_keep_their_counts_while_busy_ones_move() -> None:
+    """With busy_share below 1 most processing datasets sit still; the share holds on average."""
+
+    def moved(busy_share: float) -> tuple[float, Simulation]:
+        store = build_store(200, seed=7)
+        simulation = Simulation(store, seed=7, busy_share=busy_share)
+        processing = [d for d, doc in store.datasets.items() if doc["status"] == "processing"]
+
+        def tasks() -> dict[str, list[str]]:
+            return {d: [t["status"] for t in store.tasks_of(d)] for d in processing}
+
+        before = tasks()
+        for _ in range(10):
+            simulation.step()
+        after = tasks()
+        return sum(before[d] != after[d] for d in processing) / len(processing), simulation
+
+    assert moved(1.0)[0] >= 0.8, "everything moves by default"
+    share, simulation = moved(0.2)
+    assert share <= 0.4, f"{share:.0%} moved: quiet datasets must keep their counts"
+    shares = []
+    for _ in range(300):
+        simulation.step()
+        processing = sum(d["status"] == "processing" for d in simulation.store.datasets.values())
+        shares.append(simulation.busy() / max(1, processing))
+    assert 0.1 <= sum(shares) / len(shares) <= 0.35, "a fifth busy on average"
+    with pytest.raises(ValueError, match="busy_share"):
+        Simulation(simulation.store, busy_share=0.0)
+
+
+def test_paused_world_and_request_accounting(issuer: OIDCIssuer) -> None:
+    """PUT /_simulator/paused stops the ticks; /_simulator/requests has counts and CPU."""
+    store = build_store(10, seed=4)
+    simulation = Simulation(store, seed=4)
+    with SimulatedIceProd(store, issuer, simulation=simulation, tick_seconds=0.02) as api:
+        paused = requests.put(api.url + "/_simulator/paused", data="true", timeout=10)
+        assert paused.json() == {"paused": True}
+        ticks = simulation.ticks
+        time.sleep(0.2)
+        assert simulation.ticks == ticks, "no tick while paused"
+        token = client_token(issuer, "exporter")
+        get(api, "/grids", token)
+        ledger = requests.get(api.url + "/_simulator/requests", timeout=10).json()
+        assert ledger["requests"]["/grids"] >= 1
+        assert ledger["cpu_seconds"]["/grids"] > 0
+        requests.put(api.url + "/_simulator/paused", data="false", timeout=10)
+        wait = time.monotonic() + 5
+        while simulation.ticks == ticks and time.monotonic() < wait:
+            time.sleep(0.05)
+        assert simulation.ticks > ticks, "ticking again"
+
+
 @pytest.mark.integration  # about 1 s, and a timing bound
 def test_step_on_a_thousand_datasets_is_cheap() -> None:
     """One step over 1,000 datasets takes well under a second."""
