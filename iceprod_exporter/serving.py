@@ -58,6 +58,8 @@ class ServingOptions:
     web_config_file: str | None
     log_level: str
     log_format: LogFormat
+    #: a parent silent this long is reported not live (tests shorten it)
+    silent_after: float = SILENT_AFTER
 
 
 class ServerExited(Exception):
@@ -158,7 +160,7 @@ def child_main(fd: int) -> int:
     conn = Connection(fd)
     options: ServingOptions = conn.recv()
     logs.configure(options.log_level, options.log_format)
-    mirror = Mirror()
+    mirror = Mirror(options.silent_after)
     try:
         web = LiveWebConfig.from_file(options.web_config_file)
         server = HttpServer(
@@ -268,11 +270,17 @@ class ServingProcess:
             self._conn.send(("heartbeat", live, status))
 
     def _beat(self) -> None:
+        failing = False
         while not self._stopping.wait(HEARTBEAT):
             try:
                 self._send_heartbeat()
+                failing = False
             except OSError:
                 break
+            except Exception as exc:  # a bug in status(): the child reports the silence
+                if not failing:
+                    log.error("serving.heartbeat_failed", error=repr(exc))
+                failing = True
             if self._proc is not None and self._proc.poll() is not None:
                 break
         if not self._stopping.is_set():

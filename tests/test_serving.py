@@ -83,6 +83,39 @@ def test_metrics_answer_503_until_the_first_snapshot_arrives(
         server.stop()
 
 
+@pytest.mark.integration  # a real child process and 2 s of silence
+def test_a_parent_that_stops_reporting_fails_the_childs_healthz(tmp_path: Path) -> None:
+    """A real serving process: heartbeats stop (a bug, a wedged parent), /healthz turns 503."""
+    from iceprod_exporter.collector import Prepared
+    from iceprod_exporter.logs import LogFormat
+    from iceprod_exporter.snapshot import Snapshot
+
+    beats = 0
+
+    def heartbeat() -> tuple[dict[Format, bytes], Status]:
+        nonlocal beats
+        beats += 1
+        if beats > 2:
+            raise RuntimeError("status() broke")
+        return {fmt: b"" for fmt in Format}, Status(True, "ok: polling", True, "ok")
+
+    options = serving.ServingOptions("127.0.0.1", 0, None, "info", LogFormat.JSON, 2.0)
+    process = serving.ServingProcess(options, heartbeat)
+    process.start(Prepared(Snapshot(), _variants(b"a 1\n"), _variants(b""), float("inf")))
+    try:
+        assert request("127.0.0.1", process.port, "/healthz").status == 200
+        assert request("127.0.0.1", process.port, "/metrics").body.endswith(b"\na 1\n")
+        r = wait_for(
+            lambda: (r := request("127.0.0.1", process.port, "/healthz")).status == 503 and r,
+            10,
+            "healthz 503",
+        )
+        assert b"main process has not reported" in r.body
+        assert request("127.0.0.1", process.port, "/readyz").status == 503
+    finally:
+        process.stop()
+
+
 #: the process tests start the real daemon (2-3 s each): the integration tier
 process_test = pytest.mark.integration
 
