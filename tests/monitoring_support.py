@@ -5,12 +5,16 @@
   missing. It never skips: a machine without the tools and without a way to install them fails.
 * :func:`start_prometheus` / :func:`start_alertmanager` run the real servers bound to 127.0.0.1
   only, with their data in a temporary directory, and check that they bound nothing else.
-* A small PromQL scanner (:func:`scan`) that lists the metric selectors, label matchers, grouping
-  labels and function calls of an expression, so that dashboards and rules can be checked
-  against the metric table (:data:`iceprod_exporter.metrics.SPECS`) without a server.
-* The dashboards' Grafana variables are substituted by :func:`substitute`.
-* :func:`replica_problems` finds raw IceProd series that are summed (or shown) without first
-  being reduced to one copy per HA replica.
+* :func:`scan` parses an expression with ``promql-parser`` (the Rust PromQL parser) and walks
+  its AST for the metric selectors, label matchers, grouping labels and function calls, so that
+  dashboards and rules are checked against the metric table
+  (:data:`iceprod_exporter.metrics.SPECS`) without a server: :func:`check_expression` (known
+  metrics, labels and values; what reads differently on Prometheus 2 and 3) and
+  :func:`replica_problems` (raw IceProd series summed or shown without first being reduced to
+  one copy per HA replica).
+* The dashboards' Grafana variables are substituted by :func:`substitute` before parsing.
+* :class:`ScriptedExporter` serves the exporter's own exposition of a snapshot a test sets, for
+  alert scenarios whose order of events the simulated IceProd cannot stage.
 """
 
 from __future__ import annotations
@@ -22,16 +26,29 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import yaml
+from prometheus_client import CollectorRegistry
 
+from iceprod_exporter.collector import CONTENT_TYPES, Format, SnapshotCollector, encode
 from iceprod_exporter.metrics import SPECS, Group, Kind
-from iceprod_exporter.snapshot import DATASET_STATUSES, JOB_STATUSES, TASK_STATUSES
+from iceprod_exporter.simulator.service import ServerThread
+from iceprod_exporter.snapshot import (
+    DATASET_STATUSES,
+    JOB_STATUSES,
+    TASK_STATUSES,
+    Dataset,
+    Snapshot,
+    frozen_map,
+)
 
 from .debian import ToolError, apt_install, refuse_in_unit_tier
 
@@ -264,6 +281,59 @@ def start_alertmanager(config: Path, workdir: Path) -> Server:
     return _start("alertmanager", argv, f"http://127.0.0.1:{port}", workdir, "/-/ready")
 
 
+class ScriptedExporter:
+    """The exporter's own collector (the metric table, the exposition) over a scripted snapshot.
+
+    A test sets what IceProd looks like (:meth:`show`) and Prometheus scrapes exactly what the
+    exporter would serve for it, at once, without polling: for alerts whose order matters (an
+    outage first, then datasets in errors) and that the simulated IceProd cannot stage.
+    """
+
+    def __init__(self) -> None:
+        self._snapshot = Snapshot()
+        self._last_success: float | None = None
+        registry = CollectorRegistry(auto_describe=False)
+        # never stale: show() says whether IceProd answered; the values stay, as in an outage
+        SnapshotCollector(lambda: self._snapshot, max_staleness=1e9, registry=registry)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = encode(registry, Format.TEXT) if self.path == "/metrics" else b""
+                self.send_response(200 if body else 404)
+                self.send_header("Content-Type", CONTENT_TYPES[Format.TEXT])
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._serving = ServerThread(self._httpd)
+
+    @property
+    def target(self) -> str:
+        """host:port for a scrape config."""
+        return f"127.0.0.1:{self._httpd.server_address[1]}"
+
+    def show(self, *datasets: Dataset, up: bool = True) -> None:
+        """Serve these datasets from now on; ``up=False``: IceProd unreachable, last values kept."""
+        now = time.time()
+        if up:
+            self._last_success = now
+        self._snapshot = Snapshot(
+            up=up,
+            polled_at=now,
+            last_success=self._last_success,
+            datasets=frozen_map({d.dataset_id: d for d in datasets}),
+        )
+
+    def stop(self) -> None:
+        """Stop serving and close the port."""
+        self._serving.close(5)
+
+
 def prom_query(prometheus_url: str, expr: str, at: float | None = None) -> list[dict[str, Any]]:
     """Run an instant query; return the result vector (raises with the error on failure)."""
     params = {"query": expr}
@@ -405,60 +475,33 @@ def known_metrics() -> dict[str, MetricInfo]:
     return known
 
 
-# --------------------------------------------------------------------------- PromQL scanning
+# --------------------------------------------------------------------------- PromQL, parsed
 
-AGGREGATIONS = frozenset(
-    {
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-        "limitk",
-        "limit_ratio",
-    }
-)
-FUNCTIONS = frozenset(
-    {
-        "abs", "absent", "absent_over_time", "avg_over_time", "ceil", "changes", "clamp",
-        "clamp_max", "clamp_min", "count_over_time", "day_of_month", "day_of_week",
-        "day_of_year", "days_in_month", "delta", "deriv", "exp", "floor", "histogram_avg",
-        "histogram_count", "histogram_fraction", "histogram_quantile", "histogram_stddev",
-        "histogram_stdvar", "histogram_sum", "holt_winters", "hour", "idelta", "increase",
-        "irate", "label_join", "label_replace", "last_over_time", "ln", "log10", "log2",
-        "mad_over_time", "max_over_time", "min_over_time", "minute", "month",
-        "predict_linear", "present_over_time", "quantile_over_time", "rate", "resets",
-        "round", "scalar", "sgn", "sort", "sort_desc", "sqrt", "stddev_over_time",
-        "stdvar_over_time", "sum_over_time", "time", "timestamp", "vector", "year",
-        "acos", "acosh", "asin", "asinh", "atan", "atanh", "cos", "cosh", "sin", "sinh",
-        "tan", "tanh", "deg", "rad", "pi",
-    }
-)  # fmt: skip
-GROUPING = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
-KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"})
 #: functions whose (first) series argument must be a counter, and ones that must not get one
 COUNTER_FUNCTIONS = frozenset({"rate", "irate", "increase", "resets"})
-GAUGE_FUNCTIONS = frozenset({"deriv", "delta", "idelta", "predict_linear", "holt_winters"})
-
-_TOKEN_RE = re.compile(
-    r"""
-    (?P<space>\s+)
-  | (?P<comment>\#[^\n]*)
-  | (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
-  | (?P<number>(?:0x[0-9a-fA-F]+|\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)(?:ms|[smhdwy])?
-               (?:\d+(?:ms|[smhdwy]))*)
-  | (?P<ident>[a-zA-Z_:][a-zA-Z0-9_:]*)
-  | (?P<op>=~|!~|!=|==|<=|>=|[-+*/%^<>=(){}\[\],@:])
-    """,
-    re.VERBOSE,
+GAUGE_FUNCTIONS = frozenset(
+    {"deriv", "delta", "idelta", "predict_linear", "double_exponential_smoothing"}
 )
+#: functions that add a label to their result: the index of the argument naming it
+LABEL_FUNCTIONS: Mapping[str, int] = {"label_replace": 1, "label_join": 1}
+#: labels whose values Prometheus 3 writes as floats on ingestion (``le="1"`` becomes "1.0")
+NORMALISED_LABELS = frozenset({"le", "quantile"})
+#: labels whose values may hold a newline, which ``.`` matches on Prometheus 3 only
+MULTILINE_LABELS = frozenset({"description"})
+#: names Prometheus 2 can read without Prometheus 3's quoted UTF-8 syntax
+LEGACY_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+LEGACY_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+#: PromQL's spelling of promql-parser's match operators (which are not hashable)
+_MATCH_OPS: tuple[tuple[promql_parser.MatchOp, str], ...] = (
+    (promql_parser.MatchOp.Equal, "="),
+    (promql_parser.MatchOp.NotEqual, "!="),
+    (promql_parser.MatchOp.Re, "=~"),
+    (promql_parser.MatchOp.NotRe, "!~"),
+)
+
+
+def _match_op(op: promql_parser.MatchOp) -> str:
+    return next(text for known, text in _MATCH_OPS if op == known)
 
 
 @dataclass(frozen=True)
@@ -472,11 +515,17 @@ class Matcher:
 
 @dataclass(frozen=True)
 class Selector:
-    """A metric selector: the name, its matchers and the function it is the argument of."""
+    """A metric selector: its name, its matchers and the function calls around it."""
 
     name: str
     matchers: tuple[Matcher, ...]
-    function: str | None
+    #: names of the enclosing function calls, innermost last
+    calls: tuple[str, ...]
+
+    @property
+    def function(self) -> str | None:
+        """The function the selector is (directly or through aggregations) an argument of."""
+        return self.calls[-1] if self.calls else None
 
 
 @dataclass
@@ -490,168 +539,165 @@ class Scan:
     by_labels: set[str] = field(default_factory=set)
     functions: set[str] = field(default_factory=set)
     aggregations: set[str] = field(default_factory=set)
+    #: labels label_replace()/label_join() add
+    created_labels: set[str] = field(default_factory=set)
+    #: functions Prometheus 2 lacks and Prometheus 3 hides behind a feature flag
+    experimental: set[str] = field(default_factory=set)
 
 
-def _tokens(expr: str) -> list[tuple[str, str]]:
-    tokens: list[tuple[str, str]] = []
-    pos = 0
-    while pos < len(expr):
-        match = _TOKEN_RE.match(expr, pos)
-        if match is None:
-            raise ValueError(f"cannot read PromQL at {expr[pos : pos + 30]!r} in {expr!r}")
-        kind = match.lastgroup
-        assert kind is not None
-        if kind not in ("space", "comment"):
-            tokens.append((kind, match.group()))
-        pos = match.end()
-    return tokens
+Ancestors = tuple[promql_parser.Expr, ...]
 
 
-def _unquote(token: str) -> str:
-    if token[0] == "`":
-        return token[1:-1]
-    return str(json.loads('"' + token[1:-1].replace('\\"', '"').replace('"', '\\"') + '"'))
+def parse(expr: str) -> promql_parser.Expr:
+    """The AST of an expression; ``ValueError`` with the parser's message when it is no PromQL."""
+    try:
+        return promql_parser.parse(expr)
+    except ValueError as exc:
+        raise ValueError(f"cannot parse {expr!r}: {exc}") from None
+
+
+def _children(node: promql_parser.Expr) -> list[promql_parser.Expr]:
+    if isinstance(node, promql_parser.AggregateExpr):
+        param = [node.param] if isinstance(node.param, promql_parser.Expr) else []
+        return [*param, node.expr]
+    if isinstance(node, promql_parser.BinaryExpr):
+        return [node.lhs, node.rhs]
+    if isinstance(
+        node, promql_parser.UnaryExpr | promql_parser.ParenExpr | promql_parser.SubqueryExpr
+    ):
+        return [node.expr]
+    if isinstance(node, promql_parser.Call):
+        return [arg for arg in node.args if isinstance(arg, promql_parser.Expr)]
+    if isinstance(node, promql_parser.MatrixSelector):
+        return [node.vector_selector]
+    return []
+
+
+def walk(tree: promql_parser.Expr) -> Iterator[tuple[promql_parser.Expr, Ancestors]]:
+    """Every node of an AST with its ancestors (outermost first), depth first."""
+    todo: list[tuple[promql_parser.Expr, Ancestors]] = [(tree, ())]
+    while todo:
+        node, ancestors = todo.pop()
+        yield node, ancestors
+        todo.extend((child, (*ancestors, node)) for child in reversed(_children(node)))
+
+
+def _selector(node: promql_parser.VectorSelector, ancestors: Ancestors) -> Selector:
+    matchers = tuple(Matcher(m.name, _match_op(m.op), m.value) for m in node.matchers.matchers)
+    name = node.name or next(
+        (m.value for m in matchers if m.label == "__name__" and m.op == "="), None
+    )
+    if name is None:
+        raise ValueError("selector without a metric name")
+    calls = tuple(a.func.name for a in ancestors if isinstance(a, promql_parser.Call))
+    return Selector(name, matchers, calls)
 
 
 def scan(expr: str) -> Scan:
-    """List the selectors, grouping labels and functions of a PromQL expression.
-
-    Not a full parser: enough structure to check names and labels against the metric table,
-    and to fail on anything it cannot read (unknown functions, unbalanced brackets).
-    """
-    tokens = _tokens(expr)
+    """Parse a PromQL expression (promql-parser) and list its selectors, labels and functions."""
     result = Scan()
-    # stack of open "(" : the function name it belongs to (or None)
-    parens: list[str | None] = []
-    i = 0
-
-    def function_context() -> str | None:
-        return next((f for f in reversed(parens) if f is not None), None)
-
-    def read_matchers(start: int) -> tuple[tuple[Matcher, ...], int]:
-        matchers: list[Matcher] = []
-        j = start + 1
-        while tokens[j][1] != "}":
-            (lkind, label), (_, op), (vkind, value) = tokens[j], tokens[j + 1], tokens[j + 2]
-            if lkind not in ("ident", "string") or op not in ("=", "!=", "=~", "!~"):
-                raise ValueError(f"bad label matcher near {label!r} in {expr!r}")
-            if vkind != "string":
-                raise ValueError(f"label {label!r}: value must be a string in {expr!r}")
-            label = _unquote(label) if lkind == "string" else label
-            matchers.append(Matcher(label, op, _unquote(value)))
-            j += 3
-            if tokens[j][1] == ",":
-                j += 1
-        return tuple(matchers), j + 1
-
-    while i < len(tokens):
-        kind, text = tokens[i]
-        following = tokens[i + 1][1] if i + 1 < len(tokens) else ""
-        if kind == "ident" and text in GROUPING:
-            i += 1
-            if following == "(":
-                i += 1
-                while tokens[i][1] != ")":
-                    label_kind, label = tokens[i]
-                    if label_kind != "ident":
-                        raise ValueError(f"{text}(...) holds {label!r} in {expr!r}")
-                    result.grouping_labels.add(label)
-                    if text == "by":
-                        result.by_labels.add(label)
-                    i += 1
-                    if tokens[i][1] == ",":
-                        i += 1
-                i += 1
-            continue
-        if kind == "ident" and text.lower() in KEYWORDS:
-            i += 1
-            continue
-        if kind == "ident" and following == "(":
-            if text in AGGREGATIONS:
-                result.aggregations.add(text)
-            elif text in FUNCTIONS:
-                result.functions.add(text)
-            else:
-                raise ValueError(f"unknown function {text!r} in {expr!r}")
-            parens.append(text)
-            i += 2
-            continue
-        if kind == "ident" and text in AGGREGATIONS and following in ("by", "without"):
-            # sum by (x) (...)
-            result.aggregations.add(text)
-            i += 1
-            continue
-        if kind == "ident" or (kind == "op" and text == "{"):
-            name = text if kind == "ident" else ""
-            j = i + 1 if kind == "ident" else i
-            matchers: tuple[Matcher, ...] = ()
-            if j < len(tokens) and tokens[j][1] == "{":
-                matchers, j = read_matchers(j)
-            if not name:
-                names = [m.value for m in matchers if m.label == "__name__" and m.op == "="]
-                if not names:
-                    raise ValueError(f"selector without a metric name in {expr!r}")
-                name = names[0]
-            result.selectors.append(Selector(name, matchers, function_context()))
-            i = j
-            continue
-        if kind == "op" and text == "(":
-            parens.append(None)
-        elif kind == "op" and text == ")":
-            if not parens:
-                raise ValueError(f"unbalanced ')' in {expr!r}")
-            parens.pop()
-        elif kind == "op" and text == "[":
-            # range or subquery: durations only
-            while tokens[i][1] != "]":
-                i += 1
-        i += 1
-    if parens:
-        raise ValueError(f"unbalanced '(' in {expr!r}")
+    for node, ancestors in walk(parse(expr)):
+        if isinstance(node, promql_parser.VectorSelector):
+            result.selectors.append(_selector(node, ancestors))
+        elif isinstance(node, promql_parser.AggregateExpr):
+            result.aggregations.add(str(node.op))
+            if node.modifier is not None:
+                result.grouping_labels |= set(node.modifier.labels)
+                if node.modifier.type == promql_parser.AggModifierType.By:
+                    result.by_labels |= set(node.modifier.labels)
+        elif isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None:
+            if node.modifier.matching is not None:
+                result.grouping_labels |= set(node.modifier.matching.labels)
+            result.grouping_labels |= set(node.modifier.group_labels or ())
+        elif isinstance(node, promql_parser.Call):
+            result.functions.add(node.func.name)
+            if node.func.experimental:
+                result.experimental.add(node.func.name)
+            if node.func.name in LABEL_FUNCTIONS:
+                created = node.args[LABEL_FUNCTIONS[node.func.name]]
+                if isinstance(created, promql_parser.StringLiteral):
+                    result.created_labels.add(created.val)
     return result
 
 
+def _value_problems(sel: Selector, m: Matcher, info: MetricInfo) -> list[str]:
+    """Known values of a label (statuses, reasons), and matchers that Prometheus 3 reads apart."""
+    problems = []
+    if m.label in NORMALISED_LABELS:
+        problems.append(
+            f"{sel.name}{{{m.label}{m.op}{m.value!r}}}: {m.label} values are floats on "
+            'Prometheus 3 ("1" is read as "1.0"): group by it, never match it'
+        )
+    if m.op in ("=~", "!~") and m.label in MULTILINE_LABELS:
+        problems.append(
+            f"{sel.name}{{{m.label}{m.op}...}}: '.' matches a newline on Prometheus 3 only"
+        )
+    allowed = info.values.get(m.label)
+    if allowed is None or m.op not in ("=", "=~"):
+        return problems
+    wanted = [m.value] if m.op == "=" else m.value.split("|")
+    for value in wanted:
+        if re.fullmatch(r"[A-Za-z0-9_]+", value) and value not in allowed:
+            problems.append(
+                f"{sel.name}{{{m.label}=...}}: {value!r} is not one of {sorted(allowed)}"
+            )
+    return problems
+
+
+def _kind_problems(sel: Selector, info: MetricInfo) -> list[str]:
+    """Counters only in rate() & co., gauges only in deriv() & co., buckets in quantiles."""
+    if sel.function in COUNTER_FUNCTIONS and info.kind not in ("counter", "bucket"):
+        return [f"{sel.function}() of {sel.name}, a {info.kind}"]
+    if sel.function in GAUGE_FUNCTIONS and info.kind != "gauge":
+        return [f"{sel.function}() of {sel.name}, a {info.kind}"]
+    if "histogram_quantile" in sel.calls and info.kind != "bucket":
+        return [f"histogram_quantile() of {sel.name}, not a _bucket"]
+    return []
+
+
 def check_expression(expr: str, known: Mapping[str, MetricInfo]) -> list[str]:
-    """Return the problems of one PromQL expression against the metric contract."""
-    problems: list[str] = []
+    """The problems of one PromQL expression against the metric contract and Prometheus 2 and 3.
+
+    Unknown metrics, labels of no metric, label values that no series has, counter functions of
+    gauges and the reverse, and what reads differently on the two major versions: literal
+    ``le``/``quantile`` values, regexes over labels that may hold newlines, experimental
+    functions (``holt_winters`` is no function of Prometheus 3 at all: the parser refuses it)
+    and names that need Prometheus 3's UTF-8 quoting.
+    """
     try:
         scanned = scan(expr)
     except ValueError as exc:
         return [str(exc)]
-    if not scanned.selectors and "vector(" not in expr and "time()" not in expr:
-        problems.append(f"no metric in {expr!r}")
-    used_labels: set[str] = set()
+    problems = [
+        f"{name}() is experimental (Prometheus 3 only, behind a flag)"
+        for name in sorted(scanned.experimental)
+    ]
+    if not scanned.selectors and not scanned.functions & {"vector", "time"}:
+        problems.append("no metric")
+    used_labels: set[str] = set(scanned.created_labels)
     for sel in scanned.selectors:
+        if not LEGACY_METRIC_NAME.fullmatch(sel.name):
+            problems.append(f"{sel.name!r} needs Prometheus 3's quoted UTF-8 names")
         info = known.get(sel.name)
         if info is None:
-            problems.append(f"unknown metric {sel.name!r} in {expr!r}")
+            problems.append(f"unknown metric {sel.name!r}")
             continue
         used_labels |= info.labels
         for m in sel.matchers:
             if m.label == "__name__":
                 continue
             if m.label not in info.labels:
-                problems.append(f"{sel.name} has no label {m.label!r} (in {expr!r})")
+                problems.append(f"{sel.name} has no label {m.label!r}")
                 continue
-            allowed = info.values.get(m.label)
-            if allowed is None or m.op not in ("=", "=~"):
-                continue
-            wanted = [m.value] if m.op == "=" else m.value.split("|")
-            for value in wanted:
-                if re.fullmatch(r"[A-Za-z0-9_]+", value) and value not in allowed:
-                    problems.append(
-                        f"{sel.name}{{{m.label}=...}}: {value!r} is not one of {sorted(allowed)}"
-                    )
-        if sel.function in COUNTER_FUNCTIONS and info.kind not in ("counter", "bucket"):
-            problems.append(f"{sel.function}() of {sel.name}, a {info.kind} (in {expr!r})")
-        if sel.function in GAUGE_FUNCTIONS and info.kind != "gauge":
-            problems.append(f"{sel.function}() of {sel.name}, a {info.kind} (in {expr!r})")
-        if sel.function == "histogram_quantile" and info.kind != "bucket":
-            problems.append(f"histogram_quantile() of {sel.name}, not a _bucket (in {expr!r})")
+            problems += _value_problems(sel, m, info)
+        problems += _kind_problems(sel, info)
+    for label in scanned.grouping_labels:
+        if not LEGACY_LABEL_NAME.fullmatch(label):
+            problems.append(f"label {label!r} needs Prometheus 3's quoted UTF-8 names")
     unknown = scanned.grouping_labels - used_labels - TARGET_LABELS - REPLICA_LABELS
     if unknown:
-        problems.append(f"grouping by {sorted(unknown)}, labels of no metric in {expr!r}")
-    return problems
+        problems.append(f"grouping by {sorted(unknown)}, labels of no metric")
+    return [f"{problem} (in {expr!r})" for problem in problems]
 
 
 def replica_problems(expr: str) -> list[str]:
@@ -661,76 +707,33 @@ def replica_problems(expr: str) -> list[str]:
     :data:`DEDUPLICATING` that does not keep a replica label: ``max without (instance, pod)``,
     ``max by (dataset)``, ``topk by (grid) (1, ...)``, ``max(...)``. Functions in between are fine
     (``max without (instance, pod) (deriv(x[1h]))``). A ``sum``/``count``/``avg`` first, or no
-    aggregation at all, counts or shows every replica's copy. Only the prefix form of an
-    aggregation (``sum by (x) (...)``) is understood, which is the form used throughout.
+    aggregation at all, counts or shows every replica's copy.
     """
     try:
-        tokens = _tokens(expr)
+        tree = parse(expr)
     except ValueError as exc:
         return [str(exc)]
     problems: list[str] = []
-    # one entry per open "(": (aggregation, "by"/"without"/None, its labels) or None
-    stack: list[tuple[str, str | None, frozenset[str]] | None] = []
-    pending: tuple[str, str | None, frozenset[str]] | None = None
-    i = 0
-
-    def labels_at(j: int) -> tuple[frozenset[str], int]:
-        """The label list starting at the "(" at j, and the index after its ")"."""
-        found = set()
-        j += 1
-        while tokens[j][1] != ")":
-            if tokens[j][0] == "ident":
-                found.add(tokens[j][1])
-            j += 1
-        return frozenset(found), j + 1
-
-    while i < len(tokens):
-        kind, text = tokens[i]
-        following = tokens[i + 1][1] if i + 1 < len(tokens) else ""
-        if kind == "ident" and text in AGGREGATIONS and following in ("(", "by", "without"):
-            i += 1
-            mode: str | None = None
-            labels: frozenset[str] = frozenset()
-            if tokens[i][1] in ("by", "without"):
-                mode = tokens[i][1]
-                labels, i = labels_at(i + 1)
-            pending = (text, mode, labels)
+    for node, ancestors in walk(tree):
+        if not isinstance(node, promql_parser.VectorSelector) or node.name not in REPLICATED:
             continue
-        if kind == "ident" and text in GROUPING:
-            i += 1
-            if following == "(":
-                _, i = labels_at(i)
+        enclosing = next(
+            (a for a in reversed(ancestors) if isinstance(a, promql_parser.AggregateExpr)), None
+        )
+        if enclosing is None:
+            problems.append(f"{node.name} is not reduced to one copy per replica in {expr!r}")
             continue
-        if kind == "ident" and (following == "(" or text.lower() in KEYWORDS):
-            # a function's name (its "(" opens no aggregation), or and/or/unless/offset/bool
-            i += 1
-            continue
-        if kind == "op" and text == "(":
-            stack.append(pending)
-            pending = None
-        elif kind == "op" and text == ")":
-            if stack:
-                stack.pop()
-        elif kind == "op" and text == "[":
-            while tokens[i][1] != "]":
-                i += 1
-        elif kind == "op" and text == "{":
-            while tokens[i][1] != "}":
-                i += 1
-        elif kind == "ident" and text in REPLICATED:
-            enclosing = next((s for s in reversed(stack) if s is not None), None)
-            if enclosing is None:
-                problems.append(f"{text} is not reduced to one copy per replica in {expr!r}")
-            else:
-                name, mode, labels = enclosing
-                kept = labels & REPLICA_LABELS if mode == "by" else REPLICA_LABELS - labels
-                keeps_replicas = mode is not None and bool(kept)
-                if name not in DEDUPLICATING or keeps_replicas:
-                    problems.append(
-                        f"{text} goes through {name} {mode or ''} ({', '.join(sorted(labels))}) "
-                        f"before one copy per replica is kept, in {expr!r}"
-                    )
-        i += 1
+        op, modifier = str(enclosing.op), enclosing.modifier
+        labels = frozenset(modifier.labels) if modifier is not None else frozenset()
+        by = modifier is not None and modifier.type == promql_parser.AggModifierType.By
+        kept = labels & REPLICA_LABELS if by else REPLICA_LABELS - labels
+        keeps_replicas = modifier is not None and bool(kept)
+        if op not in DEDUPLICATING or keeps_replicas:
+            mode = "" if modifier is None else ("by" if by else "without")
+            problems.append(
+                f"{node.name} goes through {op} {mode} ({', '.join(sorted(labels))}) "
+                f"before one copy per replica is kept, in {expr!r}"
+            )
     return problems
 
 

@@ -1,23 +1,27 @@
 """Structure of the Grafana dashboards, and every query checked against the metric contract.
 
-The end-to-end test (test_monitoring_e2e.py) runs the same queries against a real Prometheus;
-these checks need no server and point at the exact panel that drifted.
+The dashboards are built by the monitoring mixin (grafana/mixin/) on grafana-foundation-sdk;
+the committed JSON must be what it generates. The end-to-end test (test_monitoring_e2e.py) runs
+the same queries against a real Prometheus; these checks need no server and point at the exact
+panel that drifted. Queries are parsed with promql-parser after Grafana's variables are filled in.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import dataclasses
 import json
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
 
+from grafana.mixin import alerts, config, generate
+from grafana.mixin.dashboards import overview
+from grafana.mixin.rules import Alert
 from iceprod_exporter.metrics import SPECS, Group, Stability
 
 from .monitoring_support import (
@@ -44,19 +48,18 @@ UIDS = {
     "iceprod-dataset.json": "iceprod-dataset",
     "iceprod-exporter.json": "iceprod-exporter",
 }
-#: values for the dashboards' own variables in the static checks
-VALUES = {"dataset": "20001", "task_name": "generate", "instance": ".*", "datasource": "x"}
+#: values for the dashboards' own variables in the static checks ("All" for multi-values)
+VALUES = {
+    "dataset": "20001",
+    "task_name": "generate",
+    "instance": ".*",
+    "group": ".*",
+    "username": ".*",
+    "datasource": "x",
+}
 PROVISIONING = ROOT / "grafana" / "provisioning"
-
-
-def _builder() -> ModuleType:
-    path = ROOT / "grafana" / "build_dashboards.py"
-    spec = importlib.util.spec_from_file_location("build_dashboards", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+#: the owner filter of the dataset panels, as the dashboards write it
+OWNER_FILTER = ('group=~"$group"', 'username=~"$username"')
 
 
 DASHBOARDS = load_dashboards()
@@ -77,22 +80,41 @@ def test_the_three_dashboards_are_shipped_with_stable_unique_uids() -> None:
     assert {name: d["uid"] for name, d in DASHBOARDS.items()} == UIDS
 
 
-def test_committed_json_is_what_the_builder_writes() -> None:
-    rendered = _builder().render()
-    assert set(rendered) == set(UIDS)
-    for name, text in rendered.items():
-        on_disk = (DASHBOARD_DIR / name).read_text(encoding="utf-8")
-        assert on_disk == text, (
-            f"{name} differs from grafana/build_dashboards.py: edit the builder and run "
-            "`.venv/bin/python grafana/build_dashboards.py`"
-        )
+def test_committed_artefacts_are_what_the_mixin_generates() -> None:
+    assert set(generate.dashboard_json()) == set(UIDS)
+    stale = generate.drift(generate.outputs())
+    assert not stale, (
+        "these files differ from what grafana/mixin/ generates: change the mixin and run "
+        "`make generate`\n" + "\n".join(stale.values())
+    )
+
+
+def test_generate_check_fails_on_drift_and_writing_fixes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert generate.main(["--check", "--root", str(tmp_path)]) == 1, "nothing written yet"
+    assert generate.main(["--root", str(tmp_path)]) == 0
+    assert generate.main(["--check", "--root", str(tmp_path)]) == 0
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*"))
+    assert written == sorted(
+        p.relative_to(tmp_path).as_posix() for p in generate.outputs(root=tmp_path)
+    )
+    board = tmp_path / "grafana" / "dashboards" / "iceprod-overview.json"
+    board.write_text(board.read_text().replace("IceProd overview", "hand edit"))
+    capsys.readouterr()
+    assert generate.main(["--check", "--root", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "hand edit" in out and "out of date: grafana/dashboards/iceprod-overview.json" in err
+    assert "make generate" in err
+    assert generate.main(["--root", str(tmp_path)]) == 0
+    assert generate.main(["--check", "--root", str(tmp_path)]) == 0
 
 
 @pytest.mark.parametrize("name", sorted(UIDS))
 def test_dashboard_metadata(name: str) -> None:
     dashboard = DASHBOARDS[name]
     assert dashboard["schemaVersion"] >= 39
-    assert dashboard["id"] is None, "an exported database id would clash on import"
+    assert dashboard.get("id") is None, "an exported database id would clash on import"
     assert dashboard["title"].startswith("IceProd")
     assert "iceprod" in dashboard["tags"]
     assert dashboard["description"]
@@ -144,11 +166,11 @@ def test_required_variables() -> None:
         return {v["name"]: v for v in DASHBOARDS[name]["templating"]["list"]}
 
     dataset = variables("iceprod-dataset.json")
-    assert set(dataset) == {"datasource", "dataset", "task_name"}
-    assert variable_promql(variable_query(dataset["dataset"])) == (
-        "iceprod_dataset_info",
-        "dataset",
-    )
+    assert list(dataset) == ["datasource", "group", "username", "dataset", "task_name"]
+    dataset_query, dataset_label = variable_promql(variable_query(dataset["dataset"]))
+    assert dataset_label == "dataset"
+    assert scan(dataset_query).selectors[0].name == "iceprod_dataset_info"
+    assert all(f in dataset_query for f in OWNER_FILTER), "$dataset lists the owners' datasets"
     task_query, task_label = variable_promql(variable_query(dataset["task_name"]))
     assert task_label == "task_name"
     assert '"$dataset"' in task_query
@@ -164,7 +186,36 @@ def test_required_variables() -> None:
             # the rows named after $task_name show the selected task names only
             if "$task_name" in row and "iceprod_dataset_task" in target["expr"]:
                 assert 'task_name=~"$task_name"' in target["expr"], panel["title"]
-    assert set(variables("iceprod-overview.json")) == {"datasource"}
+    assert list(variables("iceprod-overview.json")) == ["datasource", "group", "username"]
+
+
+@pytest.mark.parametrize("name", ["iceprod-overview.json", "iceprod-dataset.json"])
+def test_group_and_user_variables_list_the_owners(name: str) -> None:
+    variables = {v["name"]: v for v in DASHBOARDS[name]["templating"]["list"]}
+    group_query, group_label = variable_promql(variable_query(variables["group"]))
+    user_query, user_label = variable_promql(variable_query(variables["username"]))
+    assert (group_query, group_label) == ("iceprod_dataset_info", "group")
+    assert user_label == "username" and OWNER_FILTER[0] in user_query, "users of $group"
+    for variable in (variables["group"], variables["username"]):
+        assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*"
+
+
+def test_overview_dataset_panels_follow_the_owner_variables() -> None:
+    """An IceProd group or a user sees their own datasets; IceProd-wide panels stay whole."""
+    row = ""
+    filtered = 0
+    for panel in panels(DASHBOARDS["iceprod-overview.json"]):
+        if panel["type"] == "row":
+            row = panel["title"]
+            continue
+        for target in panel["targets"]:
+            lists_datasets = row.startswith("Datasets") or target["legendFormat"] == "{{dataset}}"
+            if lists_datasets:
+                assert all(f in target["expr"] for f in OWNER_FILTER), panel["title"]
+                filtered += 1
+            else:
+                assert "$group" not in target["expr"], panel["title"]
+    assert filtered >= 7
 
 
 @pytest.mark.parametrize("name", sorted(UIDS))
@@ -253,12 +304,23 @@ def test_exporter_health_stays_per_instance() -> None:
     assert checked >= 10
 
 
-def test_grids_table_shows_the_silence_sorted_with_the_alert_threshold() -> None:
-    (panel,) = [
-        p
-        for p in panels(DASHBOARDS["iceprod-overview.json"])
-        if p["title"] == "Grids" and p["type"] == "table"
+def _grids_table(dashboard: dict[str, Any]) -> dict[str, Any]:
+    (panel,) = [p for p in panels(dashboard) if p["title"] == "Grids" and p["type"] == "table"]
+    return panel
+
+
+def _silence_steps(panel: dict[str, Any]) -> list[dict[str, Any]]:
+    (override,) = [
+        o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["options"] == "Silent for"
     ]
+    properties = {p["id"]: p["value"] for p in override["properties"]}
+    assert properties["unit"] == "s"
+    steps: list[dict[str, Any]] = properties["thresholds"]["steps"]
+    return steps
+
+
+def test_grids_table_shows_the_silence_sorted_with_the_alert_threshold() -> None:
+    panel = _grids_table(DASHBOARDS["iceprod-overview.json"])
     exprs = [t["expr"] for t in panel["targets"]]
     assert any("iceprod_grid_info" in e and "host" in e and "version" in e for e in exprs)
     assert any(
@@ -269,22 +331,32 @@ def test_grids_table_shows_the_silence_sorted_with_the_alert_threshold() -> None
     assert transformations["sortBy"]["sort"] == [{"field": "Silent for", "desc": True}]
     renamed = transformations["organize"]["renameByName"]
     assert "Silent for" in renamed.values()
-    (override,) = [
-        o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["options"] == "Silent for"
-    ]
-    properties = {p["id"]: p["value"] for p in override["properties"]}
-    assert properties["unit"] == "s"
-    colours = [step["color"] for step in properties["thresholds"]["steps"]]
-    steps = [step["value"] for step in properties["thresholds"]["steps"]]
+    colours = [step["color"] for step in _silence_steps(panel)]
+    base, *later = _silence_steps(panel)
+    steps = [float(step["value"]) for step in later]
     assert colours == ["green", "orange", "red"]
-    assert steps[0] is None and 0 < steps[1] < steps[2]
+    assert base.get("value") is None and 0 < steps[0] < steps[1]
     # red where IceProdGridSilent starts counting its `for:`
     (rule,) = [
         r
         for r in load_rules(PROMETHEUS_DIR / "alerts.yaml")
         if r.get("alert") == "IceProdGridSilent"
     ]
-    assert f"> {steps[-1]})" in rule["expr"], (steps, rule["expr"])
+    assert f"> {steps[-1]:g})" in rule["expr"], (steps, rule["expr"])
+
+
+def test_a_threshold_lives_in_the_config_only() -> None:
+    """One value moves the dashboard colour and the alert together: no copies to keep in step."""
+    cfg = dataclasses.replace(config.DEFAULT, grid_silent_seconds=7200, failure_ratio=0.25)
+    board = json.loads(json.dumps(overview.build(cfg), cls=JSONEncoder))
+    assert _silence_steps(_grids_table(board))[-1]["value"] == 7200
+    rules = {r.name: r for g in alerts.groups(cfg) for r in g.rules if isinstance(r, Alert)}
+    assert "> 7200)" in rules["IceProdGridSilent"].expr
+    assert "threshold 2 hours" in rules["IceProdGridSilent"].description
+    assert "ratio > 0.25)" in rules["IceProdDatasetTaskFailureRatioHigh"].expr
+    assert "threshold 25%" in rules["IceProdDatasetTaskFailureRatioHigh"].description
+    (attention,) = [p for p in panels(board) if p["title"] == "Datasets needing attention"]
+    assert "ratio > 0.25)" in attention["targets"][0]["expr"]
 
 
 def test_every_recording_rule_and_exporter_metric_is_on_a_dashboard() -> None:
@@ -307,7 +379,7 @@ def test_every_recording_rule_and_exporter_metric_is_on_a_dashboard() -> None:
         )
         if not series & names:
             missing.append(spec.name)
-    assert missing == [], "add a panel to grafana/build_dashboards.py for these metrics"
+    assert missing == [], "add a panel to grafana/mixin/dashboards/ for these metrics"
     unused = [
         rule["record"]
         for rule in load_rules(PROMETHEUS_DIR / "recording.yaml")
@@ -389,8 +461,15 @@ def test_provisioning_loads_the_dashboards_and_a_prometheus_datasource() -> None
         ("rate(iceprod_dataset_tasks[5m])", "rate() of iceprod_dataset_tasks, a gauge"),
         ("deriv(iceprod_exporter_api_requests_total[5m])", "a counter"),
         ("dataset:dataset_tasks_complete:sum", "unknown metric"),
-        ("sum(iceprod_up", "unbalanced"),
+        ("sum(iceprod_up", "cannot parse"),
         ("absent_over_tim(iceprod_up[5m])", "unknown function"),
+        ("histogram_quantile(0.5, iceprod_up)", "not a _bucket"),
+        # what reads differently on Prometheus 2 and 3
+        ('iceprod_exporter_poll_duration_seconds_bucket{le="1"}', "floats on Prometheus 3"),
+        ('iceprod_dataset_info{description=~"Level2.*"}', "newline on Prometheus 3"),
+        ("holt_winters(iceprod_up[1h], 0.5, 0.5)", "unknown function"),
+        ("double_exponential_smoothing(iceprod_up[1h], 0.5, 0.5)", "experimental"),
+        ('{"iceprod.up"}', "quoted UTF-8 names"),
     ],
 )
 def test_the_query_checker_catches_drift(expr: str, problem: str) -> None:

@@ -17,12 +17,20 @@ query below runs on that: totals must not double, alerts about IceProd's state m
 
 Scenarios: IceProd goes down (IceProdAPIDown fires, reaches the on-call receiver, resolves when
 it is back); IceProd answers 403 to everything (IceProdAPITokenRejected, likewise); a dataset
-goes into errors (IceProdDatasetErrors fires for that dataset, reaches
-the operators' receiver, resolves when the dataset is processing again); the simulated grid that
-stopped reporting an hour ago (IceProdGridSilent names grid and host, once, and resolves when it
-reports again); the token may not read one dataset (IceProdExporterPermissionDenied names the
-route while iceprod_up stays 1). Then every PromQL query of every dashboard panel and variable,
-with Grafana's variables filled in as Grafana would, must return data from this Prometheus.
+goes into errors (IceProdDatasetErrors fires for that dataset with its owners' labels, reaches
+the receiver of its IceProd group, resolves when the dataset is processing again); the simulated
+grid that stopped reporting an hour ago (IceProdGridSilent names grid and host, once, and
+resolves when it reports again); the token may not read one dataset
+(IceProdExporterPermissionDenied names the route while iceprod_up stays 1). Then every PromQL
+query of every dashboard panel and variable, with Grafana's variables filled in as Grafana would,
+must return data from this Prometheus.
+
+Owners: a second, small stack (another real Prometheus and Alertmanager, the same shipped rules
+and routing) scrapes the exporter's own collector over a scripted snapshot
+(monitoring_support.ScriptedExporter), so that the order of events is the test's: a dataset of
+group A in errors reaches only A's receiver and one of group B only B's (and one of a group
+without a receiver the default receiver); while IceProdAPIDown fires, datasets going into
+errors reach nobody, and reach their owners once IceProd answers again.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import secrets
 import subprocess
 import sys
@@ -48,11 +55,13 @@ import yaml
 from iceprod_exporter.simulator import OIDCIssuer, SimulatedIceProd, Simulation, build_store
 from iceprod_exporter.simulator.faults import DatasetFault
 from iceprod_exporter.simulator.store import Store
+from iceprod_exporter.snapshot import Dataset
 
 from .monitoring_support import (
     EXPORTER_JOB,
     PROMETHEUS_DIR,
     RULE_FILES,
+    ScriptedExporter,
     Server,
     assert_loopback_only,
     load_dashboards,
@@ -246,13 +255,22 @@ def _fast_rules(directory: Path) -> list[Path]:
     """Copies of the shipped rule files with every ``for:`` shortened to 1s."""
     copies = []
     for path in RULE_FILES:
-        text = path.read_text(encoding="utf-8")
-        fast, count = re.subn(r"(?m)^(\s+for:\s*)\S+", r"\g<1>1s", text)
-        assert count or "alert:" not in text, f"no for: found in {path}"
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for group in document["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    assert rule["for"], f"{rule['alert']}: no for:"
+                    rule["for"] = "1s"
         copy = directory / path.name
-        copy.write_text(fast, encoding="utf-8")
+        copy.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
         copies.append(copy)
     return copies
+
+
+def _routes(route: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield route
+    for child in route.get("routes", []):
+        yield from _routes(child)
 
 
 def _alertmanager_config(path: Path, webhook: Webhook) -> None:
@@ -267,8 +285,7 @@ def _alertmanager_config(path: Path, webhook: Webhook) -> None:
         }
         for receiver in config["receivers"]
     ]
-    routes = [config["route"], *config["route"].get("routes", [])]
-    for route in routes:
+    for route in _routes(config["route"]):
         route.update(group_wait="1s", group_interval="1s")
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
 
@@ -502,7 +519,7 @@ def test_token_rejected_alert_reaches_oncall_and_resolves(stack: Stack) -> None:
     _wait_alert(stack, "IceProdAPITokenRejected", labels, "resolved", note.received)
 
 
-def test_dataset_errors_alert_reaches_operators_and_resolves(stack: Stack) -> None:
+def test_dataset_errors_alert_reaches_its_group_and_resolves(stack: Stack) -> None:
     number = stack.errors_dataset
     labels = {"dataset": number}
     since = time.time()
@@ -511,8 +528,16 @@ def test_dataset_errors_alert_reaches_operators_and_resolves(stack: Stack) -> No
         note, alert = _wait_alert(stack, "IceProdDatasetErrors", labels, "firing", since)
     finally:
         stack.set_status(number, "processing")
-    assert note.receiver == "iceprod-operators"
-    assert set(alert["labels"]) == {"alertname", "dataset", "severity"}
+    # the dataset belongs to IceProd group simprod (user alice): its receiver, and only that
+    assert note.receiver == "iceprod-group-simprod"
+    assert alert["labels"] == {
+        "alertname": "IceProdDatasetErrors",
+        "dataset": number,
+        "group": "simprod",
+        "username": "alice",
+        "severity": "warning",
+    }
+    assert note.payload["groupLabels"] == {"alertname": "IceProdDatasetErrors", "dataset": number}
     annotations = alert["annotations"]
     assert f"dataset {number} is in status errors" in annotations["summary"]
     # the description joins iceprod_dataset_info through a query template
@@ -674,3 +699,200 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
         stack.set_status(stack.errors_dataset, "processing")
     assert evaluated > 50
     assert empty == [], "queries without data:\n" + "\n".join(empty)
+
+
+# ---------------------------------------------------------------------------- owners
+
+#: (IceProd group, user) of the datasets of the owner scenarios: A and B have a receiver each
+GROUP_A = ("simprod", "alice")
+GROUP_B = ("filtering", "bob")
+#: a group the example configuration has no receiver for: the default receiver hears of it
+GROUP_OTHER = ("icetray", "carol")
+DEFAULT_RECEIVER = "iceprod-operators"
+#: how long "nobody else heard of it" is watched: several group_intervals (1s) and evaluations
+SETTLE = 4.0
+
+
+@dataclass
+class Owners:
+    """Prometheus and Alertmanager (shipped rules and routing) over a scripted exporter."""
+
+    exporter: ScriptedExporter
+    prometheus: Server
+    alertmanager: Server
+    webhook: Webhook
+
+    def logs(self) -> str:
+        """Notifications so far and the servers' log tails, for failure messages."""
+        tails = [s.log_tail(3000) for s in (self.prometheus, self.alertmanager)]
+        return "\n".join(["notifications:", self.webhook.summary(), *tails])
+
+    def alertmanager_alerts(self, alertname: str) -> list[dict[str, Any]]:
+        """Alerts Alertmanager holds now (active or suppressed) by name."""
+        status, body = http_get(self.alertmanager.url + "/api/v2/alerts")
+        assert status == 200, body[:300]
+        alerts: list[dict[str, Any]] = json.loads(body)
+        return [a for a in alerts if a["labels"].get("alertname") == alertname]
+
+    def receivers_of(self, alertname: str, dataset: str, since: float) -> set[str]:
+        """Receivers that were notified of a dataset's alert (firing) since a time."""
+        return {note.receiver for note, _ in self.notified(alertname, dataset, "firing", since)}
+
+    def notified(
+        self, alertname: str, dataset: str, status: str, since: float
+    ) -> list[tuple[Notification, dict[str, Any]]]:
+        """Notifications of a dataset's alert in a status since a time."""
+        return self.webhook.find(alertname, {"dataset": dataset}, status, since)
+
+    def wait_notified(
+        self, alertname: str, dataset: str, status: str, since: float
+    ) -> tuple[Notification, dict[str, Any]]:
+        """The first such notification, once it arrived."""
+        found = wait_for(
+            lambda: self.notified(alertname, dataset, status, since),
+            ALERT_TIMEOUT,
+            f"{alertname} of dataset {dataset} {status} at a webhook",
+            diagnose=self.logs,
+        )
+        note, alert = found[0]
+        return note, alert
+
+
+def _dataset(number: int, status: str, owner: tuple[str, str]) -> Dataset:
+    group, username = owner
+    return Dataset(
+        dataset_id=f"ds{number}",
+        number=number,
+        status=status,
+        description=f"e2e dataset {number} of {group}",
+        group=group,
+        username=username,
+    )
+
+
+@pytest.fixture(scope="module")
+def owners(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Owners]:
+    workdir = tmp_path_factory.mktemp("monitoring-owners")
+    exporter = ScriptedExporter()
+    exporter.show()
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(exporter.stop)
+        webhook = cleanup.enter_context(webhook_server())
+        am_config = workdir / "alertmanager.yml"
+        _alertmanager_config(am_config, webhook)
+        alertmanager = start_alertmanager(am_config, workdir)
+        cleanup.callback(alertmanager.stop)
+        prom_config = workdir / "prometheus.yml"
+        config = {
+            "global": {
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "evaluation_interval": "1s",
+            },
+            "rule_files": [str(p) for p in _fast_rules(workdir)],
+            "alerting": {
+                "alertmanagers": [
+                    {"static_configs": [{"targets": [alertmanager.url.removeprefix("http://")]}]}
+                ]
+            },
+            "scrape_configs": [
+                {"job_name": EXPORTER_JOB, "static_configs": [{"targets": [exporter.target]}]}
+            ],
+        }
+        prom_config.write_text(yaml.safe_dump(config), encoding="utf-8")
+        prometheus = start_prometheus(prom_config, workdir, ("--rules.alert.resend-delay=1s",))
+        cleanup.callback(prometheus.stop)
+        stack = Owners(exporter, prometheus, alertmanager, webhook)
+        wait_for(
+            lambda: prom_query(prometheus.url, "iceprod_up == 1"),
+            30,
+            "Prometheus to scrape the scripted exporter",
+            diagnose=stack.logs,
+        )
+        yield stack
+
+
+def test_a_datasets_alerts_reach_only_the_receiver_of_its_group(owners: Owners) -> None:
+    since = time.time()
+    owner = {"71001": GROUP_A, "71002": GROUP_B, "71003": GROUP_OTHER}
+    expected = {
+        "71001": "iceprod-group-simprod",
+        "71002": "iceprod-group-filtering",
+        "71003": DEFAULT_RECEIVER,
+    }
+    in_errors = [_dataset(int(n), "errors", owner[n]) for n in owner]
+    quiet = _dataset(71004, "processing", GROUP_A)
+    owners.exporter.show(*in_errors, quiet)
+    try:
+        for number, receiver in expected.items():
+            note, alert = owners.wait_notified("IceProdDatasetErrors", number, "firing", since)
+            assert note.receiver == receiver, owners.logs()
+            assert note.payload["groupLabels"] == {
+                "alertname": "IceProdDatasetErrors",
+                "dataset": number,
+            }
+            group, username = owner[number]
+            assert alert["labels"]["group"] == group
+            assert alert["labels"]["username"] == username
+            assert (
+                f"e2e dataset {number} of {group}; group {group}, user {username}"
+                in (alert["annotations"]["description"])
+            )
+        time.sleep(SETTLE)  # anybody else would have heard by now
+        for number, receiver in expected.items():
+            assert owners.receivers_of("IceProdDatasetErrors", number, since) == {receiver}
+        assert not owners.webhook.find("IceProdDatasetErrors", {"dataset": "71004"}, "firing", 0)
+    finally:
+        owners.exporter.show(*(_dataset(int(n), "processing", owner[n]) for n in owner), quiet)
+    for number, receiver in expected.items():
+        note, _ = owners.wait_notified("IceProdDatasetErrors", number, "resolved", since)
+        assert note.receiver == receiver
+
+
+def test_dataset_alerts_reach_nobody_while_iceprod_is_down(owners: Owners) -> None:
+    a, b = _dataset(72001, "processing", GROUP_A), _dataset(72002, "processing", GROUP_B)
+    owners.exporter.show(a, b)
+    down_since = time.time()
+    owners.exporter.show(a, b, up=False)  # IceProd unreachable: the last values are served
+    errors = [_dataset(d.number, "errors", (d.group, d.username)) for d in (a, b)]
+    try:
+        note, _ = wait_for(
+            lambda: owners.webhook.find("IceProdAPIDown", {}, "firing", down_since),
+            ALERT_TIMEOUT,
+            "IceProdAPIDown at a webhook",
+            diagnose=owners.logs,
+        )[0]
+        assert note.receiver == "iceprod-oncall"
+        # while it fires, the datasets go into errors (as the last poll before it saw them)
+        since = time.time()
+        owners.exporter.show(*errors, up=False)
+
+        def suppressed() -> bool:
+            held = owners.alertmanager_alerts("IceProdDatasetErrors")
+            mine = [h for h in held if h["labels"]["dataset"] in ("72001", "72002")]
+            return len(mine) == 2 and all(
+                h["status"]["state"] == "suppressed" and h["status"]["inhibitedBy"] for h in mine
+            )
+
+        wait_for(suppressed, ALERT_TIMEOUT, "both alerts inhibited", diagnose=owners.logs)
+        time.sleep(SETTLE)
+        for number in ("72001", "72002"):
+            assert owners.receivers_of("IceProdDatasetErrors", number, since) == set(), (
+                owners.logs()
+            )
+    finally:
+        owners.exporter.show(*errors, up=True)  # IceProd answers again
+    # the mute lifts: each owner hears of their dataset, nobody else does
+    for number, receiver in (
+        ("72001", "iceprod-group-simprod"),
+        ("72002", "iceprod-group-filtering"),
+    ):
+        owners.wait_notified("IceProdDatasetErrors", number, "firing", since)
+        assert owners.receivers_of("IceProdDatasetErrors", number, since) == {receiver}
+    wait_for(
+        lambda: owners.webhook.find("IceProdAPIDown", {}, "resolved", down_since),
+        ALERT_TIMEOUT,
+        "IceProdAPIDown resolved",
+        diagnose=owners.logs,
+    )
+    owners.exporter.show(a, b)

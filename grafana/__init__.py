@@ -1,0 +1,1 @@
+"""Grafana dashboards and provisioning for iceprod-exporter; the mixin is ``grafana.mixin``."""
