@@ -15,7 +15,7 @@ PYTHON ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12 \
 	$$HOME/.pyenv/versions/3.11*/bin/python python3.11; do \
 	$$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: demo check test lint docs bench bench-rate bench-scrape soak clean
+.PHONY: demo check test lint docs generate bench bench-rate bench-scrape soak clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.11 not found"; exit 1; }
@@ -33,11 +33,19 @@ lint: $(VENV)/.installed  ## ruff check, ruff format --check and mypy --strict o
 	$(VENV)/bin/mypy
 
 check: $(VENV)/.installed lint  ## the fast loop: lint, types and the unit tier (no root, no Debian tools; < 30 s)
-	$(PY) -m pytest -q -m "not integration"
+	@$(MAKE) --no-print-directory generate CHECK=1
+	$(PY) -m pytest -q -m "not integration" -n auto
 
 test: $(VENV)/.installed lint  ## the whole suite: lint, types, unit, integration, real IceProd
-	$(VENV)/bin/iceprod-exporter docs --check
+	@$(MAKE) --no-print-directory generate CHECK=1
 	$(PY) -m pytest -q
+
+# One command for every generated file: the monitoring mixin (grafana/mixin/: dashboards, rule
+# files, Prometheus Operator manifests) and the reference (docs/metrics.md, configuration.md).
+# `make generate CHECK=1` writes nothing and fails, with a diff, when a file is out of date.
+generate: $(VENV)/.installed  ## write the dashboards, rule files, operator manifests and reference docs (CHECK=1: fail on drift)
+	$(PY) -m grafana.mixin.generate $(if $(CHECK),--check)
+	$(VENV)/bin/iceprod-exporter docs $(if $(CHECK),--check)
 
 docs: $(VENV)/.installed  ## regenerate docs/metrics.md and docs/configuration.md
 	$(VENV)/bin/iceprod-exporter docs
