@@ -9,6 +9,8 @@ from __future__ import annotations
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
 
+from iceprod_exporter.snapshot import TASK_STATUSES
+
 from ..config import Config
 from ..panels import (
     colour,
@@ -41,16 +43,7 @@ WALLTIME_STATS = {
     "iceprod_dataset_task_walltime_max_seconds": "max",
     "iceprod_dataset_task_efficiency_ratio": "efficiency",
 }
-TASK_STATUS_COLUMNS = (
-    "task_name\\status",
-    "idle",
-    "waiting",
-    "queued",
-    "processing",
-    "suspended",
-    "failed",
-    "complete",
-)
+TASK_STATUS_COLUMNS = ("task_name\\status", *TASK_STATUSES)
 
 
 def build(cfg: Config) -> models.Dashboard:
