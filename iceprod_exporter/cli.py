@@ -16,7 +16,7 @@ import yaml
 from prometheus_client import disable_created_metrics
 from pydantic import SecretStr
 
-from . import __version__, config, logs, reference, web_config
+from . import __version__, config, logs, reference
 from .auth import write_private
 from .config import ConfigError, Settings
 
@@ -122,11 +122,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "check-config":
         settings.require_api()
-        if settings.web_config_file is not None:
-            try:
-                web_config.load(settings.web_config_file)
-            except web_config.WebConfigError as exc:
-                raise ConfigError(f"web_config_file: {exc}") from None
+        settings.check_web_config()
         yaml.safe_dump(settings.redacted(), sys.stdout, sort_keys=False)
         return 0
     if args.command == "login":

@@ -52,10 +52,13 @@ class SnapshotCollector(Collector):
         """The snapshot to expose now: stale dataset values past ``max_staleness`` removed."""
         return self._snapshot().visible(self._clock(), self._max_staleness)
 
-    def view(self) -> tuple[Snapshot, bool]:
-        """The raw current snapshot, and whether its dataset values are stale now."""
-        snapshot = self._snapshot()
-        return snapshot, snapshot.visible(self._clock(), self._max_staleness) is not snapshot
+    def raw(self) -> Snapshot:
+        """The current snapshot as the poller holds it (before the staleness rule)."""
+        return self._snapshot()
+
+    def now(self) -> float:
+        """The time the staleness rule is applied at."""
+        return self._clock()
 
     def stale_after(self, snapshot: Snapshot) -> float:
         """When ``snapshot``'s dataset values turn stale (at once if no poll succeeded)."""
@@ -148,7 +151,6 @@ class Variants:
 class Prepared:
     """A snapshot's exposition: its full view and its stale view, and when it turns stale."""
 
-    snapshot: Snapshot  # the raw snapshot (before the staleness view)
     full: Variants
     stale: Variants
     stale_after: float  # wall-clock time after which the stale view is served
@@ -173,7 +175,8 @@ class RenderedSnapshot:
     def __init__(self, collector: SnapshotCollector) -> None:
         self._collector = collector
         self._lock = threading.Lock()
-        self._prepared: tuple[Prepared, ...] = ()  # replaced whole: readers need no lock
+        #: (raw snapshot, its encoding), newest first; replaced whole: readers need no lock
+        self._prepared: tuple[tuple[Snapshot, Prepared], ...] = ()
 
     def prepare(self, snapshot: Snapshot) -> Prepared:
         """Encode ``snapshot`` (full and stale views) now: in a worker thread, before its swap."""
@@ -181,22 +184,19 @@ class RenderedSnapshot:
 
     def is_prepared(self) -> bool:
         """Whether the current snapshot's bytes are ready (a scrape would not render)."""
-        snapshot, _ = self._collector.view()
-        return self._find(snapshot) is not None
+        return self._find(self._collector.raw()) is not None
 
     def variants(self) -> Variants:
         """The encoded variants of the current snapshot, under the staleness rule of now."""
-        snapshot, stale = self._collector.view()
-        prepared = self._get(snapshot)
-        return prepared.stale if stale else prepared.full
+        return self._get(self._collector.raw()).variants(self._collector.now())
 
     def render(self, fmt: Format, gzipped: bool = False) -> bytes:
         """The current snapshot's part of /metrics in one variant (rendered if not prepared)."""
         return self.variants().body(fmt, gzipped)
 
     def _find(self, snapshot: Snapshot) -> Prepared | None:
-        for prepared in self._prepared:
-            if prepared.snapshot is snapshot:
+        for encoded, prepared in self._prepared:
+            if encoded is snapshot:
                 return prepared
         return None
 
@@ -210,13 +210,12 @@ class RenderedSnapshot:
             if found is not None:
                 return found
             prepared = self.encode(snapshot)
-            self._prepared = (prepared, *self._prepared)[: self.KEEP]
+            self._prepared = ((snapshot, prepared), *self._prepared)[: self.KEEP]
             return prepared
 
     def encode(self, snapshot: Snapshot) -> Prepared:
         """Encode ``snapshot``'s full and stale views without keeping them (for another process)."""
         return Prepared(
-            snapshot,
             self._encode(snapshot),
             self._encode(self._collector.stale_view(snapshot)),
             self._collector.stale_after(snapshot),

@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import web_config
 from .logs import LogFormat
 
 ENV_PREFIX = "ICEPROD_EXPORTER_"
@@ -297,6 +298,15 @@ class Settings(BaseModel):
                 name != "refresh_token_file" or mode is AuthMode.REFRESH_TOKEN
             ):
                 read_secret(None, path, name)
+
+    def check_web_config(self) -> None:
+        """Fail with one line when ``web_config_file`` is set but unusable (TLS files included)."""
+        if self.web_config_file is None:
+            return
+        try:
+            web_config.load(self.web_config_file)
+        except web_config.WebConfigError as exc:
+            raise ConfigError(f"web_config_file: {exc}") from None
 
     def effective_auth_mode(self) -> AuthMode:
         """Resolve ``auto`` to the concrete mode the given credentials imply."""

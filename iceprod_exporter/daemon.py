@@ -38,7 +38,6 @@ from .server import BindError, Status, negotiate
 from .serving import ServerExited, ServingOptions, ServingProcess
 from .snapshot import Snapshot
 from .telemetry import Telemetry
-from .web_config import LiveWebConfig, WebConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -210,10 +209,7 @@ class Exporter:
     def start_http(self) -> ServingProcess:
         """Start the HTTP(S) server in its own process (web config: TLS, basic auth, headers)."""
         s = self.settings
-        try:
-            LiveWebConfig.from_file(s.web_config_file)  # one clear line now, not from the child
-        except WebConfigError as exc:
-            raise ConfigError(f"web_config_file: {exc}") from None
+        s.check_web_config()  # one clear line now, not from the child
         options = ServingOptions(
             s.listen_address,
             s.port,

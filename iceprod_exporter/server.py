@@ -59,8 +59,6 @@ SHUTDOWN_GRACE = 5.0
 _FD_RESERVE = 128
 REALM = "iceprod-exporter"
 ALLOW = "GET, HEAD"
-#: paths that answer without basic auth: Kubernetes probes cannot easily send credentials
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 @dataclass(frozen=True)
@@ -292,7 +290,7 @@ class _Metrics(_Handler):
 
 class _Healthz(_Handler):
     handler_label = "/healthz"
-    public = True
+    public = True  # no basic auth: Kubernetes probes cannot easily send credentials
 
     def get(self) -> None:
         s = self.context.status()
@@ -302,7 +300,7 @@ class _Healthz(_Handler):
 
 class _Readyz(_Handler):
     handler_label = "/readyz"
-    public = True
+    public = True  # as /healthz
 
     def get(self) -> None:
         s = self.context.status()

@@ -81,15 +81,17 @@ class Mirror:
         self._silent_after = silent_after
         self._clock = clock
         self._monotonic = monotonic
-        self._prepared: tuple[Variants, Variants, float] | None = None
+        self._prepared: Prepared | None = None
         self._live: Mapping[tuple[Format, bool], bytes] | None = None
         self._status = Status(False, "starting", False, "starting")
         self._heard_at = monotonic()
         self._first = threading.Event()
 
-    def snapshot(self, full: Variants, stale: Variants, stale_after: float) -> None:
+    def snapshot(self, prepared: Prepared) -> None:
         """A new snapshot's bytes (compressed here, before they go live)."""
-        self._prepared = (full.compressed(), stale.compressed(), stale_after)
+        prepared.full.compressed()
+        prepared.stale.compressed()
+        self._prepared = prepared
         self._ready()
 
     def heartbeat(self, live: Mapping[Format, bytes], status: Status) -> None:
@@ -120,9 +122,7 @@ class Mirror:
         """The parent's metrics, then the snapshot's view of now."""
         prepared, live = self._prepared, self._live
         assert prepared is not None and live is not None, "prepare() first"
-        full, stale, stale_after = prepared
-        view = stale if self._clock() > stale_after else full
-        return live[(fmt, gzipped)] + view.body(fmt, gzipped)
+        return live[(fmt, gzipped)] + prepared.variants(self._clock()).body(fmt, gzipped)
 
     def status(self) -> Status:
         """The parent's last status, unless it has gone silent."""
@@ -147,7 +147,7 @@ def _receive(conn: Connection, mirror: Mirror) -> None:
             views = [
                 Variants({fmt: conn.recv_bytes() for fmt in Format}) for _ in ("full", "stale")
             ]
-            mirror.snapshot(views[0], views[1], message[2])
+            mirror.snapshot(Prepared(views[0], views[1], message[2]))
             conn.send(("served", message[1]))  # the parent swaps it in once it is served here
         elif kind == "heartbeat":
             mirror.heartbeat(message[1], message[2])

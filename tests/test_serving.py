@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from iceprod_exporter import serving
-from iceprod_exporter.collector import Format, Variants
+from iceprod_exporter.collector import Format, Prepared, Variants
 from iceprod_exporter.server import HttpServer, Status
 from iceprod_exporter.serving import Mirror
 from iceprod_exporter.simulator import SimulatedIceProd, build_store
@@ -43,7 +43,7 @@ def test_mirror_serves_the_view_of_now_and_reports_a_silent_parent() -> None:
     wall, mono = Clock(), Clock()
     mirror = Mirror(silent_after=30, clock=wall, monotonic=mono)
     assert not mirror.is_prepared()
-    mirror.snapshot(_variants(b"full 1\n"), _variants(b"stale 1\n"), stale_after=1010.0)
+    mirror.snapshot(Prepared(_variants(b"full 1\n"), _variants(b"stale 1\n"), stale_after=1010.0))
     assert not mirror.is_prepared(), "the parent's own metrics have not arrived"
     mirror.heartbeat({fmt: b"own 1\n" for fmt in Format}, Status(True, "ok: polling", True, "ok"))
     assert mirror.is_prepared()
@@ -74,7 +74,9 @@ def test_metrics_answer_503_until_the_first_snapshot_arrives(
         r = request("127.0.0.1", server.port, "/metrics")
         assert r.status == 503 and b"no snapshot received yet" in r.body
         assert request("127.0.0.1", server.port, "/healthz").status == 503, "starting"
-        mirror.snapshot(_variants(b"a 1\n"), _variants(b"a 0\n"), stale_after=float("inf"))
+        mirror.snapshot(
+            Prepared(_variants(b"a 1\n"), _variants(b"a 0\n"), stale_after=float("inf"))
+        )
         mirror.heartbeat({fmt: b"" for fmt in Format}, Status(True, "ok", True, "ok"))
         r = request("127.0.0.1", server.port, "/metrics")
         assert r.status == 200 and r.body.endswith(b"a 1\n")
@@ -86,9 +88,7 @@ def test_metrics_answer_503_until_the_first_snapshot_arrives(
 @pytest.mark.integration  # a real child process and 2 s of silence
 def test_a_parent_that_stops_reporting_fails_the_childs_healthz(tmp_path: Path) -> None:
     """A real serving process: heartbeats stop (a bug, a wedged parent), /healthz turns 503."""
-    from iceprod_exporter.collector import Prepared
     from iceprod_exporter.logs import LogFormat
-    from iceprod_exporter.snapshot import Snapshot
 
     beats = 0
 
@@ -101,7 +101,7 @@ def test_a_parent_that_stops_reporting_fails_the_childs_healthz(tmp_path: Path) 
 
     options = serving.ServingOptions("127.0.0.1", 0, None, "info", LogFormat.JSON, 2.0)
     process = serving.ServingProcess(options, heartbeat)
-    process.start(Prepared(Snapshot(), _variants(b"a 1\n"), _variants(b""), float("inf")))
+    process.start(Prepared(_variants(b"a 1\n"), _variants(b""), float("inf")))
     try:
         assert request("127.0.0.1", process.port, "/healthz").status == 200
         assert request("127.0.0.1", process.port, "/metrics").body.endswith(b"\na 1\n")
