@@ -65,46 +65,48 @@ def test_inline_cert_and_key(pki: Pki, tmp_path: Path) -> None:
     assert config.tls is not None and config.tls.context() is not None
 
 
-@pytest.mark.parametrize(
-    ("text", "names"),
-    [
-        ("nonsense: 1\n", "nonsense: unknown key"),
-        ("tls_server_config:\n  cert_fil: x\n", "tls_server_config.cert_fil: unknown key"),
-        (f"basic_auth_users:\n  bob: 'x{HASH[1:]}'\n", "basic_auth_users.bob: not a bcrypt hash"),
-        ("basic_auth_users:\n  bob: plain-secret-password-1\n", "basic_auth_users.bob"),
-        ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "X-Frame-Options"),
-        ("http_server_config:\n  headers:\n    Set-Cookie: a\n", "can not be configured"),
-        ("tls_server_config:\n  key_file: k\n", "missing one of cert or cert_file"),
-        (
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-            "  client_auth_type: Sometimes\n",
-            "invalid ClientAuth: Sometimes",
-        ),
-        (
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-            "  client_ca_file: ca.crt\n",
-            "without a Client Auth Policy",
-        ),
-        (
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-            "  client_auth_type: RequireAnyClientCert\n  client_ca_file: ca.crt\n",
-            "not possible with Python",
-        ),
-        (
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-            "  min_version: TLS9\n",
-            "unknown TLS version: TLS9",
-        ),
-        (
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-            "  cipher_suites: [TLS_FANCY]\n",
-            "unknown cipher: TLS_FANCY",
-        ),
-        ("tls_server_config:\n  cert_file: nope.crt\n  key_file: server.key\n", "cannot load"),
-        ("rate_limit:\n  interval: 1s\n", "rate_limit: not supported"),
-        (f"basic_auth_users: [{HASH}\n", "not valid YAML"),
-    ],
-)
+#: (file text, what the one-line error must name); ids by the expectation, since the texts
+#: hold a freshly salted bcrypt hash (workers of pytest-xdist must collect the same ids)
+BAD_FILES = [
+    ("nonsense: 1\n", "nonsense: unknown key"),
+    ("tls_server_config:\n  cert_fil: x\n", "tls_server_config.cert_fil: unknown key"),
+    (f"basic_auth_users:\n  bob: 'x{HASH[1:]}'\n", "basic_auth_users.bob: not a bcrypt hash"),
+    ("basic_auth_users:\n  bob: plain-secret-password-1\n", "basic_auth_users.bob"),
+    ("http_server_config:\n  headers:\n    X-Frame-Options: allow\n", "X-Frame-Options"),
+    ("http_server_config:\n  headers:\n    Set-Cookie: a\n", "can not be configured"),
+    ("tls_server_config:\n  key_file: k\n", "missing one of cert or cert_file"),
+    (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        "  client_auth_type: Sometimes\n",
+        "invalid ClientAuth: Sometimes",
+    ),
+    (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        "  client_ca_file: ca.crt\n",
+        "without a Client Auth Policy",
+    ),
+    (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        "  client_auth_type: RequireAnyClientCert\n  client_ca_file: ca.crt\n",
+        "not possible with Python",
+    ),
+    (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        "  min_version: TLS9\n",
+        "unknown TLS version: TLS9",
+    ),
+    (
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        "  cipher_suites: [TLS_FANCY]\n",
+        "unknown cipher: TLS_FANCY",
+    ),
+    ("tls_server_config:\n  cert_file: nope.crt\n  key_file: server.key\n", "cannot load"),
+    ("rate_limit:\n  interval: 1s\n", "rate_limit: not supported"),
+    (f"basic_auth_users: [{HASH}\n", "not valid YAML"),
+]
+
+
+@pytest.mark.parametrize(("text", "names"), BAD_FILES, ids=[names for _, names in BAD_FILES])
 def test_bad_files_are_one_line_naming_the_key(
     pki: Pki, tmp_path: Path, text: str, names: str
 ) -> None:
