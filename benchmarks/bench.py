@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,14 +22,23 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the test helpers, for scripts run from anywhere
+from tests.support import free_port as free_port  # noqa: E402 (needs the path; re-exported)
+
 EXPORTER = [sys.executable, "-m", "iceprod_exporter"]
 IN_FLIGHT = re.compile(rb"^iceprod_exporter_api_requests_in_flight (\S+)$", re.MULTILINE)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def p99(values: list[float]) -> float:
+    """The 99th percentile (inclusive); the one value of a single sample, NaN of none."""
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[98]
+
+
+def count_series(text: str) -> int:
+    """Samples in an exposition text."""
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
 
 
 def get(url: str) -> tuple[float, bytes]:
@@ -141,7 +149,6 @@ def run_case(api_url: str, rate_limit: float, cycles: int, workdir: Path) -> dic
         _, body = get(url)
         done = values(body)
         first, *steady = poll_events(log)[: 1 + cycles]
-        series = sum(1 for line in body.decode().splitlines() if line and line[0] != "#")
         return {
             "first poll (s, with task_stats)": first["duration"],
             "first poll requests": first["requests"],
@@ -149,10 +156,9 @@ def run_case(api_url: str, rate_limit: float, cycles: int, workdir: Path) -> dic
             "steady requests per poll": statistics.mean(e["requests"] for e in steady),
             "scrapes during polls": len(latencies),
             "/metrics median (ms)": statistics.median(latencies) * 1000,
-            "/metrics p99 (ms)": statistics.quantiles(latencies, n=100, method="inclusive")[98]
-            * 1000,
+            "/metrics p99 (ms)": p99(latencies) * 1000,
             "/metrics max (ms)": max(latencies) * 1000,
-            "series exposed": series,
+            "series exposed": count_series(body.decode()),
             "resident memory (MiB)": done["process_resident_memory_bytes"] / 2**20,
             "peak resident memory (MiB)": peak_rss_mib(proc.pid),
             "iceprod_up": done["iceprod_up"],

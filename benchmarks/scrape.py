@@ -18,17 +18,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import EXPORTER, ROOT, free_port, get, poll_events, proc_status, process, wait
+from bench import EXPORTER, ROOT, free_port, get, p99, poll_events, proc_status, process, wait
 
 ACCEPT = (
     "application/openmetrics-text;version=1.0.0;escaping=underscores;q=0.5,"
     "text/plain;version=0.0.4;q=0.3,*/*;q=0.1"
 )
 HEADERS = {"Accept": ACCEPT, "Accept-Encoding": "gzip", "User-Agent": "Prometheus/3"}
-
-
-def p99(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[98] if len(values) > 1 else 0
 
 
 def scrape(conn: http.client.HTTPConnection) -> float:

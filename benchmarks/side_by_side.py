@@ -38,7 +38,18 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import EXPORTER, ROOT, free_port, get, poll_events, proc_status, process, wait
+from bench import (
+    EXPORTER,
+    ROOT,
+    count_series,
+    free_port,
+    get,
+    p99,
+    poll_events,
+    proc_status,
+    process,
+    wait,
+)
 
 sys.path.insert(0, str(ROOT))
 from tests.real_iceprod.harness import DATASET_MONITOR_MAIN
@@ -95,10 +106,6 @@ def series(
         for s in family.samples
         if s.name in names
     }
-
-
-def count_series(text: str) -> int:
-    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
 
 
 class Scraper(threading.Thread):
@@ -193,12 +200,6 @@ def exporter(api: str, issuer: str, workdir: Path, poll: float) -> tuple[Refresh
         )
         full.rss_mib = steady.rss_mib
     return full, steady, compat
-
-
-def p99(values: list[float]) -> float:
-    if len(values) < 2:
-        return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
 def ratio(ours: float, theirs: float) -> str:

@@ -110,7 +110,6 @@ class Exporter:
             publish=self._prepare,
             progress=self.progress,
         )
-        self.started_at = clock()
 
     # --- health
 
