@@ -83,7 +83,9 @@ class Mirror:
         self._monotonic = monotonic
         self._prepared: Prepared | None = None
         self._live: Mapping[tuple[Format, bool], bytes] | None = None
-        self._status = Status(False, "starting", False, "starting")
+        # Alive but not ready until the parent reports: a liveness probe must not kill a
+        # process in its first second; the silence check below catches a parent that never does.
+        self._status = Status(True, "starting", False, "starting: the main process has not reported yet")
         self._heard_at = monotonic()
         self._first = threading.Event()
 

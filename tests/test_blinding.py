@@ -250,7 +250,7 @@ def test_a_poller_that_keeps_crashing_fails_healthz(tmp_path: Path) -> None:
                 diagnose=log.read_text,
             )
             body = http_get(url + "healthz")[1]
-            assert b"crashed" in body and b"RuntimeError" in body
+            assert b"crashed" in body and b"RuntimeError" in body, body
             assert http_get(url + "metrics")[0] == 200
             page = http_get(url)[1]
             assert b"RuntimeError" in page, "the landing page says why"

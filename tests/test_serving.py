@@ -73,7 +73,9 @@ def test_metrics_answer_503_until_the_first_snapshot_arrives(
     try:
         r = request("127.0.0.1", server.port, "/metrics")
         assert r.status == 503 and b"no snapshot received yet" in r.body
-        assert request("127.0.0.1", server.port, "/healthz").status == 503, "starting"
+        # alive (a liveness probe must not kill it in its first second), not ready
+        assert request("127.0.0.1", server.port, "/healthz").status == 200, "starting"
+        assert request("127.0.0.1", server.port, "/readyz").status == 503, "starting"
         mirror.snapshot(
             Prepared(_variants(b"a 1\n"), _variants(b"a 0\n"), stale_after=float("inf"))
         )
