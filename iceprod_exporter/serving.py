@@ -85,7 +85,9 @@ class Mirror:
         self._live: Mapping[tuple[Format, bool], bytes] | None = None
         # Alive but not ready until the parent reports: a liveness probe must not kill a
         # process in its first second; the silence check below catches a parent that never does.
-        self._status = Status(True, "starting", False, "starting: no word from the main process yet")
+        self._status = Status(
+            True, "starting", False, "starting: no word from the main process yet"
+        )
         self._heard_at = monotonic()
         self._first = threading.Event()
 
