@@ -6,17 +6,20 @@ import gzip
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import cast
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-from .metrics import SPECS, Group, Kind, MetricSpec
+from .metrics import SPECS, Group, Kind, MetricSpec, Sample
 from .snapshot import Snapshot
 
 
@@ -74,12 +77,22 @@ class SnapshotCollector(Collector):
         """Build fresh families from the current snapshot."""
         return self.families(self.current())
 
-    def families(self, snapshot: Snapshot) -> Iterator[Metric]:
-        """Families of one snapshot, in table order."""
+    @property
+    def specs(self) -> Sequence[MetricSpec]:
+        """The table rows this collector exposes, in table order."""
+        return self._specs
+
+    def samples(self, snapshot: Snapshot) -> Iterator[tuple[MetricSpec, Iterable[Sample]]]:
+        """Each exposed metric of one snapshot with its samples, in table order."""
         for spec in self._specs:
             assert spec.sampler is not None
+            yield spec, spec.sampler(snapshot)
+
+    def families(self, snapshot: Snapshot) -> Iterator[Metric]:
+        """Families of one snapshot, in table order, as prometheus_client metric objects."""
+        for spec, samples in self.samples(snapshot):
             family = _family(spec)
-            for labels, value in spec.sampler(snapshot):
+            for labels, value in samples:
                 family.add_metric(list(labels), value)
             yield family
 
@@ -99,16 +112,28 @@ class Format(StrEnum):
     OPENMETRICS = "openmetrics"
 
 
+class View(StrEnum):
+    """The two views of a snapshot: as polled, and once its dataset values are stale."""
+
+    FULL = "full"
+    STALE = "stale"
+
+
 #: Content-Type of each format (OpenMetrics 1.0.0 is what Prometheus asks for)
 CONTENT_TYPES: Mapping[Format, str] = {
     Format.TEXT: CONTENT_TYPE_PLAIN_0_0_4,
     Format.OPENMETRICS: openmetrics.CONTENT_TYPE_LATEST,
 }
+BOTH: tuple[Format, ...] = (Format.TEXT, Format.OPENMETRICS)
 _OM_EOF = b"# EOF\n"
 #: the snapshot part is compressed once per poll, so it can afford a better ratio
 _SNAPSHOT_GZIP_LEVEL = 6
 #: the self-metrics part is compressed per scrape: fast
 _LIVE_GZIP_LEVEL = 1
+#: sample lines per part at most: a family of 200,000 series is never one string in memory
+PART_LINES = 4096
+#: zlib's window bits for a gzip wrapper (header with mtime 0, trailer with CRC and size)
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
 def encode(registry: Collector, fmt: Format) -> bytes:
@@ -119,32 +144,86 @@ def encode(registry: Collector, fmt: Format) -> bytes:
     return generate_latest(registry)
 
 
-class Variants:
-    """One snapshot view encoded every way it is served: identity and gzip, per format.
+@dataclass(frozen=True, slots=True)
+class Part:
+    """A piece of one view's exposition: the same bytes in each of ``formats``."""
 
-    The identity bytes are given; each gzip variant is compressed once, when first asked for
-    or all at once by :meth:`compressed` (the serving process, before the view goes live).
+    view: View
+    formats: tuple[Format, ...]
+    data: bytes
+
+
+class FamilyEncoder:
+    """Writes one table metric's family straight from its samples.
+
+    The bytes equal prometheus_client's in both formats (a property test holds them to it), but
+    no sample objects are made: at 10,000 datasets those cost hundreds of megabytes. A gauge's
+    sample lines are the same in both formats, so they are one part, shared by both.
     """
 
-    def __init__(self, identity: Mapping[Format, bytes]) -> None:
-        self.identity = identity
-        self._gzip: dict[Format, bytes] = {}
+    def __init__(self, spec: MetricSpec) -> None:
+        family = _Families([_family(spec)])
+        #: the HELP and TYPE lines, as prometheus_client writes them
+        self.headers = {fmt: encode(family, fmt).removesuffix(_OM_EOF) for fmt in Format}
+        order = sorted(range(len(spec.labels)), key=spec.labels.__getitem__)
+        self._name = spec.name
+        self._labels = [(i, f'{spec.labels[i]}="') for i in order]
+
+    def parts(self, samples: Iterable[Sample]) -> Iterator[tuple[tuple[Format, ...], bytes]]:
+        """The family's header, per format, then its sample lines, for both formats."""
+        text, om = self.headers[Format.TEXT], self.headers[Format.OPENMETRICS]
+        if text == om:
+            yield BOTH, text
+        else:  # a help text with a double quote: OpenMetrics escapes it
+            yield (Format.TEXT,), text
+            yield (Format.OPENMETRICS,), om
+        name, labels = self._name, self._labels
+        lines: list[str] = []
+        for values, value in samples:
+            if values:
+                inner = ",".join(f'{key}{_escape(values[i])}"' for i, key in labels)
+                lines.append(f"{name}{{{inner}}} {_go_float(value)}\n")
+            else:
+                lines.append(f"{name} {_go_float(value)}\n")
+            if len(lines) == PART_LINES:
+                yield BOTH, "".join(lines).encode()
+                lines = []
+        if lines:
+            yield BOTH, "".join(lines).encode()
+
+
+#: prometheus_client's own float formatting (Go's, as Prometheus parses it)
+_go_float = cast(Callable[[float], str], floatToGoString)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+class Variants:
+    """One snapshot view encoded every way it is served: identity chunks and gzip, per format.
+
+    The identity variants are sequences of parts: both formats share their sample lines.
+    """
+
+    def __init__(
+        self, identity: Mapping[Format, Sequence[bytes]], gzipped: Mapping[Format, bytes]
+    ) -> None:
+        self._identity = identity
+        self._gzip = gzipped
+
+    def chunks(self, fmt: Format, gzipped: bool) -> Sequence[bytes]:
+        """The bytes of one variant, in the pieces they are held in."""
+        return (self._gzip[fmt],) if gzipped else self._identity[fmt]
 
     def body(self, fmt: Format, gzipped: bool) -> bytes:
-        """The bytes of one variant."""
-        if not gzipped:
-            return self.identity[fmt]
-        found = self._gzip.get(fmt)
-        if found is None:  # two threads may both compress once: same bytes, no lock needed
-            found = gzip.compress(self.identity[fmt], compresslevel=_SNAPSHOT_GZIP_LEVEL, mtime=0)
-            self._gzip[fmt] = found
-        return found
+        """The bytes of one variant, joined."""
+        return b"".join(self.chunks(fmt, gzipped))
 
-    def compressed(self) -> Variants:
-        """The same variants, every gzip one compressed now."""
-        for fmt in self.identity:
-            self.body(fmt, gzipped=True)
-        return self
+    def size(self) -> int:
+        """Bytes held (a part shared by both formats counted once)."""
+        unique = {id(c): len(c) for chunks in self._identity.values() for c in chunks}
+        return sum(unique.values()) + sum(len(g) for g in self._gzip.values())
 
 
 @dataclass(frozen=True)
@@ -160,10 +239,48 @@ class Prepared:
         return self.stale if now > self.stale_after else self.full
 
 
+class PreparedBuilder:
+    """Assembles a :class:`Prepared` from parts as they arrive, compressing on the way.
+
+    Neither the sender nor the builder ever holds a whole body twice: parts are kept as they
+    come and each gzip stream grows part by part.
+    """
+
+    def __init__(self, stale_after: float) -> None:
+        self._stale_after = stale_after
+        keys = [(view, fmt) for view in View for fmt in Format]
+        self._identity: dict[tuple[View, Format], list[bytes]] = {key: [] for key in keys}
+        self._gzip: dict[tuple[View, Format], tuple[zlib._Compress, list[bytes]]] = {
+            key: (zlib.compressobj(_SNAPSHOT_GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS), [])
+            for key in keys
+        }
+
+    def add(self, part: Part) -> None:
+        """Take one part."""
+        for fmt in part.formats:
+            key = (part.view, fmt)
+            self._identity[key].append(part.data)
+            compressor, out = self._gzip[key]
+            out.append(compressor.compress(part.data))
+
+    def finish(self) -> Prepared:
+        """The assembled views."""
+
+        def view(v: View) -> Variants:
+            gzipped = {}
+            for fmt in Format:
+                compressor, out = self._gzip[(v, fmt)]
+                out.append(compressor.flush())
+                gzipped[fmt] = b"".join(out)
+            return Variants({fmt: tuple(self._identity[(v, fmt)]) for fmt in Format}, gzipped)
+
+        return Prepared(view(View.FULL), view(View.STALE), self._stale_after)
+
+
 class RenderedSnapshot:
     """The current snapshot's exposition, encoded once per snapshot in every served variant.
 
-    With a thousand datasets rendering takes a large fraction of a second and gzip more;
+    With a thousand datasets encoding takes a large fraction of a second and gzip more;
     snapshots change once per poll, scrapes come far more often (several Prometheus replicas,
     dashboards). ``prepare`` encodes a snapshot before it is swapped in, so a scrape is a byte
     copy: the small self-metrics part rendered per scrape, then the prepared snapshot bytes.
@@ -174,6 +291,7 @@ class RenderedSnapshot:
 
     def __init__(self, collector: SnapshotCollector) -> None:
         self._collector = collector
+        self._encoders = {spec.name: FamilyEncoder(spec) for spec in collector.specs}
         self._lock = threading.Lock()
         #: (raw snapshot, its encoding), newest first; replaced whole: readers need no lock
         self._prepared: tuple[tuple[Snapshot, Prepared], ...] = ()
@@ -194,6 +312,23 @@ class RenderedSnapshot:
         """The current snapshot's part of /metrics in one variant (rendered if not prepared)."""
         return self.variants().body(fmt, gzipped)
 
+    def stale_after(self, snapshot: Snapshot) -> float:
+        """When ``snapshot``'s stale view replaces its full one."""
+        return self._collector.stale_after(snapshot)
+
+    def parts(self, snapshot: Snapshot) -> Iterator[Part]:
+        """``snapshot``'s full and stale views, family by family, as they are encoded.
+
+        Only one family's bytes are made at a time, so another process can be sent them
+        without this one ever holding a whole body.
+        """
+        views = ((View.FULL, snapshot), (View.STALE, self._collector.stale_view(snapshot)))
+        for view, shown in views:
+            for spec, samples in self._collector.samples(shown):
+                for formats, data in self._encoders[spec.name].parts(samples):
+                    yield Part(view, formats, data)
+            yield Part(view, (Format.OPENMETRICS,), _OM_EOF)
+
     def _find(self, snapshot: Snapshot) -> Prepared | None:
         for encoded, prepared in self._prepared:
             if encoded is snapshot:
@@ -209,28 +344,12 @@ class RenderedSnapshot:
             found = self._find(snapshot)
             if found is not None:
                 return found
-            prepared = self.encode(snapshot)
+            builder = PreparedBuilder(self.stale_after(snapshot))
+            for part in self.parts(snapshot):
+                builder.add(part)
+            prepared = builder.finish()
             self._prepared = ((snapshot, prepared), *self._prepared)[: self.KEEP]
             return prepared
-
-    def encode(self, snapshot: Snapshot) -> Prepared:
-        """Encode ``snapshot``'s full and stale views without keeping them (for another process)."""
-        return Prepared(
-            self._encode(snapshot),
-            self._encode(self._collector.stale_view(snapshot)),
-            self._collector.stale_after(snapshot),
-        )
-
-    def _encode(self, snapshot: Snapshot) -> Variants:
-        # family by family, so only one family's samples are alive at a time (at 10,000
-        # datasets all of them would take hundreds of megabytes); the bytes are the same
-        parts: dict[Format, list[bytes]] = {fmt: [] for fmt in Format}
-        for family in self._collector.families(snapshot):
-            one = _Families([family])
-            for fmt in Format:
-                parts[fmt].append(encode(one, fmt).removesuffix(_OM_EOF))
-        parts[Format.OPENMETRICS].append(_OM_EOF)
-        return Variants({fmt: b"".join(chunks) for fmt, chunks in parts.items()})
 
 
 def live_part(registry: Collector, fmt: Format, gzipped: bool = False) -> bytes:
@@ -288,9 +407,13 @@ class Exposition:
         """Encode the current snapshot now (blocking: in a worker thread)."""
         self.rendered.variants()
 
+    def chunks(self, fmt: Format, gzipped: bool = False) -> Sequence[bytes]:
+        """The whole body in one variant, in pieces: own metrics, then the snapshot's."""
+        return (self.live(fmt, gzipped), *self.rendered.variants().chunks(fmt, gzipped))
+
     def body(self, fmt: Format, gzipped: bool = False) -> bytes:
-        """The whole body in one variant."""
-        return self.live(fmt, gzipped) + self.rendered.render(fmt, gzipped)
+        """The whole body in one variant, joined."""
+        return b"".join(self.chunks(fmt, gzipped))
 
 
 def _family(spec: MetricSpec) -> GaugeMetricFamily:

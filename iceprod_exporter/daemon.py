@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from . import __version__
+from .allocator import release_freed_memory
 from .api import ApiClient
 from .auth import TokenError, TokenManager, grant_from_settings
 from .collector import (
@@ -104,6 +105,7 @@ class Exporter:
                 quiet_poll_interval=settings.quiet_poll_interval,
                 shard=settings.shard,
                 total_shards=settings.total_shards,
+                workers=settings.concurrency,
             ),
             self.telemetry,
             clock,
@@ -218,7 +220,8 @@ class Exporter:
         )
         http = ServingProcess(options, self._heartbeat, on_exit=self._serving_ended)
         try:
-            http.start(self.rendered.encode(self.poller.snapshot))
+            snapshot = self.poller.snapshot
+            http.start(self.rendered.stale_after(snapshot), self.rendered.parts(snapshot))
         except BindError as exc:
             raise ConfigError(f"{exc.setting}: {exc.message}") from None
         self.http = http
@@ -291,7 +294,8 @@ class Exporter:
 
     def _render(self, snapshot: Snapshot) -> None:
         if self.http is not None:  # served by the child, which keeps the bytes
-            self.http.publish(self.rendered.encode(snapshot))
+            self.http.publish(self.rendered.stale_after(snapshot), self.rendered.parts(snapshot))
+            release_freed_memory()  # the poll's and the encoding's buffers
         else:
             self.rendered.prepare(snapshot)
 

@@ -77,6 +77,9 @@ class Schedule:
     quiet_poll_interval: float = 300.0
     shard: int = 0
     total_shards: int = 1
+    #: datasets read at once (each reads its endpoints one after another): the client's
+    #: concurrency, so every request slot is used
+    workers: int = 8
 
     def counts_due(self, dataset: Dataset, tracking: Tracking, now: float) -> bool:
         """Whether a watched dataset's job and task counts should be read this cycle."""
@@ -466,13 +469,19 @@ class Poller:
         fetched: dict[str, Fetched] = {}
         grids: list[Mapping[str, Grid] | None] = [previous.grids]
 
-        async def one(job: Fetch) -> None:
-            fetched[job.dataset.dataset_id] = await self._fetch(job, cycle, deadline)
+        queue = iter(work.fetches)
+
+        async def worker() -> None:
+            # a few workers share one queue: a task per dataset would hold ten thousand frames
+            # (and their buffers) at once, memory the allocator keeps after the poll
+            for job in queue:
+                fetched[job.dataset.dataset_id] = await self._fetch(job, cycle, deadline)
 
         async def read_grids() -> None:
             grids[0] = await self._grids(previous, cycle, deadline)
 
-        tasks = [asyncio.create_task(one(job)) for job in work.fetches]
+        workers = min(self._schedule.workers, len(work.fetches))
+        tasks = [asyncio.create_task(worker()) for _ in range(workers)]
         if self._schedule.shard == 0:
             tasks.append(asyncio.create_task(read_grids()))
         else:

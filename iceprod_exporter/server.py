@@ -21,7 +21,7 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -149,8 +149,8 @@ class MetricsSource(Protocol):
     def prepare(self) -> None:
         """Make :meth:`body` ready (blocking; called in a worker thread)."""
 
-    def body(self, fmt: Format, gzipped: bool = False) -> bytes:
-        """The bytes in one format and encoding (OpenMetrics ending with ``# EOF``)."""
+    def chunks(self, fmt: Format, gzipped: bool = False) -> Sequence[bytes]:
+        """The bytes in one format and encoding (OpenMetrics ending with ``# EOF``), in pieces."""
 
 
 class NotReady(Exception):
@@ -172,9 +172,9 @@ class _Context:
     bcrypt_pool: ThreadPoolExecutor
     in_flight: int = 0
 
-    def body(self, fmt: Format, gzipped: bool) -> bytes:
+    def chunks(self, fmt: Format, gzipped: bool) -> Sequence[bytes]:
         """/metrics bytes: the server's counters, then the source."""
-        return self.own(fmt, gzipped) + self.source.body(fmt, gzipped)
+        return (self.own(fmt, gzipped), *self.source.chunks(fmt, gzipped))
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -254,11 +254,17 @@ class _Handler(RequestHandler):
             return  # a client's doing, already answered
         log.error("http.handler_failed", path=self.request.path, error=repr(value))
 
-    def _send(self, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+    def _send(
+        self, body: bytes | Sequence[bytes], content_type: str = "text/plain; charset=utf-8"
+    ) -> None:
+        chunks = (body,) if isinstance(body, bytes) else body
         self.set_header("Content-Type", content_type)
-        self.set_header("Content-Length", str(len(body)))
+        self.set_header("Content-Length", str(sum(len(c) for c in chunks)))
         if self.request.method != "HEAD":
-            self.write(body)
+            for chunk in chunks:
+                # flushed one by one: Tornado would join a body's writes into one copy
+                self.write(chunk)
+                self.flush()
         self.finish()
 
     def head(self, *args: Any) -> Any:
@@ -281,7 +287,7 @@ class _Metrics(_Handler):
                 return
         fmt = negotiate(self.request.headers.get("Accept", ""))
         gzipped = accepts_gzip(self.request.headers.get("Accept-Encoding", ""))
-        body = self.context.body(fmt, gzipped)
+        body = self.context.chunks(fmt, gzipped)
         self.set_header("Vary", "Accept, Accept-Encoding")
         if gzipped:
             self.set_header("Content-Encoding", "gzip")

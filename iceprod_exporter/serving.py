@@ -5,8 +5,9 @@ every scrape would wait for the interpreter lock behind it: tens of milliseconds
 datasets. So the daemon serves from a child process that only copies bytes. The parent sends it,
 over a socket pair:
 
-- each snapshot's encoded exposition (full and stale views, both formats, identity; the child
-  compresses), the moment the snapshot is swapped in;
+- each snapshot's exposition (full and stale views, both formats, identity), family by family
+  as the parent encodes it, so neither process holds a body twice; the child compresses as parts
+  arrive and serves the snapshot once its last part is in;
 - every :data:`HEARTBEAT` seconds, its own metrics (identity, both formats) and its status.
 
 The child answers ``/healthz`` with 503 when the parent has not reported for
@@ -23,14 +24,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import structlog
 
 from . import logs
-from .collector import Format, Prepared, Variants, gzip_member
+from .allocator import release_freed_memory
+from .collector import Format, Part, Prepared, PreparedBuilder, View, gzip_member
 from .logs import LogFormat
 from .server import SHUTDOWN_GRACE, BindError, HttpServer, NotReady, Status
 from .web_config import LiveWebConfig, WebConfigError
@@ -92,9 +94,7 @@ class Mirror:
         self._first = threading.Event()
 
     def snapshot(self, prepared: Prepared) -> None:
-        """A new snapshot's bytes (compressed here, before they go live)."""
-        prepared.full.compressed()
-        prepared.stale.compressed()
+        """A new snapshot's bytes, all of them: they go live now."""
         self._prepared = prepared
         self._ready()
 
@@ -122,11 +122,15 @@ class Mirror:
         if not self._first.wait(FIRST_SNAPSHOT_WAIT):
             raise NotReady("starting: no snapshot received yet")
 
-    def body(self, fmt: Format, gzipped: bool = False) -> bytes:
+    def chunks(self, fmt: Format, gzipped: bool = False) -> Sequence[bytes]:
         """The parent's metrics, then the snapshot's view of now."""
         prepared, live = self._prepared, self._live
         assert prepared is not None and live is not None, "prepare() first"
-        return live[(fmt, gzipped)] + prepared.variants(self._clock()).body(fmt, gzipped)
+        return (live[(fmt, gzipped)], *prepared.variants(self._clock()).chunks(fmt, gzipped))
+
+    def body(self, fmt: Format, gzipped: bool = False) -> bytes:
+        """:meth:`chunks`, joined."""
+        return b"".join(self.chunks(fmt, gzipped))
 
     def status(self) -> Status:
         """The parent's last status, unless it has gone silent."""
@@ -138,6 +142,7 @@ class Mirror:
 
 
 def _receive(conn: Connection, mirror: Mirror) -> None:
+    building: PreparedBuilder | None = None
     while True:
         try:
             message = conn.recv()
@@ -147,11 +152,15 @@ def _receive(conn: Connection, mirror: Mirror) -> None:
         kind = message[0]
         if kind == "stop":
             return
-        if kind == "snapshot":
-            views = [
-                Variants({fmt: conn.recv_bytes() for fmt in Format}) for _ in ("full", "stale")
-            ]
-            mirror.snapshot(Prepared(views[0], views[1], message[2]))
+        if kind == "snapshot":  # parts follow, with heartbeats between them
+            building = PreparedBuilder(message[2])
+        elif kind == "part" and building is not None:
+            formats = tuple(Format(f) for f in message[2])
+            building.add(Part(View(message[1]), formats, conn.recv_bytes()))
+        elif kind == "end" and building is not None:
+            mirror.snapshot(building.finish())
+            building = None
+            release_freed_memory()  # the snapshot just replaced
             conn.send(("served", message[1]))  # the parent swaps it in once it is served here
         elif kind == "heartbeat":
             mirror.heartbeat(message[1], message[2])
@@ -219,8 +228,8 @@ class ServingProcess:
         self.addresses: list[tuple[str, int]] = []
         self.scheme = "http"
 
-    def start(self, first: Prepared) -> None:
-        """Spawn the child, wait until it listens, and send it ``first`` and a heartbeat.
+    def start(self, stale_after: float, first: Iterable[Part]) -> None:
+        """Spawn the child, wait until it listens, and send it a first snapshot and heartbeat.
 
         Raises :class:`BindError` when the child cannot listen or load the web config, and
         :class:`ServerExited` when it ends or hangs before listening.
@@ -248,22 +257,31 @@ class ServingProcess:
             self._kill()
             raise BindError(answer[1], answer[2])
         _, self.port, self.addresses, self.scheme = answer
-        self.publish(first)
+        self.publish(stale_after, first)
         self._send_heartbeat()
         self._thread.start()
 
-    def publish(self, prepared: Prepared) -> None:
-        """Send a snapshot's bytes and wait (bounded) until the child serves them."""
-        with contextlib.suppress(OSError, EOFError), self._lock:
-            assert self._conn is not None
+    def publish(self, stale_after: float, parts: Iterable[Part]) -> None:
+        """Send a snapshot's parts as they are made; wait (bounded) until the child serves them.
+
+        The lock is held per part, not per snapshot, so heartbeats go on while a large snapshot
+        is encoded and sent.
+        """
+        with contextlib.suppress(OSError, EOFError):
+            conn = self._conn
+            assert conn is not None
             self._published += 1
-            self._conn.send(("snapshot", self._published, prepared.stale_after))
-            for view in (prepared.full, prepared.stale):
-                for fmt in Format:
-                    self._conn.send_bytes(view.identity[fmt])
+            with self._lock:
+                conn.send(("snapshot", self._published, stale_after))
+            for part in parts:
+                with self._lock:
+                    conn.send(("part", part.view.value, [f.value for f in part.formats]))
+                    conn.send_bytes(part.data)
+            with self._lock:
+                conn.send(("end", self._published))
             deadline = time.monotonic() + PUBLISH_TIMEOUT
-            while self._conn.poll(max(0.0, deadline - time.monotonic())):
-                if self._conn.recv() == ("served", self._published):
+            while conn.poll(max(0.0, deadline - time.monotonic())):
+                if conn.recv() == ("served", self._published):
                     return
             log.warning("serving.publish_slow", timeout=PUBLISH_TIMEOUT)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from iceprod_exporter import serving
-from iceprod_exporter.collector import Format, Prepared, Variants
+from iceprod_exporter.collector import BOTH, Format, Part, Prepared, PreparedBuilder, View
 from iceprod_exporter.server import HttpServer, Status
 from iceprod_exporter.serving import Mirror
 from iceprod_exporter.simulator import SimulatedIceProd, build_store
@@ -35,15 +35,27 @@ class Clock:
         return self.now
 
 
-def _variants(text: bytes) -> Variants:
-    return Variants({Format.TEXT: text, Format.OPENMETRICS: text + b"# EOF\n"})
+def _parts(full: bytes, stale: bytes) -> list[Part]:
+    """Two views, their lines shared by both formats, as the parent sends them."""
+    return [
+        part
+        for view, text in ((View.FULL, full), (View.STALE, stale))
+        for part in (Part(view, BOTH, text), Part(view, (Format.OPENMETRICS,), b"# EOF\n"))
+    ]
+
+
+def _prepared(full: bytes, stale: bytes, stale_after: float) -> Prepared:
+    builder = PreparedBuilder(stale_after)
+    for part in _parts(full, stale):
+        builder.add(part)
+    return builder.finish()
 
 
 def test_mirror_serves_the_view_of_now_and_reports_a_silent_parent() -> None:
     wall, mono = Clock(), Clock()
     mirror = Mirror(silent_after=30, clock=wall, monotonic=mono)
     assert not mirror.is_prepared()
-    mirror.snapshot(Prepared(_variants(b"full 1\n"), _variants(b"stale 1\n"), stale_after=1010.0))
+    mirror.snapshot(_prepared(b"full 1\n", b"stale 1\n", stale_after=1010.0))
     assert not mirror.is_prepared(), "the parent's own metrics have not arrived"
     mirror.heartbeat({fmt: b"own 1\n" for fmt in Format}, Status(True, "ok: polling", True, "ok"))
     assert mirror.is_prepared()
@@ -76,9 +88,7 @@ def test_metrics_answer_503_until_the_first_snapshot_arrives(
         # alive (a liveness probe must not kill it in its first second), not ready
         assert request("127.0.0.1", server.port, "/healthz").status == 200, "starting"
         assert request("127.0.0.1", server.port, "/readyz").status == 503, "starting"
-        mirror.snapshot(
-            Prepared(_variants(b"a 1\n"), _variants(b"a 0\n"), stale_after=float("inf"))
-        )
+        mirror.snapshot(_prepared(b"a 1\n", b"a 0\n", stale_after=float("inf")))
         mirror.heartbeat({fmt: b"" for fmt in Format}, Status(True, "ok", True, "ok"))
         r = request("127.0.0.1", server.port, "/metrics")
         assert r.status == 200 and r.body.endswith(b"a 1\n")
@@ -103,7 +113,7 @@ def test_a_parent_that_stops_reporting_fails_the_childs_healthz(tmp_path: Path) 
 
     options = serving.ServingOptions("127.0.0.1", 0, None, "info", LogFormat.JSON, 2.0)
     process = serving.ServingProcess(options, heartbeat)
-    process.start(Prepared(_variants(b"a 1\n"), _variants(b""), float("inf")))
+    process.start(float("inf"), _parts(b"a 1\n", b""))
     try:
         assert request("127.0.0.1", process.port, "/healthz").status == 200
         assert request("127.0.0.1", process.port, "/metrics").body.endswith(b"\na 1\n")
