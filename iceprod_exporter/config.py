@@ -186,7 +186,7 @@ class Settings(BaseModel):
     )
     concurrency: int = Field(8, ge=1, le=64, description="API requests in flight at most.")
     rate_limit: float = Field(
-        50.0,
+        200.0,
         ge=0,
         le=10000,
         allow_inf_nan=False,

@@ -386,6 +386,14 @@ SPECS: tuple[MetricSpec, ...] = (
         group=Group.EXPORTER,
     ),
     MetricSpec(
+        "iceprod_exporter_oldest_count_timestamp_seconds",
+        Kind.GAUGE,
+        "When the watched dataset counted longest ago was counted (Unix time; the last poll's "
+        "time when none is watched). Quiet and slow datasets are counted every "
+        "quiet_poll_interval, so an age well past it means cycles are falling behind.",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
         "iceprod_exporter_forbidden_datasets",
         Kind.GAUGE,
         "Datasets whose routes answered 403 to the exporter's token in the last poll "

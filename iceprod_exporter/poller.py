@@ -34,10 +34,18 @@ SLOW_STATUSES = frozenset({"suspended", "errors"})
 HISTORY = 10
 
 
+def _digest(dataset_id: str) -> bytes:
+    return hashlib.sha256(dataset_id.encode("utf-8", "surrogatepass")).digest()
+
+
 def shard_of(dataset_id: str, total_shards: int) -> int:
     """Stable shard of a dataset: the same on every replica, release and restart."""
-    digest = hashlib.sha256(dataset_id.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") % total_shards
+    return int.from_bytes(_digest(dataset_id)[:8], "big") % total_shards
+
+
+def phase_of(dataset_id: str) -> float:
+    """Stable phase of a dataset in [0, 1): where in each slow interval it is read."""
+    return int.from_bytes(_digest(dataset_id)[8:16], "big") / 2**64
 
 
 class Source(Protocol):
@@ -91,8 +99,11 @@ class Schedule:
             every = self.quiet_poll_interval
         else:
             return True
-        # half an interval of slack so timer jitter does not skip a whole slow cycle
-        return now - dataset.counted_at >= every - 0.5 * self.poll_interval
+        # Read once per interval, each dataset at its own phase: thousands of datasets turn quiet
+        # (or slow) in the same cycle and would otherwise all fall due together, one cycle in
+        # five, that cycle several times the others' size.
+        phase = phase_of(dataset.dataset_id) * every
+        return (now + phase) // every > (dataset.counted_at + phase) // every
 
     def quiet(self, tracking: Tracking) -> bool:
         """Whether a processing dataset is read on the quiet cadence."""
@@ -547,8 +558,11 @@ class Poller:
     def _finish(self, snapshot: Snapshot, cycle: _Cycle, crashed: bool, duration: float) -> None:
         telemetry = self._telemetry
         telemetry.poll_duration.observe(duration)
-        telemetry.datasets_watched.set(len(snapshot.watched()))
+        watched = snapshot.watched()
+        telemetry.datasets_watched.set(len(watched))
         telemetry.forbidden_datasets.set(sum(t.forbidden for t in self.tracking.values()))
+        counted = [d.counted_at for d in watched if d.counted_at is not None]
+        telemetry.oldest_count.set(min(counted, default=snapshot.polled_at or 0.0))
         for endpoint in self._denied | set(cycle.denied):
             telemetry.permission_denied.labels(endpoint).set(cycle.denied[endpoint])
         for endpoint in set(cycle.denied) - self._denied:

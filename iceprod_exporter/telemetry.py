@@ -59,6 +59,7 @@ class Telemetry:
             __version__, platform.python_version(), _package_version("wipac-rest-tools")
         ).set(1)
         self.datasets_watched = gauge("iceprod_exporter_datasets_watched")
+        self.oldest_count = gauge("iceprod_exporter_oldest_count_timestamp_seconds")
         self.forbidden_datasets = gauge("iceprod_exporter_forbidden_datasets")
         self.permission_denied = gauge("iceprod_exporter_permission_denied")
         self.poll_duration = histogram("iceprod_exporter_poll_duration_seconds", POLL_BUCKETS)

@@ -128,22 +128,32 @@ def test_first_poll_reads_everything_and_fills_the_snapshot() -> None:
     assert snap.grids["g1"].last_update == 1795687200.0
 
 
+def _read_times(
+    poller: Poller, source: FakeSource, clock: Clock, dataset: str, cycles: int
+) -> list[float]:
+    """Poll ``cycles`` times, a minute apart: the times ``dataset``'s counts were read."""
+    times = []
+    for _ in range(cycles):
+        clock.now += 60
+        poll(poller)
+        counted = poller.snapshot.datasets[dataset].counted_at
+        if counted == clock.now:
+            times.append(counted)
+    return times
+
+
 def test_slow_cadence_for_suspended_and_slower_task_stats() -> None:
     source, clock = FakeSource(), Clock()
     source.add("a", 1)
     source.add("b", 2, status="errors")
     poller = make(source, clock)
     poll(poller)
-    for _ in range(3):
-        clock.now += 60
-        poll(poller)
-    assert source.calls[api.JOB_COUNTS] == 2 + 3, "errors dataset skipped for 3 cycles"
-    assert source.calls[api.TASK_STATS] == 2, "task_stats only on the first cycle"
-    clock.now += 60 * 2
-    poll(poller)
-    assert source.calls[api.JOB_COUNTS] == 5 + 2, "slow cadence reached after 5 intervals"
-    clock.now += 600
-    poll(poller)
+    first = clock.now
+    reads = _read_times(poller, source, clock, "b", 20)
+    gaps = [later - earlier for earlier, later in zip([first, *reads], reads, strict=False)]
+    assert len(reads) == 4 and all(gap <= 300 for gap in gaps), f"once per 300 s: {reads}"
+    assert gaps[1:] == [300, 300, 300], "at the dataset's own phase in each interval"
+    assert source.calls[api.JOB_COUNTS] == 2 + 20 + 4, "a every cycle, b once per slow interval"
     assert source.calls[api.TASK_STATS] == 2, "no task completed: task_stats cannot have changed"
     source.answers["/datasets/a/task_counts/name_status"] = {"generate": {"complete": 2}}
     clock.now += 60
@@ -157,28 +167,40 @@ def test_slow_cadence_for_suspended_and_slower_task_stats() -> None:
     assert source.calls[api.TASK_STATS] == 3, "nothing completed since"
 
 
+def test_slow_reads_are_spread_over_the_cycles() -> None:
+    """Datasets that turn slow together are read at their own phases, not all in one cycle."""
+    source, clock = FakeSource(), Clock()
+    for n in range(200):
+        source.add(f"d{n}", n, status="suspended")
+    poller = make(source, clock)
+    poll(poller)
+    per_cycle = []
+    for _ in range(10):  # two slow intervals
+        before = source.calls[api.JOB_COUNTS]
+        clock.now += 60
+        poll(poller)
+        per_cycle.append(source.calls[api.JOB_COUNTS] - before)
+    assert sum(per_cycle) == 400, "each read once per interval"
+    assert max(per_cycle) <= 70, f"about 40 a cycle, not 200 in one: {per_cycle}"
+
+
 def test_a_quiet_dataset_is_read_within_the_bound_and_busy_again_on_a_change() -> None:
     source, clock = FakeSource(), Clock()
     source.add("a", 1)
     poller = make(source, clock, quiet_after_polls=3, quiet_poll_interval=300.0)
-    reads = []
-    for _ in range(12):
-        before = source.calls[api.JOB_COUNTS]
-        poll(poller)
-        reads.append(source.calls[api.JOB_COUNTS] - before)
-        clock.now += 60
-    # read 4 times (3 unchanged after the first), then every 300 s: cycles 8 and 13
-    assert reads == [1, 1, 1, 1, 0, 0, 0, 0, 1, 0, 0, 0], reads
-    assert poller.snapshot.datasets["a"].counted_at == 1_000.0 + 8 * 60
-    source.answers["/datasets/a/job_counts/status"] = {"processing": 1, "complete": 1}
-    clock.now += 4 * 60  # the next quiet read sees the change ...
     poll(poller)
-    counted = source.calls[api.JOB_COUNTS]
-    for _ in range(3):  # ... and the dataset is read every cycle again
+    busy = _read_times(poller, source, clock, "a", 3)
+    assert len(busy) == 3, "read every cycle until 3 reads in a row found nothing new"
+    quiet = _read_times(poller, source, clock, "a", 12)
+    gaps = [later - earlier for earlier, later in zip([busy[-1], *quiet], quiet, strict=False)]
+    assert len(quiet) in (2, 3) and all(gap <= 300 for gap in gaps), f"quiet: {quiet}"
+    source.answers["/datasets/a/job_counts/status"] = {"processing": 1, "complete": 1}
+    changed = clock.now
+    while poller.snapshot.datasets["a"].jobs != {"processing": 1, "complete": 1}:
         clock.now += 60
         poll(poller)
-    assert source.calls[api.JOB_COUNTS] == counted + 3
-    assert poller.snapshot.datasets["a"].jobs == {"processing": 1, "complete": 1}
+    assert clock.now - changed <= 300, "the change is seen within quiet_poll_interval"
+    assert len(_read_times(poller, source, clock, "a", 3)) == 3, "and read every cycle again"
 
 
 def test_a_status_change_of_a_quiet_dataset_is_read_at_once() -> None:
@@ -503,3 +525,23 @@ def test_a_completed_dataset_whose_final_read_is_cut_keeps_its_grace_period() ->
     assert "a" in snap.datasets and not snap.datasets["a"].watched, "kept for the grace period"
     clock.now += 300
     assert "a" not in poll(poller).datasets
+
+
+def test_the_oldest_count_shows_how_far_behind_the_cadence_is() -> None:
+    source, clock = FakeSource(), Clock()
+    source.add("a", 1)
+    source.add("b", 2, status="suspended")
+    registry = CollectorRegistry()
+    schedule = Schedule(poll_interval=60.0, slow_poll_factor=1000)  # b: once in ~17 hours
+    poller = Poller(source, schedule, Telemetry(registry), clock)
+    poll(poller)
+    oldest = "iceprod_exporter_oldest_count_timestamp_seconds"
+    assert registry.get_sample_value(oldest) == 1_000.0
+    clock.now += 60
+    poll(poller)
+    assert poller.snapshot.datasets["a"].counted_at == clock.now
+    assert registry.get_sample_value(oldest) == 1_000.0, "b, counted a minute ago"
+    source.datasets["b"]["status"] = "complete"
+    clock.now += 60
+    poll(poller)
+    assert registry.get_sample_value(oldest) == clock.now, "a complete dataset is not watched"

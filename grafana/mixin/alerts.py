@@ -133,6 +133,26 @@ def _exporter_alerts(cfg: Config) -> Group:
                 "reporting failures (iceprod_up stuck at 1).",
             ),
             Alert(
+                "IceProdExporterFallingBehind",
+                "exporter",
+                "time() - iceprod_exporter_oldest_count_timestamp_seconds"
+                f" > {cfg.counts_behind_seconds}\n"
+                "unless on (job, instance) iceprod_up == 0",
+                cfg.counts_behind_for,
+                "warning",
+                "iceprod-exporter {{ $labels.instance }} is falling behind",
+                _text(
+                    "Polls of iceprod-exporter {{ $labels.instance }} succeed, but some watched",
+                    "datasets were last counted {{ $value | humanizeDuration }} ago",
+                    f"(threshold {spoken(cfg.counts_behind_seconds)}): a poll cycle asks more",
+                    "than rate_limit and concurrency let it finish in time. Raise rate_limit,",
+                    "or split the datasets over shards (total_shards).",
+                ),
+                board,
+                "Some watched dataset's counts are older than its cadence allows while IceProd "
+                "answers: cycles overrun their interval, so changes are seen late.",
+            ),
+            Alert(
                 "IceProdExporterTokenRefreshFailing",
                 "exporter",
                 "sum by (job, instance) (increase(iceprod_exporter_token_refresh_failures_total"

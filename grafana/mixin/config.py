@@ -48,6 +48,10 @@ class Config:
     #: seconds since the last successful poll: the exporter's default max_staleness
     stale_seconds: int = 600
     stale_for: str = "5m"
+    #: seconds since a watched dataset was last counted: three times the exporter's default
+    #: quiet_poll_interval, the longest its cadence leaves a dataset unread
+    counts_behind_seconds: int = 900
+    counts_behind_for: str = "10m"
     #: the data-age panels turn orange here (three missed polls), red at stale_seconds
     data_age_warning_seconds: int = 180
     token_failure_window: str = "15m"

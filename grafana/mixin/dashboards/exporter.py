@@ -106,8 +106,15 @@ def build(cfg: Config) -> models.Dashboard:
             "Staleness",
             "Seconds since the last successful poll; the exporter drops dataset values once "
             "this passes max_staleness, and IceProdExporterMetricsStale fires above "
-            f"{spoken(cfg.stale_seconds)}.",
-            query(age, "{{instance}}"),
+            f"{spoken(cfg.stale_seconds)}. Oldest count: seconds since the watched dataset "
+            "counted longest ago was counted; quiet and slow datasets are counted every "
+            "quiet_poll_interval, and IceProdExporterFallingBehind fires above "
+            f"{spoken(cfg.counts_behind_seconds)}.",
+            query(age, "last poll {{instance}}"),
+            query(
+                f"time() - iceprod_exporter_oldest_count_timestamp_seconds{{{I_}}}",
+                "oldest count {{instance}}",
+            ),
             unit="s",
         ),
         timeseries_panel(
