@@ -1,7 +1,6 @@
-"""Benchmark: the exporter against a simulated IceProd of 1,000 datasets, in separate processes.
+"""Helpers of the benchmarks (processes, scrapes, /proc), and the defaults benchmark.
 
-Prints, per rate-limit setting: poll cycle time, API requests per cycle, /metrics latency
-(median and p99) measured while a poll is running, series exposed and resident memory.
+``python benchmarks/bench.py`` (``make bench-defaults``): see :data:`DEFAULTS_DOC`.
 """
 
 from __future__ import annotations
@@ -9,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -19,14 +17,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
+from iceprod_exporter import config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the test helpers, for scripts run from anywhere
 from tests.support import free_port as free_port  # noqa: E402 (needs the path; re-exported)
 
 EXPORTER = [sys.executable, "-m", "iceprod_exporter"]
-IN_FLIGHT = re.compile(rb"^iceprod_exporter_api_requests_in_flight (\S+)$", re.MULTILINE)
 
 
 def p99(values: list[float]) -> float:
@@ -46,14 +43,6 @@ def get(url: str) -> tuple[float, bytes]:
     with urllib.request.urlopen(url, timeout=30) as response:
         body = response.read()
     return time.perf_counter() - started, body
-
-
-def values(body: bytes) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            out[sample.name] = out.get(sample.name, 0.0) + sample.value
-    return out
 
 
 def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
@@ -100,11 +89,6 @@ def proc_status(pid: int, key: str) -> int:
     return total
 
 
-def peak_rss_mib(pid: int) -> float:
-    """Peak resident memory of the exporter's processes (the sum of each one's peak)."""
-    return proc_status(pid, "VmHWM") / 1024
-
-
 def poll_events(log: Path) -> list[dict[str, float]]:
     events = []
     for line in log.read_text().splitlines():
@@ -113,91 +97,72 @@ def poll_events(log: Path) -> list[dict[str, float]]:
     return events
 
 
-def run_case(api_url: str, rate_limit: float, cycles: int, workdir: Path) -> dict[str, float]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/metrics"
-    log = workdir / f"exporter-{rate_limit:g}.log"
-    argv = [
-        *EXPORTER,
-        "run",
-        "--api-url",
-        api_url,
-        "--token",
-        "bench",
-        "--port",
-        str(port),
-        "--listen-address",
-        "127.0.0.1",
-        "--poll-interval",
-        "1",
-        "--rate-limit",
-        str(rate_limit),
-        "--log-format",
-        "json",
-    ]
-    with process(argv, log) as proc:
-        wait(lambda: poll_events(log), 900, "first poll")
-        latencies: list[float] = []
-        # polls run back to back (interval 1 s < cycle time): scrape serially meanwhile and
-        # keep the latencies of scrapes that found a poll in flight
-        while len(poll_events(log)) < 1 + cycles:
-            elapsed, body = get(url)
-            in_flight = IN_FLIGHT.search(body)
-            if in_flight and float(in_flight.group(1)) > 0:
-                latencies.append(elapsed)
-            time.sleep(0.01)
-        _, body = get(url)
-        done = values(body)
-        first, *steady = poll_events(log)[: 1 + cycles]
-        return {
-            "first poll (s, with task_stats)": first["duration"],
-            "first poll requests": first["requests"],
-            "steady poll (s)": statistics.mean(e["duration"] for e in steady),
-            "steady requests per poll": statistics.mean(e["requests"] for e in steady),
-            "scrapes during polls": len(latencies),
-            "/metrics median (ms)": statistics.median(latencies) * 1000,
-            "/metrics p99 (ms)": p99(latencies) * 1000,
-            "/metrics max (ms)": max(latencies) * 1000,
-            "series exposed": count_series(body.decode()),
-            "resident memory (MiB)": done["process_resident_memory_bytes"] / 2**20,
-            "peak resident memory (MiB)": peak_rss_mib(proc.pid),
-            "iceprod_up": done["iceprod_up"],
-        }
+def member_status(pid: int, key: str) -> list[int]:
+    """A field of /proc/PID/status for each process of the tree (kB for memory fields)."""
+    found = []
+    for member in process_tree(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                found.append(int(line.split()[1]))
+    return found
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--datasets", type=int, default=1000)
-    parser.add_argument("--cycles", type=int, default=3, help="steady polls to measure")
-    parser.add_argument("--rate-limits", default="0,50", help="comma list; 0 = unlimited")
+    """The exporter at its defaults on a moving simulated IceProd: every cycle, and memory."""
+    parser = argparse.ArgumentParser(description=DEFAULTS_DOC)
+    parser.add_argument("--datasets", type=int, default=10_000)
+    parser.add_argument("--steady-cycles", type=int, default=3, help="cycles after warm-up")
     args = parser.parse_args()
-    workdir = ROOT / ".cache" / "bench"
+    workdir = ROOT / ".cache" / "bench" / f"defaults-{args.datasets}"
     workdir.mkdir(parents=True, exist_ok=True)
-    sim_port = free_port()
-    simulator = [
-        sys.executable,
-        "-m",
-        "iceprod_exporter.simulator",
-        "--datasets",
-        str(args.datasets),
-        "--port",
-        str(sim_port),
-        "--tick",
-        "0",
-    ]
+    settings = config.validate({"api_url": "http://unused", "token": "t"})
+    interval = settings.poll_interval
+    sim_port, port = free_port(), free_port()
+    simulator = [sys.executable, "-m", "iceprod_exporter.simulator", "--datasets",
+                 str(args.datasets), "--port", str(sim_port), "--tick", str(interval / 5),
+                 "--busy-share", "0.2"]  # fmt: skip
     api_url = f"http://127.0.0.1:{sim_port}"
-    print(f"simulated IceProd: {args.datasets} datasets, {os.cpu_count()} cores", flush=True)
+    print(f"== {args.datasets:,} datasets, {os.cpu_count()} cores, defaults: poll_interval "
+          f"{interval:g} s, rate_limit {settings.rate_limit:g}/s, concurrency "
+          f"{settings.concurrency}, quiet_poll_interval {settings.quiet_poll_interval:g} s",
+          flush=True)  # fmt: skip
+    warm_up = 1 + settings.quiet_after_polls  # by then every unchanged dataset is quiet
     with process(simulator, workdir / "simulator.log"):
-        wait(lambda: get(api_url + "/healthz")[1] == b"{}", 300, "simulator")
-        for rate in (float(r) for r in args.rate_limits.split(",")):
-            label = "unlimited" if rate == 0 else f"{rate:g} rps"
-            print(f"\n== rate limit {label}, concurrency 8", flush=True)
-            for key, value in run_case(api_url, rate, args.cycles, workdir).items():
-                print(
-                    f"  {key:<34} {value:10.1f}"
-                    if isinstance(value, float)
-                    else f"  {key:<34} {value:10}"
-                )
+        wait(lambda: get(api_url + "/healthz")[1] == b"{}", 600, "simulator")
+        log = workdir / "exporter.log"
+        argv = [*EXPORTER, "run", "--api-url", api_url, "--token", "bench", "--port", str(port),
+                "--listen-address", "127.0.0.1", "--log-format", "json"]  # fmt: skip
+        with process(argv, log) as proc:
+            cycles = warm_up + args.steady_cycles
+            deadline = (cycles + 10) * interval * 3
+            wait(lambda: len(poll_events(log)) >= cycles, deadline, f"{cycles} poll cycles")
+            rss = [kb / 1024 for kb in member_status(proc.pid, "VmRSS")]
+            hwm = [kb / 1024 for kb in member_status(proc.pid, "VmHWM")]
+            _, body = get(f"http://127.0.0.1:{port}/metrics")
+    events = poll_events(log)[:cycles]
+    print(f"  {'cycle':>5} {'requests':>9} {'duration (s)':>13}")
+    for e in events:
+        phase = "full" if e["cycle"] == 1 else "warm-up" if e["cycle"] <= warm_up else "steady"
+        print(f"  {e['cycle']:>5.0f} {e['requests']:>9,.0f} {e['duration']:>13.1f}  {phase}")
+    steady = events[warm_up:]
+    longest = max(e["duration"] for e in steady)
+    print(f"  steady cycles: {statistics.mean(e['requests'] for e in steady):,.0f} requests, "
+          f"longest {longest:.1f} s of the {interval:g} s poll interval: "
+          f"{'within' if longest <= interval else 'OVER'}")  # fmt: skip
+    print(f"  resident memory now: poller {rss[0]:.0f} MiB, serving process {rss[1]:.0f} MiB; "
+          f"peaks {hwm[0]:.0f} and {hwm[1]:.0f} MiB; exposition {len(body) / 1e6:.1f} MB, "
+          f"{count_series(body.decode()):,} series")  # fmt: skip
+    if longest > interval:
+        raise SystemExit("a steady cycle overran the poll interval")
+
+
+DEFAULTS_DOC = """Benchmark: the exporter at its default settings on a moving simulated IceProd.
+
+The quiet/busy simulation (a fifth of the processing datasets busy) ticks five times per poll
+interval. Prints each cycle's requests and duration (the first reads everything, the next few
+until unchanged datasets turn quiet, then steady ones) and both processes' memory, and fails if
+a steady cycle overruns the poll interval at the default rate limit.
+"""
 
 
 if __name__ == "__main__":
