@@ -220,11 +220,6 @@ class Variants:
         """The bytes of one variant, joined."""
         return b"".join(self.chunks(fmt, gzipped))
 
-    def size(self) -> int:
-        """Bytes held (a part shared by both formats counted once)."""
-        unique = {id(c): len(c) for chunks in self._identity.values() for c in chunks}
-        return sum(unique.values()) + sum(len(g) for g in self._gzip.values())
-
 
 @dataclass(frozen=True)
 class Prepared:
