@@ -6,9 +6,12 @@ Chromium runs headless, driven through the DevTools protocol (Tornado's websocke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
+import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -171,37 +174,76 @@ class PageResult:
 def browse(url: str, timeout: float = 60) -> PageResult:
     """Load ``url`` in headless Chromium; return its text, DOM and every console/log error."""
     chromium = need("chromium", "chromium")
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        proc = subprocess.Popen(
-            [
-                chromium, "--headless", "--no-sandbox", "--disable-gpu",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0", "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+    profile = tempfile.mkdtemp(prefix="chromium-")
+    # Its own session, so that stopping it reaches the zygote and renderer helpers too:
+    # they outlive the browser process and keep writing into the profile.
+    proc = subprocess.Popen(
+        [
+            chromium, "--headless", "--no-sandbox", "--disable-gpu",
+            "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+            "--disable-crash-reporter", "--disable-breakpad",
+            f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0", "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        port_file = Path(profile) / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout
+        while not (port_file.exists() and port_file.read_text().strip()):
+            assert proc.poll() is None, f"chromium exited with {proc.returncode}"
+            assert time.monotonic() < deadline, "chromium did not open its DevTools port"
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            targets = json.load(r)
+        ws = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+        return asyncio.run(asyncio.wait_for(_devtools(ws, url), timeout))
+    finally:
+        _stop_group(proc)
+        _remove_profile(Path(profile))
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process and every process of its group, waiting (bounded) until they are gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
         try:
-            port_file = Path(profile) / "DevToolsActivePort"
-            deadline = time.monotonic() + timeout
-            while not (port_file.exists() and port_file.read_text().strip()):
-                assert proc.poll() is None, f"chromium exited with {proc.returncode}"
-                assert time.monotonic() < deadline, "chromium did not open its DevTools port"
-                time.sleep(0.1)
-            port = int(port_file.read_text().split()[0])
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-                targets = json.load(r)
-            ws = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
-            return asyncio.run(asyncio.wait_for(_devtools(ws, url), timeout))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            continue
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            time.sleep(0.05)
+        if not _group_alive(proc.pid):
+            return
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _remove_profile(profile: Path) -> None:
+    """Remove a Chromium profile; a helper may still flush a file, so retry for a while."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            shutil.rmtree(profile)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 async def _devtools(ws_url: str, url: str) -> PageResult:
