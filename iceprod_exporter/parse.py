@@ -16,7 +16,15 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .labels import ValueField
-from .snapshot import Counts, Grid, TaskStats, frozen_map
+from .snapshot import (
+    DATASET_STATUSES,
+    JOB_STATUSES,
+    TASK_STATUSES,
+    Counts,
+    Grid,
+    TaskStats,
+    frozen_map,
+)
 
 #: the fields the poller asks GET /datasets for (a narrow projection keeps the call cheap)
 DATASET_KEYS = (
@@ -36,6 +44,14 @@ V = TypeVar("V")
 
 #: the largest count a float64 sample holds exactly
 MAX_COUNT = 2**53
+#: how many distinct names :func:`shared` keeps; later ones are kept as sent (a bound on odd input)
+SHARED_NAMES_LIMIT = 4096
+
+# JSON decoding makes a new string for every key: at 10,000 datasets about 250,000 copies of the
+# same statuses and task names (11 MiB). The snapshot holds one object per distinct name instead.
+_shared_names: dict[str, str] = {
+    name: name for name in (*DATASET_STATUSES, *JOB_STATUSES, *TASK_STATUSES)
+}
 
 
 class BadResponse(ValueError):
@@ -73,6 +89,16 @@ def label(value: Any) -> str | None:
     return value
 
 
+def shared(name: str) -> str:
+    """The one string object kept for ``name`` (a status, task, group or user name)."""
+    kept = _shared_names.get(name)
+    if kept is not None:
+        return kept
+    if len(_shared_names) >= SHARED_NAMES_LIMIT:
+        return name
+    return _shared_names.setdefault(name, name)
+
+
 def count(value: Any) -> int | None:
     """``value`` if it is a count a sample carries exactly, else None."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
@@ -97,7 +123,7 @@ def _counts(body: Any, what: str) -> Counts | None:
         name, value = label(status), count(n)
         if name is None or value is None:
             return None
-        result[name] = value
+        result[shared(name)] = value
     return frozen_map(result)
 
 
@@ -124,7 +150,7 @@ def _per_name(
         if task_name is None or value is None:
             rejects.drop(field, what)
             continue
-        result[task_name] = value
+        result[shared(task_name)] = value
     return frozen_map(result)
 
 
@@ -245,10 +271,10 @@ def dataset_row(dataset_id: str, raw: Any, rejects: Rejects) -> dict[str, Any] |
     return {
         "dataset_id": dataset_id,
         "number": number,
-        "status": status,
+        "status": shared(status),
         "description": fields.text("description", ValueField.DESCRIPTION),
-        "group": fields.text("group", ValueField.GROUP),
-        "username": fields.text("username", ValueField.USERNAME),
+        "group": shared(fields.text("group", ValueField.GROUP)),
+        "username": shared(fields.text("username", ValueField.USERNAME)),
         "jobs_submitted": fields.whole("jobs_submitted", ValueField.JOBS_SUBMITTED),
         "tasks_submitted": fields.whole("tasks_submitted", ValueField.TASKS_SUBMITTED),
         "priority": fields.number("priority", ValueField.PRIORITY),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from typing import Any
@@ -482,6 +483,22 @@ def test_unfit_values_drop_only_their_field() -> None:
     ]:
         value = registry.get_sample_value("iceprod_exporter_bad_values_total", {"field": field})
         assert value == n, field
+
+
+def test_names_repeated_across_datasets_are_kept_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iceprod_exporter import parse
+
+    body = '{"generate": {"queued": 1, "a-status-of-a-later-iceprod": 2}}'
+    first, second = json.loads(body), json.loads(body)  # two decodes: distinct string objects
+    rejects = parse.Rejects()
+    ((name_a, counts_a),) = parse.name_counts(first, "a", rejects).items()
+    ((name_b, counts_b),) = parse.name_counts(second, "b", rejects).items()
+    assert name_a is name_b, "one task name object for both datasets"
+    assert all(x is y for x, y in zip(counts_a, counts_b, strict=True)), "one per status"
+    monkeypatch.setattr(parse, "SHARED_NAMES_LIMIT", 0)
+    unseen = "".join(["never", "-seen"])
+    assert parse.shared(unseen) is unseen, "past the limit a name is kept as sent"
+    assert unseen not in parse._shared_names, "and the table does not grow"
 
 
 def test_every_bounded_label_combination_starts_at_zero() -> None:
