@@ -476,6 +476,13 @@ SPECS: tuple[MetricSpec, ...] = (
         group=Group.EXPORTER,
     ),
     MetricSpec(
+        "iceprod_exporter_serving_resident_memory_bytes",
+        Kind.GAUGE,
+        "Resident memory of the process serving HTTP, which keeps the encoded exposition "
+        "(process_resident_memory_bytes is the main process's).",
+        group=Group.EXPORTER,
+    ),
+    MetricSpec(
         "iceprod_exporter_token_refreshes_total",
         Kind.COUNTER,
         "Successful OAuth token acquisitions (grants or static token reads).",

@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from . import __version__
+from .allocator import resident_bytes
 from .labels import API_REASONS, TOKEN_REASONS, Endpoint, ValueField
 from .metrics import Kind, spec
 
@@ -29,12 +30,21 @@ def _counter(name: str, registry: CollectorRegistry) -> Counter:
     return Counter(s.name, s.help, s.labels, registry=registry)
 
 
+def _gauge(name: str, registry: CollectorRegistry) -> Gauge:
+    s = spec(name)
+    assert s.kind is Kind.GAUGE
+    return Gauge(s.name, s.help, s.labels, registry=registry)
+
+
 class HttpTelemetry:
     """The HTTP server's own counters, kept where requests are served (the serving process)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = _counter("iceprod_exporter_http_requests_total", registry)
         self.auth_failures = _counter("iceprod_exporter_http_auth_failures_total", registry)
+        # the serving process holds the encoded exposition, a large share of the exporter's memory
+        resident = _gauge("iceprod_exporter_serving_resident_memory_bytes", registry)
+        resident.set_function(resident_bytes)
 
 
 class Telemetry:
@@ -45,9 +55,7 @@ class Telemetry:
             return _counter(name, registry)
 
         def gauge(name: str) -> Gauge:
-            s = spec(name)
-            assert s.kind is Kind.GAUGE
-            return Gauge(s.name, s.help, s.labels, registry=registry)
+            return _gauge(name, registry)
 
         def histogram(name: str, buckets: tuple[float, ...]) -> Histogram:
             s = spec(name)

@@ -439,6 +439,10 @@ def exporter_metrics() -> dict[str, MetricInfo]:
             kind = "counter" if spec.kind is Kind.COUNTER else "gauge"
             known[spec.name] = MetricInfo(spec.name, kind, labels, values)
     known["up"] = MetricInfo("up", "gauge", TARGET_LABELS)
+    # prometheus_client's process collector (setting process_metrics, on by default)
+    known["process_resident_memory_bytes"] = MetricInfo(
+        "process_resident_memory_bytes", "gauge", TARGET_LABELS
+    )
     return known
 
 

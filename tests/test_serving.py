@@ -24,7 +24,7 @@ from iceprod_exporter.serving import Mirror
 from iceprod_exporter.simulator import SimulatedIceProd, build_store
 
 from .http_support import request
-from .support import free_port, wait_for
+from .support import free_port, samples, wait_for
 
 
 class Clock:
@@ -180,6 +180,28 @@ def test_sigterm_to_the_whole_group_stops_both_processes_gracefully(
     text = log.read_text()
     assert '"exporter.stopped"' in text
     assert "Traceback" not in text and '"level": "error"' not in text, text[-2000:]
+
+
+def _resident(pid: int) -> float:
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return float(pages * os.sysconf("SC_PAGE_SIZE"))
+
+
+@process_test
+def test_both_processes_report_their_resident_memory(
+    simulator: SimulatedIceProd, tmp_path: Path
+) -> None:
+    proc, port, child = _start(simulator, tmp_path / "exporter.log")
+    try:
+        values = samples(request("127.0.0.1", port, "/metrics").body.decode())
+        served = values[("iceprod_exporter_serving_resident_memory_bytes", ())]
+        main = values[("process_resident_memory_bytes", ())]
+        # each gauge matches its own process (they differ by tens of MiB), within 5 MiB of drift
+        assert abs(served - _resident(child)) < 5 * 2**20, (served, _resident(child))
+        assert abs(main - _resident(proc.pid)) < 5 * 2**20, (main, _resident(proc.pid))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
 
 
 @process_test

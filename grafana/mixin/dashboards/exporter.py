@@ -225,6 +225,21 @@ def build(cfg: Config) -> models.Dashboard:
             ),
             unit="reqps",
         ).min(0),
+        timeseries_panel(
+            "Resident memory",
+            "Resident memory of the main process (poller and encoder) and of the serving process, "
+            "which keeps the encoded exposition ready in every variant. Size the memory limit to "
+            "their sum, with room for a swap, when both copies of the exposition are held.",
+            query(
+                f"max by (instance) (process_resident_memory_bytes{{{I_}}})",
+                "main {{instance}}",
+            ),
+            query(
+                f"max by (instance) (iceprod_exporter_serving_resident_memory_bytes{{{I_}}})",
+                "serving {{instance}}",
+            ),
+            unit="bytes",
+        ).min(0),
     ]
     token = [
         timeseries_panel(
