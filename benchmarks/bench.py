@@ -81,12 +81,7 @@ def process_tree(pid: int) -> list[int]:
 
 def proc_status(pid: int, key: str) -> int:
     """A field of /proc/PID/status summed over the process tree (kB for memory fields)."""
-    total = 0
-    for member in process_tree(pid):
-        for line in Path(f"/proc/{member}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                total += int(line.split()[1])
-    return total
+    return sum(member_status(pid, key))
 
 
 def poll_events(log: Path) -> list[dict[str, float]]:
@@ -97,11 +92,11 @@ def poll_events(log: Path) -> list[dict[str, float]]:
     return events
 
 
-def member_status(pid: int, key: str) -> list[int]:
-    """A field of /proc/PID/status for each process of the tree (kB for memory fields)."""
+def member_status(pid: int, key: str, file: str = "status") -> list[int]:
+    """A field of /proc/PID/``file`` for each process of the tree (kB for memory fields)."""
     found = []
     for member in process_tree(pid):
-        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+        for line in Path(f"/proc/{member}/{file}").read_text().splitlines():
             if line.startswith(key + ":"):
                 found.append(int(line.split()[1]))
     return found
@@ -138,6 +133,8 @@ def main() -> None:
             wait(lambda: len(poll_events(log)) >= cycles, deadline, f"{cycles} poll cycles")
             rss = [kb / 1024 for kb in member_status(proc.pid, "VmRSS")]
             hwm = [kb / 1024 for kb in member_status(proc.pid, "VmHWM")]
+            # RSS counts the libraries both interpreters map twice; PSS splits shared pages
+            pss = sum(member_status(proc.pid, "Pss", "smaps_rollup")) / 1024
             _, body = get(f"http://127.0.0.1:{port}/metrics")
     events = poll_events(log)[:cycles]
     print(f"  {'cycle':>5} {'requests':>9} {'duration (s)':>13}")
@@ -152,6 +149,8 @@ def main() -> None:
     print(f"  resident memory now: poller {rss[0]:.0f} MiB, serving process {rss[1]:.0f} MiB; "
           f"peaks {hwm[0]:.0f} and {hwm[1]:.0f} MiB; exposition {len(body) / 1e6:.1f} MB, "
           f"{count_series(body.decode()):,} series")  # fmt: skip
+    print(f"  together: resident {sum(rss):.0f} MiB, proportional (shared pages counted once) "
+          f"{pss:.0f} MiB")  # fmt: skip
     if longest > interval:
         raise SystemExit("a steady cycle overran the poll interval")
 
