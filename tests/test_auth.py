@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -94,6 +97,26 @@ def test_wrong_secret_is_rejected_without_leaking_it_and_backs_off(issuer: OIDCI
         )
         == 1
     )
+
+
+def test_a_client_that_hangs_up_leaves_no_traceback(
+    issuer: OIDCIssuer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    issuer.delay = 0.2  # the reply is written after the client reset the connection
+    url = urlsplit(issuer.url)
+    body = b"grant_type=client_credentials"
+    with socket.create_connection((url.hostname or "", url.port or 0), timeout=5) as client:
+        client.sendall(
+            f"POST {url.path}/protocol/openid-connect/token HTTP/1.0\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        time.sleep(0.05)  # the issuer has read the request
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    time.sleep(0.4)  # the delayed reply meets the reset
+    issuer.delay = 0.0
+    asyncio.run(manager(cc(issuer)).ensure_fresh())  # and it still serves
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_slow_issuer_times_out(issuer: OIDCIssuer) -> None:

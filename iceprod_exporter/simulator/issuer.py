@@ -4,6 +4,7 @@ import base64
 import json
 import secrets
 import string
+import sys
 import threading
 import time
 import uuid
@@ -329,6 +330,12 @@ class _Server(ThreadingHTTPServer):
         """Bind `address` for `issuer`."""
         super().__init__(address, _Handler)
         self.issuer = issuer
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Stay quiet when a client hung up (a token call that timed out): not an issuer error."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
