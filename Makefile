@@ -15,7 +15,7 @@ PYTHON ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12 \
 	$$HOME/.pyenv/versions/3.11*/bin/python python3.11; do \
 	$$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: demo check test lint docs generate bench bench-defaults bench-scrape soak clean
+.PHONY: demo check unit test lint docs generate bench bench-defaults bench-scrape soak clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.11 not found"; exit 1; }
@@ -33,8 +33,11 @@ lint: $(VENV)/.installed  ## ruff check, ruff format --check and mypy --strict o
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-check: $(VENV)/.installed lint  ## the fast loop: lint, types and the unit tier (no root, no Debian tools; < 30 s)
-	@$(MAKE) --no-print-directory generate CHECK=1
+# lint, the drift check and the unit tier run side by side (each one's output kept together)
+check: $(VENV)/.installed  ## the fast loop: lint, types and the unit tier (no root, no Debian tools; < 30 s)
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint unit generate CHECK=1
+
+unit: $(VENV)/.installed  ## the unit tier alone (tests not marked integration)
 	$(PY) -m pytest -q -m "not integration" -n auto
 
 test: $(VENV)/.installed lint  ## the whole suite: lint, types, unit, integration, real IceProd
