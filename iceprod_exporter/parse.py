@@ -44,14 +44,14 @@ V = TypeVar("V")
 
 #: the largest count a float64 sample holds exactly
 MAX_COUNT = 2**53
-#: how many distinct names :func:`shared` keeps; later ones are kept as sent (a bound on odd input)
+#: how many distinct names :func:`shared` keeps before it starts over (a bound on odd input)
 SHARED_NAMES_LIMIT = 4096
 
 # JSON decoding makes a new string for every key: at 10,000 datasets about 250,000 copies of the
-# same statuses and task names (11 MiB). The snapshot holds one object per distinct name instead.
-_shared_names: dict[str, str] = {
-    name: name for name in (*DATASET_STATUSES, *JOB_STATUSES, *TASK_STATUSES)
-}
+# same statuses and task names (11 MiB of string objects). The snapshot holds one object per
+# distinct name instead.
+_KNOWN_NAMES = (*DATASET_STATUSES, *JOB_STATUSES, *TASK_STATUSES)
+_shared_names: dict[str, str] = {name: name for name in _KNOWN_NAMES}
 
 
 class BadResponse(ValueError):
@@ -95,7 +95,10 @@ def shared(name: str) -> str:
     if kept is not None:
         return kept
     if len(_shared_names) >= SHARED_NAMES_LIMIT:
-        return name
+        # names of datasets long gone fill it over months: start over rather than stop sharing
+        # (strings already in the snapshot stay valid; only their sharing is lost until re-read)
+        _shared_names.clear()
+        _shared_names.update((known, known) for known in _KNOWN_NAMES)
     return _shared_names.setdefault(name, name)
 
 
@@ -123,8 +126,9 @@ def _counts(body: Any, what: str) -> Counts | None:
         name, value = label(status), count(n)
         if name is None or value is None:
             return None
-        result[shared(name)] = value
-    return frozen_map(result)
+        result[name] = value
+    # shared only once the whole body is accepted: a rejected one leaves no names behind
+    return frozen_map((shared(name), value) for name, value in result.items())
 
 
 def counts(body: Any, what: str, rejects: Rejects) -> Counts | None:

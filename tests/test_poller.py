@@ -488,6 +488,7 @@ def test_unfit_values_drop_only_their_field() -> None:
 def test_names_repeated_across_datasets_are_kept_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from iceprod_exporter import parse
 
+    monkeypatch.setattr(parse, "_shared_names", dict(parse._shared_names))  # this test's own
     body = '{"generate": {"queued": 1, "a-status-of-a-later-iceprod": 2}}'
     first, second = json.loads(body), json.loads(body)  # two decodes: distinct string objects
     rejects = parse.Rejects()
@@ -495,10 +496,13 @@ def test_names_repeated_across_datasets_are_kept_once(monkeypatch: pytest.Monkey
     ((name_b, counts_b),) = parse.name_counts(second, "b", rejects).items()
     assert name_a is name_b, "one task name object for both datasets"
     assert all(x is y for x, y in zip(counts_a, counts_b, strict=True)), "one per status"
-    monkeypatch.setattr(parse, "SHARED_NAMES_LIMIT", 0)
+    assert parse.counts(json.loads('{"junk": 1, "queued": -1}'), "c", rejects) is None
+    assert "junk" not in parse._shared_names, "a rejected body leaves no names behind"
+    monkeypatch.setattr(parse, "SHARED_NAMES_LIMIT", len(parse._shared_names))
     unseen = "".join(["never", "-seen"])
-    assert parse.shared(unseen) is unseen, "past the limit a name is kept as sent"
-    assert unseen not in parse._shared_names, "and the table does not grow"
+    assert parse.shared(unseen) is unseen
+    assert "generate" not in parse._shared_names, "a full table starts over"
+    assert unseen in parse._shared_names and "queued" in parse._shared_names
 
 
 def test_every_bounded_label_combination_starts_at_zero() -> None:
