@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
@@ -42,9 +43,11 @@ class HttpTelemetry:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = _counter("iceprod_exporter_http_requests_total", registry)
         self.auth_failures = _counter("iceprod_exporter_http_auth_failures_total", registry)
-        # the serving process holds the encoded exposition, a large share of the exporter's memory
-        resident = _gauge("iceprod_exporter_serving_resident_memory_bytes", registry)
-        resident.set_function(resident_bytes)
+        # the serving process holds the encoded exposition, a large share of the exporter's memory;
+        # like process_resident_memory_bytes, absent where /proc cannot tell
+        if not math.isnan(resident_bytes()):
+            resident = _gauge("iceprod_exporter_serving_resident_memory_bytes", registry)
+            resident.set_function(resident_bytes)
 
 
 class Telemetry:

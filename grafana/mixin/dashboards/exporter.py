@@ -227,9 +227,10 @@ def build(cfg: Config) -> models.Dashboard:
         ).min(0),
         timeseries_panel(
             "Resident memory",
-            "Resident memory of the main process (poller and encoder) and of the serving process, "
-            "which keeps the encoded exposition ready in every variant. Size the memory limit to "
-            "their sum, with room for a swap, when both copies of the exposition are held.",
+            "Resident memory of the main process (poller and encoder; needs process_metrics, on "
+            "by default) and of the serving process, which keeps the encoded exposition ready in "
+            "every variant and holds two copies for a moment at each swap. Their sum overstates "
+            "the total a little (both map the same libraries); size the memory limit above it.",
             query(
                 f"max by (instance) (process_resident_memory_bytes{{{I_}}})",
                 "main {{instance}}",
