@@ -116,6 +116,7 @@ def test_a_client_that_hangs_up_leaves_no_traceback(
     time.sleep(0.4)  # the delayed reply meets the reset
     issuer.delay = 0.0
     asyncio.run(manager(cc(issuer)).ensure_fresh())  # and it still serves
+    assert issuer.token_requests["client_credentials"] == 2, "the reset request was answered"
     assert "Traceback" not in capfd.readouterr().err
 
 
