@@ -15,14 +15,17 @@ PYTHON ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12 \
 	$$HOME/.pyenv/versions/3.11*/bin/python python3.11; do \
 	$$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: demo check unit test lint docs generate bench bench-defaults bench-scrape soak clean
+.PHONY: demo check unit test drift lint docs generate bench bench-defaults bench-scrape soak clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.11 not found"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@# uv installs the packages in a few seconds where pip takes half a minute
+	@# uv installs the packages in a few seconds where pip takes half a minute. It does not read
+	@# pip's configuration: a PIP_INDEX_URL mirror is passed on, and pip takes over if uv fails.
 	$(PY) -m pip install --quiet uv
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[test]'
+	$(VENV)/bin/uv pip install --quiet --python $(PY) \
+		$(if $(PIP_INDEX_URL),--default-index '$(PIP_INDEX_URL)') -e '.[test]' \
+		|| $(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
 demo: $(VENV)/.installed  ## run the exporter on its built-in simulated IceProd
@@ -34,15 +37,17 @@ lint: $(VENV)/.installed  ## ruff check, ruff format --check and mypy --strict o
 	$(VENV)/bin/mypy
 
 # lint, the drift check and the unit tier run side by side (each one's output kept together)
-check: $(VENV)/.installed  ## the fast loop: lint, types and the unit tier (no root, no Debian tools; < 30 s)
-	@$(MAKE) --no-print-directory -j3 --output-sync=target lint unit generate CHECK=1
+check: $(VENV)/.installed  ## the fast loop: lint, types, drift check, unit tier (no root, no Debian tools; < 30 s)
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint unit drift
 
 unit: $(VENV)/.installed  ## the unit tier alone (tests not marked integration)
 	$(PY) -m pytest -q -m "not integration" -n auto
 
-test: $(VENV)/.installed lint  ## the whole suite: lint, types, unit, integration, real IceProd
-	@$(MAKE) --no-print-directory generate CHECK=1
+test: $(VENV)/.installed lint drift  ## the whole suite: lint, types, drift check, unit, integration, real IceProd
 	$(PY) -m pytest -q
+
+drift: $(VENV)/.installed  ## fail, with a diff, when a generated file is out of date
+	@$(MAKE) --no-print-directory generate CHECK=1
 
 # One command for every generated file: the monitoring mixin (grafana/mixin/: dashboards, rule
 # files, Prometheus Operator manifests) and the reference (docs/metrics.md, configuration.md).
