@@ -51,7 +51,7 @@ SHARED_NAMES_LIMIT = 4096
 # same statuses and task names (11 MiB of string objects). The snapshot holds one object per
 # distinct name instead.
 _KNOWN_NAMES = (*DATASET_STATUSES, *JOB_STATUSES, *TASK_STATUSES)
-_shared_names: dict[str, str] = {name: name for name in _KNOWN_NAMES}
+_shared_names: dict[str, str] = {}
 
 
 class BadResponse(ValueError):
@@ -89,6 +89,14 @@ def label(value: Any) -> str | None:
     return value
 
 
+def _start_shared_names() -> None:
+    _shared_names.clear()
+    _shared_names.update((name, name) for name in _KNOWN_NAMES)
+
+
+_start_shared_names()
+
+
 def shared(name: str) -> str:
     """The one string object kept for ``name`` (a status, task, group or user name)."""
     kept = _shared_names.get(name)
@@ -97,8 +105,7 @@ def shared(name: str) -> str:
     if len(_shared_names) >= SHARED_NAMES_LIMIT:
         # names of datasets long gone fill it over months: start over rather than stop sharing
         # (strings already in the snapshot stay valid; only their sharing is lost until re-read)
-        _shared_names.clear()
-        _shared_names.update((known, known) for known in _KNOWN_NAMES)
+        _start_shared_names()
     return _shared_names.setdefault(name, name)
 
 
