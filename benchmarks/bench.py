@@ -149,8 +149,8 @@ def main() -> None:
     print(f"  resident memory now: poller {rss[0]:.0f} MiB, serving process {rss[1]:.0f} MiB; "
           f"peaks {hwm[0]:.0f} and {hwm[1]:.0f} MiB; exposition {len(body) / 1e6:.1f} MB, "
           f"{count_series(body.decode()):,} series")  # fmt: skip
-    print(f"  together: resident {sum(rss):.0f} MiB, proportional (shared pages counted once) "
-          f"{pss:.0f} MiB")  # fmt: skip
+    print(f"  together: resident {sum(rss):.0f} MiB, proportional (shared pages split between "
+          f"the processes) {pss:.0f} MiB")  # fmt: skip
     if longest > interval:
         raise SystemExit("a steady cycle overran the poll interval")
 
