@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -102,6 +103,31 @@ def member_status(pid: int, key: str, file: str = "status") -> list[int]:
     return found
 
 
+def distinct_resident_mib(pid: int) -> float | None:
+    """Physical memory the process tree holds, each page once (None unless root may read it).
+
+    Summed RSS counts a page both interpreters map twice; PSS splits a shared page with every
+    process that maps it, the simulator's interpreter too. ``/proc/PID/pagemap`` gives each
+    resident page's frame number (to root only): the distinct frames are what the tree costs.
+    """
+    frames: set[int] = set()
+    page = os.sysconf("SC_PAGE_SIZE")
+    for member in process_tree(pid):
+        with open(f"/proc/{member}/pagemap", "rb") as pagemap:
+            for line in Path(f"/proc/{member}/maps").read_text().splitlines():
+                low, high = (int(x, 16) for x in line.split()[0].split("-"))
+                if line.endswith("[vsyscall]"):
+                    continue
+                pagemap.seek(low // page * 8)
+                entries = pagemap.read((high - low) // page * 8)
+                for (entry,) in struct.iter_unpack("<Q", entries):
+                    if entry >> 63:  # present
+                        frames.add(entry & ((1 << 55) - 1))
+    if frames == {0}:  # frame numbers read as 0 without CAP_SYS_ADMIN
+        return None
+    return len(frames) * page / 2**20
+
+
 def main() -> None:
     """The exporter at its defaults on a moving simulated IceProd: every cycle, and memory."""
     parser = argparse.ArgumentParser(description=DEFAULTS_DOC)
@@ -135,6 +161,7 @@ def main() -> None:
             hwm = [kb / 1024 for kb in member_status(proc.pid, "VmHWM")]
             # RSS counts the libraries both interpreters map twice; PSS splits shared pages
             pss = sum(member_status(proc.pid, "Pss", "smaps_rollup")) / 1024
+            distinct = distinct_resident_mib(proc.pid)
             _, body = get(f"http://127.0.0.1:{port}/metrics")
     events = poll_events(log)[:cycles]
     print(f"  {'cycle':>5} {'requests':>9} {'duration (s)':>13}")
@@ -151,6 +178,11 @@ def main() -> None:
           f"{count_series(body.decode()):,} series")  # fmt: skip
     print(f"  together: resident {sum(rss):.0f} MiB, proportional (shared pages split between "
           f"the processes) {pss:.0f} MiB")  # fmt: skip
+    if distinct is None:
+        print("  distinct resident pages: needs root (/proc/PID/pagemap)")
+    else:
+        print(f"  distinct resident pages (each physical page once, what the exporter costs the "
+              f"machine): {distinct:.0f} MiB = {distinct * 2**20 / 1e6:.0f} MB")  # fmt: skip
     if longest > interval:
         raise SystemExit("a steady cycle overran the poll interval")
 
