@@ -250,16 +250,21 @@ def plan(
         before = previous.datasets.get(dataset_id)
         track = tracking.get(dataset_id, Tracking())
         # discovery refreshes the metadata; the last counts and stats stay until read again
-        current = Dataset(**row) if before is None else dataclasses.replace(before, **row)
+        changed = before is not None and any(getattr(before, k) != v for k, v in row.items())
+        if before is None:
+            current = Dataset(**row)
+        elif changed:
+            current = dataclasses.replace(before, **row)
+        else:  # unchanged: the snapshot keeps the same objects (see _kept)
+            current = before
         if current.status == "complete":
             if before is not None and track.retired_at is None and before.status != "complete":
                 fetches.append(Fetch(current, stats=schedule.task_stats_interval > 0, final=True))
             elif before is not None and track.retired_at is not None:
-                kept[dataset_id] = dataclasses.replace(current, watched=False)
+                kept[dataset_id] = _kept(current, watched=False)
             continue  # a dataset first seen complete is counted in iceprod_datasets only
-        current = dataclasses.replace(current, watched=True)
+        current = _kept(current, watched=True)
         # a status or metadata change is read at once, quiet or not
-        changed = before is not None and any(getattr(before, k) != v for k, v in row.items())
         if (
             full
             or changed
@@ -320,6 +325,27 @@ def assemble(
         cycle=previous.cycle + 1,
     )
     return snapshot, tracks
+
+
+def _held(read: T, held: T | None) -> T:
+    """What was just ``read``, as the object already ``held`` when they are equal.
+
+    The new one is garbage at once, rather than at the end of the cycle: the cycle's peak, which
+    the allocator keeps, stays lower.
+    """
+    return held if held is not None and read == held else read
+
+
+def _kept(dataset: Dataset, **changes: Any) -> Dataset:
+    """``dataset`` with ``changes``: the same object when they change nothing.
+
+    Most datasets are the same from one cycle to the next. Rebuilding them all would free the
+    previous snapshot's objects between the new ones, and at 10,000 datasets those holes keep
+    tens of megabytes of the allocator's pages resident.
+    """
+    if all(getattr(dataset, k) == v for k, v in changes.items()):
+        return dataset
+    return dataclasses.replace(dataset, **changes)
 
 
 def _apply(job: Fetch, result: Fetched, track: Tracking, now: float) -> tuple[Dataset, Tracking]:
@@ -444,11 +470,12 @@ class Poller:
     ) -> tuple[Snapshot, Mapping[str, Tracking]]:
         now = self._clock()
         deadline = asyncio.get_running_loop().time() + self._schedule.poll_timeout
+        query = {"keys": "|".join(parse.DATASET_KEYS)}
         try:
-            body = await self._client.get(
-                Endpoint.DATASETS, {"keys": "|".join(parse.DATASET_KEYS)}, deadline=deadline
-            )
+            # the decoded body is not kept: only its rows
+            body = await self._client.get(Endpoint.DATASETS, query, deadline=deadline)
             rows = parse.datasets(body, cycle.rejects)
+            del body
         except ApiError as error:
             cycle.failed(error)
             return self._failed(previous), self.tracking
@@ -456,10 +483,13 @@ class Poller:
             cycle.failed(self._client.bad_response(Endpoint.DATASETS, str(exc)))
             return self._failed(previous), self.tracking
         work = plan(previous, self.tracking, rows, self._schedule, now, full)
-        fetched, grids = await self._fan_out(work, previous, cycle, deadline)
         counts = None
         if self._schedule.shard == 0:  # IceProd-wide: one shard reports it
             counts = frozen_map(Counter(row["status"] for row in rows.values()))
+        # the plan holds what the rest of the cycle needs: freed now, the rows' memory takes the
+        # fan-out's results instead of the heap growing by their size (120,000 objects at 10,000)
+        del rows
+        fetched, grids = await self._fan_out(work, previous, cycle, deadline)
         return assemble(
             previous,
             self.tracking,
@@ -529,12 +559,17 @@ class Poller:
             tasks = await self._read(
                 Endpoint.TASK_COUNTS_NAME, parse.name_counts, cycle, deadline, path
             )
-            result = Fetched(jobs=jobs, tasks=tasks, counted=True)
+            held = job.dataset
+            result = Fetched(
+                jobs=_held(jobs, held.jobs), tasks=_held(tasks, held.tasks), counted=True
+            )
             if job.stats:
                 stats = await self._read(
                     Endpoint.TASK_STATS, parse.task_stats, cycle, deadline, path
                 )
-                result = dataclasses.replace(result, stats=stats, stats_read=True)
+                result = dataclasses.replace(
+                    result, stats=_held(stats, held.task_stats), stats_read=True
+                )
         except ApiError as error:
             cycle.failed(error)
             log.debug("dataset.failed", dataset=job.dataset.label, error=str(error))
