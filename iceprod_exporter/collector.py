@@ -6,7 +6,6 @@ import gzip
 import math
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -132,8 +131,6 @@ _SNAPSHOT_GZIP_LEVEL = 6
 _LIVE_GZIP_LEVEL = 1
 #: sample lines per part at most: a family of 200,000 series is never one string in memory
 PART_LINES = 4096
-#: zlib's window bits for a gzip wrapper (header with mtime 0, trailer with CRC and size)
-_GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
 def encode(registry: Collector, fmt: Format) -> bytes:
@@ -201,20 +198,23 @@ def _escape(value: str) -> str:
 
 
 class Variants:
-    """One snapshot view encoded every way it is served: identity chunks and gzip, per format.
+    """One snapshot view encoded every way it is served: identity and gzip, per format.
 
-    The identity variants are sequences of parts: both formats share their sample lines.
+    Each variant is a sequence of parts, and both formats share their sample lines: as identity
+    bytes, and as gzip members (a gzip body may be several members, which every client reads).
     """
 
     def __init__(
-        self, identity: Mapping[Format, Sequence[bytes]], gzipped: Mapping[Format, bytes]
+        self,
+        identity: Mapping[Format, Sequence[bytes]],
+        gzipped: Mapping[Format, Sequence[bytes]],
     ) -> None:
         self._identity = identity
         self._gzip = gzipped
 
     def chunks(self, fmt: Format, gzipped: bool) -> Sequence[bytes]:
         """The bytes of one variant, in the pieces they are held in."""
-        return (self._gzip[fmt],) if gzipped else self._identity[fmt]
+        return self._gzip[fmt] if gzipped else self._identity[fmt]
 
     def body(self, fmt: Format, gzipped: bool) -> bytes:
         """The bytes of one variant, joined."""
@@ -238,36 +238,30 @@ class PreparedBuilder:
     """Assembles a :class:`Prepared` from parts as they arrive, compressing on the way.
 
     Neither the sender nor the builder ever holds a whole body twice: parts are kept as they
-    come and each gzip stream grows part by part.
+    come, and each is compressed once, as a gzip member of its own that both formats share.
     """
 
     def __init__(self, stale_after: float) -> None:
         self._stale_after = stale_after
         keys = [(view, fmt) for view in View for fmt in Format]
         self._identity: dict[tuple[View, Format], list[bytes]] = {key: [] for key in keys}
-        self._gzip: dict[tuple[View, Format], tuple[zlib._Compress, list[bytes]]] = {
-            key: (zlib.compressobj(_SNAPSHOT_GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS), [])
-            for key in keys
-        }
+        self._gzip: dict[tuple[View, Format], list[bytes]] = {key: [] for key in keys}
 
     def add(self, part: Part) -> None:
         """Take one part."""
+        member = gzip_member(part.data, _SNAPSHOT_GZIP_LEVEL)
         for fmt in part.formats:
-            key = (part.view, fmt)
-            self._identity[key].append(part.data)
-            compressor, out = self._gzip[key]
-            out.append(compressor.compress(part.data))
+            self._identity[(part.view, fmt)].append(part.data)
+            self._gzip[(part.view, fmt)].append(member)
 
     def finish(self) -> Prepared:
         """The assembled views."""
 
         def view(v: View) -> Variants:
-            gzipped = {}
-            for fmt in Format:
-                compressor, out = self._gzip[(v, fmt)]
-                out.append(compressor.flush())
-                gzipped[fmt] = b"".join(out)
-            return Variants({fmt: tuple(self._identity[(v, fmt)]) for fmt in Format}, gzipped)
+            return Variants(
+                {fmt: tuple(self._identity[(v, fmt)]) for fmt in Format},
+                {fmt: tuple(self._gzip[(v, fmt)]) for fmt in Format},
+            )
 
         return Prepared(view(View.FULL), view(View.STALE), self._stale_after)
 
@@ -360,9 +354,9 @@ def live_part(registry: Collector, fmt: Format, gzipped: bool = False) -> bytes:
     return gzip_member(live) if gzipped else live
 
 
-def gzip_member(body: bytes) -> bytes:
-    """``body`` as a gzip member of its own, compressed fast (it is small and made often)."""
-    return gzip.compress(body, compresslevel=_LIVE_GZIP_LEVEL, mtime=0)
+def gzip_member(body: bytes, level: int = _LIVE_GZIP_LEVEL) -> bytes:
+    """``body`` as a gzip member of its own; by default compressed fast (small, made often)."""
+    return gzip.compress(body, compresslevel=level, mtime=0)
 
 
 class LivePart:
