@@ -22,6 +22,7 @@ from .snapshot import (
     TASK_STATUSES,
     Counts,
     Grid,
+    SmallMap,
     TaskStats,
     frozen_map,
 )
@@ -51,7 +52,9 @@ SHARED_NAMES_LIMIT = 4096
 # same statuses and task names (11 MiB of string objects). The snapshot holds one object per
 # distinct name instead.
 _KNOWN_NAMES = (*DATASET_STATUSES, *JOB_STATUSES, *TASK_STATUSES)
-_shared_names: dict[str, str] = {}
+_shared_names: dict[str | tuple[str, ...], Any] = {}
+#: a name, or the names of one map's keys (maps with the same keys share one key tuple)
+Shared = TypeVar("Shared", str, tuple[str, ...])
 
 
 class BadResponse(ValueError):
@@ -97,16 +100,17 @@ def _start_shared_names() -> None:
 _start_shared_names()
 
 
-def shared(name: str) -> str:
-    """The one string object kept for ``name`` (a status, task, group or user name)."""
-    kept = _shared_names.get(name)
+def shared(name: Shared) -> Shared:
+    """The one object kept for ``name``: a status, task, group or user name, or a key tuple."""
+    kept: Shared | None = _shared_names.get(name)
     if kept is not None:
         return kept
     if len(_shared_names) >= SHARED_NAMES_LIMIT:
         # names of datasets long gone fill it over months: start over rather than stop sharing
         # (strings already in the snapshot stay valid; only their sharing is lost until re-read)
         _start_shared_names()
-    return _shared_names.setdefault(name, name)
+    kept = _shared_names.setdefault(name, name)
+    return kept
 
 
 def count(value: Any) -> int | None:
@@ -135,7 +139,12 @@ def _counts(body: Any, what: str) -> Counts | None:
             return None
         result[name] = value
     # shared only once the whole body is accepted: a rejected one leaves no names behind
-    return frozen_map((shared(name), value) for name, value in result.items())
+    return _small_map(result)
+
+
+def _small_map(result: Mapping[str, V]) -> Mapping[str, V]:
+    """``result`` as a :class:`SmallMap` whose names and key tuple are the shared ones."""
+    return SmallMap(shared(tuple(shared(name) for name in result)), tuple(result.values()))
 
 
 def counts(body: Any, what: str, rejects: Rejects) -> Counts | None:
@@ -161,8 +170,8 @@ def _per_name(
         if task_name is None or value is None:
             rejects.drop(field, what)
             continue
-        result[shared(task_name)] = value
-    return frozen_map(result)
+        result[task_name] = value
+    return _small_map(result)
 
 
 def name_counts(body: Any, what: str, rejects: Rejects) -> Mapping[str, Counts]:

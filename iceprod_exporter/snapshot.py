@@ -6,7 +6,7 @@ The poller builds a new :class:`Snapshot` each cycle and swaps one reference; sc
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeVar
@@ -32,6 +32,46 @@ V = TypeVar("V")
 def frozen_map(items: Mapping[K, V] | Iterable[tuple[K, V]]) -> Mapping[K, V]:
     """Return a read-only mapping, so a snapshot cannot be changed after it is published."""
     return MappingProxyType(dict(items))
+
+
+class SmallMap(Mapping[K, V]):
+    """A read-only mapping of a few entries: a tuple of keys and a tuple of values.
+
+    A snapshot of 10,000 datasets holds about 40,000 of these (counts by status, task names).
+    As a dict behind a read-only proxy each costs about 290 bytes; this costs about 110, and
+    maps with the same keys can share one key tuple (the parser passes shared ones).
+    Lookups scan the keys: there are a handful.
+    """
+
+    __slots__ = ("_keys", "_values")
+
+    def __init__(self, keys: tuple[K, ...], values: tuple[V, ...]) -> None:
+        if len(keys) != len(values) or len(set(keys)) != len(keys):
+            raise ValueError("SmallMap needs distinct keys, one value each")
+        self._keys = keys
+        self._values = values
+
+    def __getitem__(self, key: K) -> V:
+        for i, k in enumerate(self._keys):
+            if k == key:
+                return self._values[i]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SmallMap) and self._keys is other._keys:
+            return self._values == other._values
+        return super().__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]  # equal to dicts, so unhashable like them
+
+    def __repr__(self) -> str:
+        return f"SmallMap({dict(zip(self._keys, self._values, strict=True))!r})"
 
 
 def dense(counts: Counts, known: Sequence[str]) -> list[tuple[str, int]]:

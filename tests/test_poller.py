@@ -496,6 +496,7 @@ def test_names_repeated_across_datasets_are_kept_once(monkeypatch: pytest.Monkey
     ((name_b, counts_b),) = parse.name_counts(second, "b", rejects).items()
     assert name_a is name_b, "one task name object for both datasets"
     assert all(x is y for x, y in zip(counts_a, counts_b, strict=True)), "one per status"
+    assert counts_a._keys is counts_b._keys, "maps with the same keys share one key tuple"  # type: ignore[attr-defined]
     assert parse.counts(json.loads('{"junk": 1, "queued": -1}'), "c", rejects) is None
     assert "junk" not in parse._shared_names, "a rejected body leaves no names behind"
     monkeypatch.setattr(parse, "SHARED_NAMES_LIMIT", len(parse._shared_names))
@@ -601,3 +602,25 @@ def test_what_did_not_change_keeps_its_objects_from_one_snapshot_to_the_next() -
     assert b.jobs == {"processing": 1, "complete": 1} and b.description == "renamed"
     assert b.tasks is a1.tasks or b.tasks == a1.tasks
     assert fourth.datasets["a"].jobs is a1.jobs
+
+
+def test_a_small_map_reads_and_compares_like_a_read_only_dict() -> None:
+    """The snapshot's per-dataset maps (counts, task names) are SmallMaps, not dicts."""
+    from iceprod_exporter.snapshot import SmallMap
+
+    m = SmallMap(("queued", "complete"), (1, 2))
+    assert m["complete"] == 2 and m.get("idle", 0) == 0 and "queued" in m
+    assert list(m.items()) == [("queued", 1), ("complete", 2)] and len(m) == 2
+    same = {"complete": 2, "queued": 1}
+    assert m == same and same == m, "both ways"
+    assert m != {"queued": 1} and m != SmallMap(("queued", "complete"), (1, 3))
+    assert m == SmallMap(("complete", "queued"), (2, 1)), "order does not matter"
+    assert not SmallMap((), ()) and repr(m) == "SmallMap({'queued': 1, 'complete': 2})"
+    with pytest.raises(KeyError):
+        m["idle"]
+    with pytest.raises(TypeError):
+        m["idle"] = 3  # type: ignore[index]
+    with pytest.raises(TypeError):
+        hash(m)
+    with pytest.raises(ValueError, match="distinct keys"):
+        SmallMap(("a", "a"), (1, 2))
