@@ -6,6 +6,7 @@ import gzip
 import math
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -129,6 +130,8 @@ _OM_EOF = b"# EOF\n"
 _SNAPSHOT_GZIP_LEVEL = 6
 #: the self-metrics part is compressed per scrape: fast
 _LIVE_GZIP_LEVEL = 1
+#: zlib's window bits for a gzip wrapper (16 + the largest window)
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
 #: sample lines per part at most: a family of 200,000 series is never one string in memory
 PART_LINES = 4096
 
@@ -198,23 +201,21 @@ def _escape(value: str) -> str:
 
 
 class Variants:
-    """One snapshot view encoded every way it is served: identity and gzip, per format.
+    """One snapshot view, per format, held once: as gzip members, decompressed for identity.
 
-    Each variant is a sequence of parts, and both formats share their sample lines: as identity
-    bytes, and as gzip members (a gzip body may be several members, which every client reads).
+    Both formats share their sample lines' members (a gzip body may be several members, which
+    every client reads). Prometheus always asks for gzip; keeping identity bytes as well would
+    more than double what the serving process holds (27 MiB at 10,000 datasets) for the rare
+    client that does not, which pays a decompression instead (tens of milliseconds at 10,000).
     """
 
-    def __init__(
-        self,
-        identity: Mapping[Format, Sequence[bytes]],
-        gzipped: Mapping[Format, Sequence[bytes]],
-    ) -> None:
-        self._identity = identity
+    def __init__(self, gzipped: Mapping[Format, Sequence[bytes]]) -> None:
         self._gzip = gzipped
 
     def chunks(self, fmt: Format, gzipped: bool) -> Sequence[bytes]:
-        """The bytes of one variant, in the pieces they are held in."""
-        return self._gzip[fmt] if gzipped else self._identity[fmt]
+        """The bytes of one variant, in pieces: the members held, or each one decompressed."""
+        members = self._gzip[fmt]
+        return members if gzipped else [gunzip_member(member) for member in members]
 
     def body(self, fmt: Format, gzipped: bool) -> bytes:
         """The bytes of one variant, joined."""
@@ -237,31 +238,27 @@ class Prepared:
 class PreparedBuilder:
     """Assembles a :class:`Prepared` from parts as they arrive, compressing on the way.
 
-    Neither the sender nor the builder ever holds a whole body twice: parts are kept as they
-    come, and each is compressed once, as a gzip member of its own that both formats share.
+    Neither the sender nor the builder ever holds a whole body: each part is compressed as it
+    comes, once, as a gzip member of its own that both formats share, and dropped.
     """
 
     def __init__(self, stale_after: float) -> None:
         self._stale_after = stale_after
-        keys = [(view, fmt) for view in View for fmt in Format]
-        self._identity: dict[tuple[View, Format], list[bytes]] = {key: [] for key in keys}
-        self._gzip: dict[tuple[View, Format], list[bytes]] = {key: [] for key in keys}
+        self._gzip: dict[tuple[View, Format], list[bytes]] = {
+            (view, fmt): [] for view in View for fmt in Format
+        }
 
     def add(self, part: Part) -> None:
         """Take one part."""
         member = gzip_member(part.data, _SNAPSHOT_GZIP_LEVEL)
         for fmt in part.formats:
-            self._identity[(part.view, fmt)].append(part.data)
             self._gzip[(part.view, fmt)].append(member)
 
     def finish(self) -> Prepared:
         """The assembled views."""
 
         def view(v: View) -> Variants:
-            return Variants(
-                {fmt: tuple(self._identity[(v, fmt)]) for fmt in Format},
-                {fmt: tuple(self._gzip[(v, fmt)]) for fmt in Format},
-            )
+            return Variants({fmt: tuple(self._gzip[(v, fmt)]) for fmt in Format})
 
         return Prepared(view(View.FULL), view(View.STALE), self._stale_after)
 
@@ -357,6 +354,11 @@ def live_part(registry: Collector, fmt: Format, gzipped: bool = False) -> bytes:
 def gzip_member(body: bytes, level: int = _LIVE_GZIP_LEVEL) -> bytes:
     """``body`` as a gzip member of its own; by default compressed fast (small, made often)."""
     return gzip.compress(body, compresslevel=level, mtime=0)
+
+
+def gunzip_member(member: bytes) -> bytes:
+    """The bytes of one gzip member (zlib reads the gzip header itself: no Python loop)."""
+    return zlib.decompress(member, wbits=_GZIP_WBITS)
 
 
 class LivePart:

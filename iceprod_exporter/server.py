@@ -176,6 +176,10 @@ class _Context:
         """/metrics bytes: the server's counters, then the source."""
         return (self.own(fmt, gzipped), *self.source.chunks(fmt, gzipped))
 
+    def body(self, fmt: Format) -> bytes:
+        """/metrics bytes without compression, joined."""
+        return b"".join(self.chunks(fmt, False))
+
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
     if not header:
@@ -285,7 +289,13 @@ class _Metrics(_Handler):
                 return
         fmt = negotiate(self.request.headers.get("Accept", ""))
         gzipped = accepts_gzip(self.request.headers.get("Accept-Encoding", ""))
-        body = self.context.chunks(fmt, gzipped)
+        body: bytes | Sequence[bytes]
+        if gzipped:
+            body = self.context.chunks(fmt, gzipped)
+        else:  # decompressed in a worker: zlib lets go of the interpreter lock, the IOLoop goes on
+            body = await IOLoop.current().run_in_executor(
+                self.context.render_pool, self.context.body, fmt
+            )
         self.set_header("Vary", "Accept, Accept-Encoding")
         if gzipped:
             self.set_header("Content-Encoding", "gzip")
