@@ -16,13 +16,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from iceprod_exporter import config
+from iceprod_exporter.collector import Format
 from iceprod_exporter.daemon import Exporter
 from iceprod_exporter.server import BindError, HttpServer, Status, accepts_gzip, negotiate
 from iceprod_exporter.simulator import SimulatedIceProd, build_store
@@ -532,4 +533,44 @@ def test_concurrent_scrapes_never_wait_on_a_bcrypt_flood(polled: Exporter, tmp_p
         stop.set()
         for t in threads:
             t.join(30)
+        server.stop()
+
+
+def test_an_identity_scrape_decompresses_in_a_worker_and_gzip_scrapes_go_on(
+    polled: Exporter,
+) -> None:
+    """Identity bodies are decompressed per request: never on the IOLoop that serves the rest."""
+    source = polled.metrics
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowIdentity:
+        """The exporter's source; its identity bytes take until the test releases them."""
+
+        def is_prepared(self) -> bool:
+            return source.is_prepared()
+
+        def prepare(self) -> None:
+            source.prepare()
+
+        def chunks(self, fmt: Format, gzipped: bool = False) -> Sequence[bytes]:
+            if not gzipped:
+                entered.set()
+                release.wait(10)
+            return source.chunks(fmt, gzipped)
+
+    server = HttpServer(SlowIdentity(), polled.status, "127.0.0.1", 0)
+    server.start()
+    plain: list[bytes] = []
+    reader = threading.Thread(target=lambda: plain.append(request("127.0.0.1", server.port).body))
+    try:
+        reader.start()
+        assert entered.wait(5), "the identity scrape reached its decompression"
+        zipped = request("127.0.0.1", server.port, headers={"Accept-Encoding": "gzip"}, timeout=3)
+        assert zipped.status == 200 and not plain, "gzip answered while identity was held"
+        release.set()
+        reader.join(10)
+        assert plain and b"iceprod_up 1" in plain[0]
+        assert b"iceprod_up 1" in gzip.decompress(zipped.body)
+    finally:
+        release.set()
         server.stop()
