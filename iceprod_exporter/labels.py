@@ -16,7 +16,8 @@ class Endpoint(StrEnum):
     JOB_COUNTS = "/datasets/{dataset_id}/job_counts/status"
     TASK_COUNTS_NAME = "/datasets/{dataset_id}/task_counts/name_status"
     TASK_STATS = "/datasets/{dataset_id}/task_stats"
-    GRIDS = "/grids"
+    #: IceProd-wide, read with ``status`` and ``gpu`` filters (the status index keeps it cheap)
+    ACTIVE_TASKS = "/task_counts/status"
 
 
 class Reason(StrEnum):
@@ -35,6 +36,9 @@ class Reason(StrEnum):
     DEADLINE = "deadline"
     REJECTED = "rejected"
     CONFIG = "config"
+    TOO_LARGE = "too_large"  # a body over max_response_size (after decompression)
+    REDIRECT = "redirect"  # sent to another origin (or too many hops): not followed
+    EXPIRED = "expired"  # a token expired on arrival: a clock is off
 
 
 #: reasons an API request can fail with
@@ -50,6 +54,8 @@ API_REASONS: tuple[Reason, ...] = (
     Reason.BAD_RESPONSE,
     Reason.TOKEN,
     Reason.DEADLINE,
+    Reason.TOO_LARGE,
+    Reason.REDIRECT,
 )
 #: reasons a token acquisition can fail with
 TOKEN_REASONS: tuple[Reason, ...] = (
@@ -58,6 +64,9 @@ TOKEN_REASONS: tuple[Reason, ...] = (
     Reason.REJECTED,
     Reason.BAD_RESPONSE,
     Reason.CONFIG,
+    Reason.TOO_LARGE,
+    Reason.REDIRECT,
+    Reason.EXPIRED,
 )
 #: failed calls worth another attempt within the poll's deadline: fast failures only. A timeout
 #: is not retried: IceProd hanging is the truth to report, and a retry would only hide it longer.
@@ -82,4 +91,4 @@ class ValueField(StrEnum):
     JOB_COUNTS = "job_counts"
     TASK_COUNTS = "task_counts"
     TASK_STATS = "task_stats"
-    GRID = "grid"
+    ACTIVE_TASKS = "active_tasks"

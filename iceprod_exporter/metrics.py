@@ -11,7 +11,16 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .labels import Endpoint
-from .snapshot import DATASET_STATUSES, JOB_STATUSES, TASK_STATUSES, Dataset, Snapshot, dense
+from .snapshot import (
+    ACTIVE_TASK_STATUSES,
+    DATASET_STATUSES,
+    JOB_STATUSES,
+    RESOURCES,
+    TASK_STATUSES,
+    Dataset,
+    Snapshot,
+    dense,
+)
 
 HOUR = 3600.0
 CACHED = " Cached: refreshed by the background poll, not at scrape time."
@@ -85,15 +94,12 @@ def _dataset_counts(snapshot: Snapshot) -> Iterator[Sample]:
             yield (status,), float(n)
 
 
-def _grid_info(snapshot: Snapshot) -> Iterator[Sample]:
-    for grid in sorted((snapshot.grids or {}).values(), key=lambda g: g.grid_id):
-        yield (grid.grid_id, grid.host, grid.version), 1.0
-
-
-def _grid_update(snapshot: Snapshot) -> Iterator[Sample]:
-    for grid in sorted((snapshot.grids or {}).values(), key=lambda g: g.grid_id):
-        if grid.last_update is not None:
-            yield (grid.grid_id,), grid.last_update
+def _active_tasks(snapshot: Snapshot) -> Iterator[Sample]:
+    if snapshot.active_tasks is not None:
+        for resource in RESOURCES:
+            counts = snapshot.active_tasks.get(resource, {})
+            for status, n in dense(counts, ACTIVE_TASK_STATUSES):
+                yield (resource, status), float(n)
 
 
 def _info(snapshot: Snapshot) -> Iterator[Sample]:
@@ -149,6 +155,12 @@ def _task_stat(value: Callable[[float], float], field: str) -> Sampler:
     return sample
 
 
+def _task_gpu(snapshot: Snapshot) -> Iterator[Sample]:
+    for d in _datasets(snapshot):
+        for name, stats in (d.task_stats or {}).items():
+            yield (d.label, name), 1.0 if stats.gpu > 0 else 0.0
+
+
 def _hours(h: float) -> float:
     return h * HOUR
 
@@ -186,27 +198,29 @@ def _compat_future(snapshot: Snapshot) -> Iterator[Sample]:
 
 #: task_stats fields exported per task name: (metric, field, conversion, what it is)
 _TASK_STAT_METRICS: tuple[tuple[str, str, Callable[[float], float], str], ...] = (
-    ("iceprod_dataset_task_walltime_mean_seconds", "avg_hrs", _hours, "Mean walltime"),
+    ("iceprod_dataset_task_walltime_mean_seconds", "avg_hrs", _hours, "Mean walltime of"),
     (
         "iceprod_dataset_task_walltime_stddev_seconds",
         "stddev_hrs",
         _hours,
-        "Sample standard deviation of the walltime (absent below 2 tasks)",
+        "Sample standard deviation of the walltime (absent below 2 tasks) of",
     ),
-    ("iceprod_dataset_task_walltime_min_seconds", "min_hrs", _hours, "Shortest walltime"),
-    ("iceprod_dataset_task_walltime_max_seconds", "max_hrs", _hours, "Longest walltime"),
-    ("iceprod_dataset_task_walltime_complete_seconds", "total_hrs", _hours, "Total walltime"),
+    ("iceprod_dataset_task_walltime_min_seconds", "min_hrs", _hours, "Shortest walltime of"),
+    ("iceprod_dataset_task_walltime_max_seconds", "max_hrs", _hours, "Longest walltime of"),
+    ("iceprod_dataset_task_walltime_complete_seconds", "total_hrs", _hours, "Total walltime of"),
     (
         "iceprod_dataset_task_walltime_error_seconds",
         "total_err_hrs",
         _hours,
-        "Walltime lost to failed attempts",
+        "Walltime of the attempts that ended in an error (reset to waiting, or failed and "
+        "retried by hand) before these tasks completed, summed over",
     ),
     (
         "iceprod_dataset_task_efficiency_ratio",
         "efficiency",
         _ratio,
-        "Good walltime over all walltime (0-1)",
+        "Good walltime over all walltime (0-1; absent while none was reported: IceProd's 0 then "
+        "means unknown, not waste), over",
     ),
 )
 
@@ -238,20 +252,14 @@ SPECS: tuple[MetricSpec, ...] = (
         sampler=_dataset_counts,
     ),
     MetricSpec(
-        "iceprod_grid_info",
+        "iceprod_active_tasks",
         Kind.GAUGE,
-        "Grids (submit sites) registered with IceProd (value 1). From GET /grids (needs a "
-        "system or admin token)." + CACHED,
-        ("grid", "host", "version"),
-        sampler=_grid_info,
-    ),
-    MetricSpec(
-        "iceprod_grid_last_update_timestamp_seconds",
-        Kind.GAUGE,
-        "Unix time a grid last reported to IceProd; time() minus it is the grid's silence. "
-        "From GET /grids." + CACHED,
-        ("grid",),
-        sampler=_grid_update,
+        "IceProd-wide tasks in the states IceProd schedules (idle, waiting, queued, processing) "
+        "by resource: gpu for tasks requiring at least one GPU, cpu for the rest, as IceProd's "
+        "queue_tasks splits them. From GET /task_counts/status?gpu=true|false (system or admin "
+        "token; shard 0 only)." + CACHED,
+        ("resource", "status"),
+        sampler=_active_tasks,
     ),
     # --- per dataset
     MetricSpec(
@@ -285,23 +293,33 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "iceprod_dataset_truncated",
         Kind.GAUGE,
-        "1 if the dataset is truncated (no further jobs will be materialized). "
-        "From GET /datasets." + CACHED,
+        "1 if the dataset is truncated: IceProd materializes no further jobs and completes it "
+        "once the jobs it has are complete. From GET /datasets." + CACHED,
         _D,
         sampler=_per_dataset(lambda d: 1.0 if d.truncated else 0.0),
     ),
     MetricSpec(
+        "iceprod_dataset_always_active",
+        Kind.GAUGE,
+        "1 if the dataset is always active: IceProd never completes it, so it has no end to "
+        "progress towards. From GET /datasets." + CACHED,
+        _D,
+        sampler=_per_dataset(lambda d: 1.0 if d.always_active else 0.0),
+    ),
+    MetricSpec(
         "iceprod_dataset_jobs_submitted",
         Kind.GAUGE,
-        "Jobs the dataset was submitted with; minus the sum of iceprod_dataset_jobs it gives "
-        "jobs not yet materialized. From GET /datasets." + CACHED,
+        "The dataset's job total as IceProd holds it now (PUT /datasets/{dataset_id}/"
+        "jobs_submitted rewrites it); minus the sum of iceprod_dataset_jobs it gives the jobs "
+        "not yet materialized, unless the dataset is truncated. From GET /datasets." + CACHED,
         _D,
         sampler=_per_dataset(lambda d: d.jobs_submitted),
     ),
     MetricSpec(
         "iceprod_dataset_tasks_submitted",
         Kind.GAUGE,
-        "Tasks the dataset was submitted with. From GET /datasets." + CACHED,
+        "The dataset's task total as IceProd holds it now (rewritten with jobs_submitted). "
+        "From GET /datasets." + CACHED,
         _D,
         sampler=_per_dataset(lambda d: d.tasks_submitted),
     ),
@@ -316,8 +334,9 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "iceprod_dataset_tasks",
         Kind.GAUGE,
-        "Tasks by task name and status (every known status, 0 included). "
-        "From GET /datasets/{dataset_id}/task_counts/name_status." + CACHED,
+        "Tasks by task name and status (every known status, 0 included). failed: an error "
+        "IceProd does not retry, which needs a person; errors it deems transient reset the task "
+        "to waiting instead. From GET /datasets/{dataset_id}/task_counts/name_status." + CACHED,
         ("dataset", "task_name", "status"),
         sampler=_tasks(_datasets),
     ),
@@ -333,12 +352,21 @@ SPECS: tuple[MetricSpec, ...] = (
         MetricSpec(
             name,
             Kind.GAUGE,
-            f"{text} of the task name's complete tasks. From GET {_TASK_STATS} "
+            f"{text} the task name's complete tasks. From GET {_TASK_STATS} "
             f"(polled every task_stats_interval).{CACHED}",
             _DT,
             sampler=_task_stat(convert, field),
         )
         for name, field, convert, text in _TASK_STAT_METRICS
+    ),
+    MetricSpec(
+        "iceprod_dataset_task_gpu",
+        Kind.GAUGE,
+        "1 if the task name's complete tasks required GPUs, 0 if they required none (absent "
+        f"until one completed); IceProd schedules GPU and CPU tasks apart. From GET {_TASK_STATS} "
+        f"(polled every task_stats_interval).{CACHED}",
+        _DT,
+        sampler=_task_gpu,
     ),
     # --- IceProd's own dataset_monitor names (compatibility mode)
     MetricSpec(

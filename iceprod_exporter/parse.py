@@ -21,10 +21,8 @@ from .snapshot import (
     JOB_STATUSES,
     TASK_STATUSES,
     Counts,
-    Grid,
     SmallMap,
     TaskStats,
-    frozen_map,
 )
 
 #: the fields the poller asks GET /datasets for (a narrow projection keeps the call cheap)
@@ -40,6 +38,7 @@ DATASET_KEYS = (
     "priority",
     "start_date",
     "truncated",
+    "always_active",
 )
 V = TypeVar("V")
 
@@ -155,6 +154,14 @@ def counts(body: Any, what: str, rejects: Rejects) -> Counts | None:
     return result
 
 
+def active_tasks(body: Any, what: str, rejects: Rejects) -> Counts | None:
+    """``{status: count}`` from the IceProd-wide ``task_counts/status``; None when unfit."""
+    result = _counts(body, what)
+    if result is None:
+        rejects.drop(ValueField.ACTIVE_TASKS, what)
+    return result
+
+
 def _per_name(
     body: Any,
     what: str,
@@ -192,6 +199,9 @@ def _stats_row(raw: Any, what: str) -> TaskStats | None:
         return None
     if any(checked[key] is None and optional[key] is not None for key in optional):
         return None
+    if not (required["total_hrs"] or required["total_err_hrs"]):
+        # IceProd reports 0.0 when its tasks reported no walltime: unknown, not all waste
+        checked["efficiency"] = None
     return TaskStats(
         count=n,
         gpu=required["gpu"] or 0.0,
@@ -300,6 +310,7 @@ def dataset_row(dataset_id: str, raw: Any, rejects: Rejects) -> dict[str, Any] |
         "priority": fields.number("priority", ValueField.PRIORITY),
         "start_timestamp": fields.time("start_date", ValueField.START_DATE),
         "truncated": row.get("truncated") is True,
+        "always_active": row.get("always_active") is True,
     }
 
 
@@ -324,23 +335,3 @@ def datasets(body: Any, rejects: Rejects) -> dict[str, dict[str, Any]]:
         owner[row["number"]] = row["dataset_id"]
         rows[row["dataset_id"]] = row
     return rows
-
-
-def grids(body: Any, what: str, rejects: Rejects) -> Mapping[str, Grid]:
-    """``{grid_id: {grid_id, host, version, last_update, ...}}`` from ``GET /grids``."""
-    result = {}
-    for grid_id, raw in _mapping(body, what).items():
-        where = f"{what}[{label(grid_id) or '?'}]"
-        row = _mapping(raw, where)
-        checked_id = label(grid_id)
-        if checked_id is None:
-            rejects.drop(ValueField.GRID, where)
-            continue
-        fields = _Row(row, where, rejects)
-        result[checked_id] = Grid(
-            grid_id=checked_id,
-            host=fields.text("host", ValueField.GRID),
-            version=fields.text("version", ValueField.GRID),
-            last_update=fields.time("last_update", ValueField.GRID),
-        )
-    return frozen_map(result)

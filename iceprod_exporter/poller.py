@@ -22,7 +22,15 @@ import structlog
 from . import parse
 from .api import ApiError
 from .labels import DATASET_PROBLEMS, Endpoint, Reason, ValueField
-from .snapshot import Counts, Dataset, Grid, Snapshot, TaskStats, frozen_map
+from .snapshot import (
+    ACTIVE_TASK_STATUSES,
+    RESOURCES,
+    Counts,
+    Dataset,
+    Snapshot,
+    TaskStats,
+    frozen_map,
+)
 from .telemetry import Telemetry
 
 log = structlog.get_logger(__name__)
@@ -294,7 +302,7 @@ def assemble(
     finished: float,
     healthy: bool,
     dataset_counts: Counts | None,
-    grids: Mapping[str, Grid] | None,
+    active_tasks: Mapping[str, Counts] | None,
 ) -> tuple[Snapshot, dict[str, Tracking]]:
     """Build the next snapshot and bookkeeping from a plan and what was read (pure)."""
     datasets: dict[str, Dataset] = dict(work.kept)
@@ -321,7 +329,7 @@ def assemble(
         last_success=finished if healthy else previous.last_success,
         datasets=frozen_map(datasets),
         dataset_counts=dataset_counts,
-        grids=grids,
+        active_tasks=active_tasks,
         cycle=previous.cycle + 1,
     )
     return snapshot, tracks
@@ -489,7 +497,7 @@ class Poller:
         # the plan holds what the rest of the cycle needs: freed now, the rows' memory takes the
         # fan-out's results instead of the heap growing by their size (120,000 objects at 10,000)
         del rows
-        fetched, grids = await self._fan_out(work, previous, cycle, deadline)
+        fetched, active = await self._fan_out(work, previous, cycle, deadline)
         return assemble(
             previous,
             self.tracking,
@@ -500,15 +508,15 @@ class Poller:
             finished=self._clock(),
             healthy=cycle.healthy,
             dataset_counts=counts,
-            grids=grids,
+            active_tasks=active,
         )
 
     async def _fan_out(
         self, work: Plan, previous: Snapshot, cycle: _Cycle, deadline: float
-    ) -> tuple[dict[str, Fetched], Mapping[str, Grid] | None]:
-        """Read every planned dataset (and the grids) until done or the deadline passes."""
+    ) -> tuple[dict[str, Fetched], Mapping[str, Counts] | None]:
+        """Read every planned dataset, and the active tasks, until done or the deadline passes."""
         fetched: dict[str, Fetched] = {}
-        grids: list[Mapping[str, Grid] | None] = [previous.grids]
+        active: list[Mapping[str, Counts] | None] = [None]
 
         queue = iter(work.fetches)
 
@@ -518,15 +526,14 @@ class Poller:
             for job in queue:
                 fetched[job.dataset.dataset_id] = await self._fetch(job, cycle, deadline)
 
-        async def read_grids() -> None:
-            grids[0] = await self._grids(previous, cycle, deadline)
+        async def read_active() -> None:
+            active[0] = await self._active_tasks(previous, cycle, deadline)
 
         workers = min(self._schedule.workers, len(work.fetches))
         tasks = [asyncio.create_task(worker()) for _ in range(workers)]
-        if self._schedule.shard == 0:
-            tasks.append(asyncio.create_task(read_grids()))
-        else:
-            grids[0] = None
+        if self._schedule.shard == 0:  # IceProd-wide: one shard reports it
+            active[0] = previous.active_tasks  # kept should the deadline cut the read
+            tasks.append(asyncio.create_task(read_active()))
         if tasks:
             remaining = deadline - asyncio.get_running_loop().time()
             _, pending = await asyncio.wait(tasks, timeout=max(remaining, 0.0))
@@ -539,16 +546,31 @@ class Poller:
                 failure = None if task.cancelled() else task.exception()
                 if failure is not None:
                     raise failure  # a bug, not an answer: the poll fails
-        return fetched, grids[0]
+        return fetched, active[0]
 
-    async def _grids(
+    async def _active_tasks(
         self, previous: Snapshot, cycle: _Cycle, deadline: float
-    ) -> Mapping[str, Grid] | None:
+    ) -> Mapping[str, Counts] | None:
+        """IceProd-wide active tasks by resource (shard 0 only).
+
+        The backlog IceProd's queue_tasks schedules CPU and GPU work from, read as it reads it:
+        two aggregations the status index keeps cheap.
+        """
+        by_resource: dict[str, Counts] = {}
+        statuses = "|".join(ACTIVE_TASK_STATUSES)
         try:
-            return await self._read(Endpoint.GRIDS, parse.grids, cycle, deadline)
+            for resource in RESOURCES:
+                args = {"status": statuses, "gpu": "true" if resource == "gpu" else "false"}
+                read = await self._read(
+                    Endpoint.ACTIVE_TASKS, parse.active_tasks, cycle, deadline, args=args
+                )
+                if read is None:
+                    return None  # dropped and counted: no half answer
+                by_resource[resource] = read
         except ApiError as error:
             cycle.failed(error)
-            return None if error.reason == Reason.FORBIDDEN else previous.grids
+            return None if error.reason == Reason.FORBIDDEN else previous.active_tasks
+        return frozen_map(by_resource)
 
     async def _fetch(self, job: Fetch, cycle: _Cycle, deadline: float) -> Fetched:
         cycle.fetched += 1
@@ -583,8 +605,9 @@ class Poller:
         cycle: _Cycle,
         deadline: float,
         path: Mapping[str, str] | None = None,
+        args: dict[str, str] | None = None,
     ) -> T:
-        body = await self._client.get(template, None, deadline=deadline, **(path or {}))
+        body = await self._client.get(template, args, deadline=deadline, **(path or {}))
         try:
             return parser(body, template, cycle.rejects)
         except parse.BadResponse as exc:

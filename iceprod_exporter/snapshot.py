@@ -23,6 +23,10 @@ TASK_STATUSES: tuple[str, ...] = (
     "failed",
     "complete",
 )
+#: task statuses IceProd's scheduler moves tasks through (``queue_tasks`` and the grids)
+ACTIVE_TASK_STATUSES: tuple[str, ...] = ("idle", "waiting", "queued", "processing")
+#: how IceProd splits tasks for scheduling: ``gpu`` when ``requirements.gpu >= 1``
+RESOURCES: tuple[str, ...] = ("cpu", "gpu")
 
 Counts = Mapping[str, int]
 K = TypeVar("K")
@@ -111,7 +115,10 @@ class Dataset:
     #: None when IceProd's value could not be exposed (see parse.py)
     jobs_submitted: int | None = 0
     tasks_submitted: int | None = 0
+    #: no further jobs are materialized; IceProd completes it on the jobs it has
     truncated: bool = False
+    #: IceProd never completes it (dataset_completion skips it)
+    always_active: bool = False
     #: job status -> count, as last read from ``job_counts/status``; None before the first read
     jobs: Counts | None = None
     #: task name -> status -> count, from ``task_counts/name_status``
@@ -129,16 +136,6 @@ class Dataset:
 
 
 @dataclass(frozen=True, slots=True)
-class Grid:
-    """A grid (an HTCondor submit site) registered with IceProd, from ``GET /grids``."""
-
-    grid_id: str
-    host: str
-    version: str
-    last_update: float | None
-
-
-@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the collector exposes, as of one poll."""
 
@@ -149,15 +146,18 @@ class Snapshot:
     datasets: Mapping[str, Dataset] = field(default_factory=lambda: frozen_map({}))
     #: IceProd-wide datasets by status; None on shards that do not report IceProd-wide values
     dataset_counts: Counts | None = None
-    #: registered grids; None on other shards or when the token may not read ``/grids``
-    grids: Mapping[str, Grid] | None = None
+    #: IceProd-wide tasks by resource (``cpu``, ``gpu``) and active status; None on other
+    #: shards or when the token may not read the global route
+    active_tasks: Mapping[str, Counts] | None = None
     cycle: int = 0
 
     def visible(self, now: float, max_staleness: float) -> Snapshot:
         """Drop dataset series once the last good poll is older than ``max_staleness``."""
         if self.last_success is not None and now - self.last_success <= max_staleness:
             return self
-        return dataclasses.replace(self, datasets=frozen_map({}), dataset_counts=None, grids=None)
+        return dataclasses.replace(
+            self, datasets=frozen_map({}), dataset_counts=None, active_tasks=None
+        )
 
     def watched(self) -> list[Dataset]:
         """Datasets whose counts are polled, in dataset-number order."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iceprod_exporter.snapshot import Dataset, Grid, Snapshot, TaskStats, frozen_map
+from iceprod_exporter.snapshot import Dataset, Snapshot, TaskStats, frozen_map
 
 NOW = 1_800_000_000.0
 
@@ -61,6 +61,24 @@ FORBIDDEN = Dataset(
     username="carol",
 )
 
+ALWAYS_ACTIVE = Dataset(
+    # never completed by IceProd; its one task name completed without reporting walltime
+    dataset_id="aaaaaa",
+    number=22100,
+    status="processing",
+    group="filtering",
+    username="erin",
+    jobs_submitted=4,
+    tasks_submitted=4,
+    always_active=True,
+    jobs=frozen_map(counts(processing=1, complete=3)),
+    tasks=frozen_map({"pass2": frozen_map(counts(waiting=1, complete=3))}),
+    task_stats=frozen_map(
+        {"pass2": TaskStats(3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, None)},
+    ),
+    counted_at=NOW - 30,
+)
+
 FINISHED = Dataset(
     dataset_id="0c0c0c",
     number=21000,
@@ -78,12 +96,14 @@ FLEET = Snapshot(
     up=True,
     polled_at=NOW,
     last_success=NOW,
-    datasets=frozen_map({d.dataset_id: d for d in (PROCESSING, LEGACY, FORBIDDEN, FINISHED)}),
-    dataset_counts=frozen_map(counts(processing=1, suspended=1, complete=5, truncated=1)),
-    grids=frozen_map(
+    datasets=frozen_map(
+        {d.dataset_id: d for d in (PROCESSING, LEGACY, FORBIDDEN, ALWAYS_ACTIVE, FINISHED)}
+    ),
+    dataset_counts=frozen_map(counts(processing=2, suspended=1, complete=5, truncated=1)),
+    active_tasks=frozen_map(
         {
-            "g1": Grid("g1", "submit-1.icecube.wisc.edu", "3.2.43", NOW - 120),
-            "g2": Grid("g2", "gpu-submit.example.org", "3.2.40", None),
+            "cpu": frozen_map(counts(idle=3, waiting=3, queued=1, processing=1)),
+            "gpu": frozen_map(counts(idle=1)),
         }
     ),
     cycle=3,

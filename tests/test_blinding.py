@@ -40,7 +40,7 @@ def dataset(number: int, **extra: Any) -> dict[str, Any]:
 
 def serve_datasets(server: ScriptedServer, datasets: dict[str, dict[str, Any]]) -> None:
     server.script["/datasets"] = [Reply(200, datasets)]
-    server.script["/grids"] = [Reply(200, {})]
+    server.script["/task_counts/status"] = [Reply(200, {})]
     for dataset_id in datasets:
         base = f"/datasets/{dataset_id}"
         server.script[f"{base}/job_counts/status"] = [Reply(200, {"processing": 1})]

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from iceprod_exporter import api
 from iceprod_exporter.api import ApiError
-from iceprod_exporter.labels import Reason
+from iceprod_exporter.labels import Endpoint, Reason
 from iceprod_exporter.poller import Poller, Schedule, shard_of
 from iceprod_exporter.telemetry import Telemetry
 
@@ -27,14 +27,8 @@ class FakeSource:
         self.calls: Counter[str] = Counter()
         self.down = False
         self.sent = 0
-        self.answers["/grids"] = {
-            "g1": {
-                "grid_id": "g1",
-                "host": "submit.example",
-                "version": "3.2.43",
-                "last_update": "2026-11-26T10:00:00.000000",
-            }
-        }
+        self.answers["/task_counts/status?gpu=false"] = {"idle": 5, "waiting": 2}
+        self.answers["/task_counts/status?gpu=true"] = {"queued": 1}
 
     def add(self, dataset_id: str, number: int, status: str = "processing", **extra: Any) -> None:
         self.datasets[dataset_id] = {
@@ -78,6 +72,9 @@ class FakeSource:
         if template == api.DATASETS:
             assert args and "dataset|status" in args["keys"]
             return self.datasets
+        if template == Endpoint.ACTIVE_TASKS:
+            assert args and args["status"] == "idle|waiting|queued|processing"
+            route = f"{route}?gpu={args['gpu']}"
         answer = self.answers[route]
         if isinstance(answer, Exception):
             raise answer
@@ -125,8 +122,8 @@ def test_first_poll_reads_everything_and_fills_the_snapshot() -> None:
     assert snap.datasets["a"].task_stats["generate"].avg_hrs == 1.0
     assert source.calls[api.TASK_COUNTS_NAME] == 2
     assert source.calls[api.DATASETS] == 1
-    assert snap.grids["g1"].host == "submit.example"
-    assert snap.grids["g1"].last_update == 1795687200.0
+    assert snap.active_tasks == {"cpu": {"idle": 5, "waiting": 2}, "gpu": {"queued": 1}}
+    assert source.calls[Endpoint.ACTIVE_TASKS] == 2, "one indexed aggregation per resource"
 
 
 def _read_times(
@@ -345,7 +342,7 @@ def test_one_summary_event_per_poll() -> None:
     with capture_logs() as logs:
         poll(make(source, clock))
     (summary,) = [e for e in logs if e["event"] == "poll.finished"]
-    assert summary["requests"] == source.sent == 5
+    assert summary["requests"] == source.sent == 6  # discovery, 3 for the dataset, 2 global
     assert summary["up"] is True and summary["fetched"] == 1 and summary["failures"] == {}
 
 
@@ -354,23 +351,22 @@ def test_global_route_forbidden_to_a_user_token_is_reported_once() -> None:
 
     source, clock = FakeSource(), Clock()
     source.add("a", 1)
-    source.answers["/grids"] = ApiError(api.GRIDS, Reason.FORBIDDEN, "403", 403)
+    denial = ApiError(Endpoint.ACTIVE_TASKS, Reason.FORBIDDEN, "403", 403)
+    source.answers["/task_counts/status?gpu=false"] = denial
     registry = CollectorRegistry()
     poller = Poller(source, Schedule(poll_interval=60.0), Telemetry(registry), clock)
     with capture_logs() as logs:
         first = poll(poller)
         clock.now += 60
         poll(poller)
-    assert first.up and first.grids is None, "a permission problem, not an outage"
+    assert first.up and first.active_tasks is None, "a permission problem, not an outage"
     denied = [e for e in logs if e["event"] == "permission.denied"]
-    assert len(denied) == 1 and denied[0]["endpoint"] == "/grids"
-    value = registry.get_sample_value("iceprod_exporter_permission_denied", {"endpoint": "/grids"})
-    assert value == 1
-    source.answers["/grids"] = {}
-    poll(poller)
-    assert (
-        registry.get_sample_value("iceprod_exporter_permission_denied", {"endpoint": "/grids"}) == 0
-    )
+    assert len(denied) == 1 and denied[0]["endpoint"] == "/task_counts/status"
+    route = {"endpoint": "/task_counts/status"}
+    assert registry.get_sample_value("iceprod_exporter_permission_denied", route) == 1
+    source.answers["/task_counts/status?gpu=false"] = {}
+    assert poll(poller).active_tasks == {"cpu": {}, "gpu": {"queued": 1}}
+    assert registry.get_sample_value("iceprod_exporter_permission_denied", route) == 0
 
 
 def test_an_unexpected_error_is_a_failed_poll_and_the_next_goes_on() -> None:

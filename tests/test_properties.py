@@ -79,18 +79,14 @@ DATASET = st.tuples(
     _maybe(st.dictionaries(TEXT, _maybe(COUNTS), max_size=3)),
     _maybe(st.dictionaries(TEXT, _maybe(STATS_ROW), max_size=2)),
 )
-GRIDS = _maybe(
-    st.dictionaries(
-        TEXT,
-        _maybe(st.fixed_dictionaries({"host": _maybe(TEXT), "version": _maybe(TEXT)})),
-        max_size=2,
-    )
-)
+#: the IceProd-wide active tasks, CPU then GPU
+ACTIVE = st.tuples(_maybe(COUNTS), _maybe(COUNTS))
 
 
-def _source(datasets: list[tuple[Any, ...]], grids: Any) -> FakeSource:
+def _source(datasets: list[tuple[Any, ...]], active: Any) -> FakeSource:
     source = FakeSource()
-    source.answers["/grids"] = grids
+    for gpu, body in zip(("false", "true"), active, strict=True):
+        source.answers[f"/task_counts/status?gpu={gpu}"] = body
     for dataset_id, row, jobs, tasks, stats in datasets:
         source.datasets[dataset_id] = row
         source.answers[f"/datasets/{dataset_id}/job_counts/status"] = jobs
@@ -100,11 +96,11 @@ def _source(datasets: list[tuple[Any, ...]], grids: Any) -> FakeSource:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(DATASET, max_size=5), GRIDS, st.booleans())
+@given(st.lists(DATASET, max_size=5), ACTIVE, st.booleans())
 def test_any_answer_gives_a_poll_and_a_parseable_exposition(
-    datasets: list[tuple[Any, ...]], grids: Any, compat: bool
+    datasets: list[tuple[Any, ...]], active: Any, compat: bool
 ) -> None:
-    source, clock = _source(datasets, grids), Clock()
+    source, clock = _source(datasets, active), Clock()
     poller = Poller(source, Schedule(poll_interval=60.0), Telemetry(CollectorRegistry()), clock)
     asyncio.run(poller.poll(full=True))
     assert poller.consecutive_crashes == 0, "no answer may crash a poll"

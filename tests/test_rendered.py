@@ -26,7 +26,7 @@ from iceprod_exporter.poller import Poller, Schedule
 from iceprod_exporter.simulator import SimulatedIceProd, build_store
 from iceprod_exporter.telemetry import Telemetry
 
-from .test_properties import DATASET, GRIDS, _source
+from .test_properties import ACTIVE, DATASET, _source
 
 
 class Clock:
@@ -76,12 +76,12 @@ def test_exposition_concatenates_self_metrics_and_snapshot_gzip_members() -> Non
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(DATASET, max_size=5), GRIDS, st.booleans())
+@given(st.lists(DATASET, max_size=5), ACTIVE, st.booleans())
 def test_the_encoder_writes_what_prometheus_client_writes(
-    datasets: list[tuple[Any, ...]], grids: Any, compat: bool
+    datasets: list[tuple[Any, ...]], active: Any, compat: bool
 ) -> None:
     """Any answer, any label text: the served bytes equal prometheus_client's, in both views."""
-    source, clock = _source(datasets, grids), Clock()
+    source, clock = _source(datasets, active), Clock()
     poller = Poller(source, Schedule(poll_interval=60.0), Telemetry(CollectorRegistry()), clock)
     asyncio.run(poller.poll(full=True))
     registry = CollectorRegistry()

@@ -3,10 +3,9 @@
 import random
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .store import DATE_FORMAT, Doc, Store
+from .store import Doc, Store
 
 # (name, requirements, typical walltime in hours) of the tasks a job can have, in task order
 TASK_KINDS: tuple[tuple[str, dict[str, Any], float], ...] = (
@@ -26,7 +25,6 @@ _FAIL_RATE = 0.02  # per tick, for a processing task of a healthy dataset
 _BROKEN_FAIL_RATE = 0.4
 _P_BROKEN = 0.05  # share of datasets whose tasks fail a lot
 _P_SEEDED_RETRY = 0.1  # share of generated complete tasks that had failed once before
-_GRID_STALE_AFTER = timedelta(minutes=10)  # a grid silent this long stays silent
 _GROUPS = ("simprod", "filtering", "users")
 _USERNAMES = ("alice", "bob", "carol", "dave")
 _STATUS_WEIGHTS = {"processing": 75, "suspended": 7, "errors": 6, "complete": 12}
@@ -166,26 +164,16 @@ def _seed_dataset(
         _seed_job(rng, store, dataset, job_index, now)
 
 
-def build_store(datasets: int, seed: int = 0, grids: int = 3) -> Store:
+def build_store(datasets: int, seed: int = 0) -> Store:
     """Generate `datasets` datasets of mixed statuses; the first is processing and truncated.
 
-    The last grid has not reported for an hour, so it stays stale as the simulation runs.
+    No grids: IceProd 3.x has no component that registers one (`/grids` stays empty).
     """
     rng = random.Random(seed)
     store = Store(new_id=seeded_ids(random.Random(seed + 1)))
     with store.lock:
         for index in range(datasets):
             _seed_dataset(rng, store, index, truncated=index == 0)
-        stale = (datetime.now(UTC) - timedelta(hours=1)).strftime(DATE_FORMAT)
-        for index in range(grids):
-            fields: dict[str, Any] = {
-                "host": f"grid{index}.icecube.wisc.edu",
-                "queues": {f"queue{index}": "htcondor"},
-                "version": "3.2.43",
-            }
-            if index == grids - 1:
-                fields.update(start_date=stale, last_update=stale)
-            store.add_grid(fields)
     return store
 
 
@@ -216,7 +204,7 @@ class Simulation:
         return sum(d["status"] == "processing" for d in self.store.datasets.values())
 
     def step(self) -> None:
-        """One tick: tasks move on, jobs and datasets settle, jobs materialize, grids report."""
+        """One tick: tasks move on, jobs and datasets settle, jobs materialize."""
         if self.paused:
             return
         store = self.store
@@ -228,7 +216,6 @@ class Simulation:
             if self._processing() < self._processing_target and self._rng.random() < _P_SUBMIT:
                 index = len(store.datasets)
                 _seed_dataset(self._rng, store, index, truncated=False, status="processing")
-            self._heartbeat(now)
             self.ticks += 1
 
     def busy(self) -> int:
@@ -309,10 +296,3 @@ class Simulation:
             dataset["status"] = "complete"
         elif not statuses & {"processing", "suspended"}:
             dataset["status"] = "errors"
-
-    def _heartbeat(self, now: str) -> None:
-        """Live grids PATCH last_update; a grid already stale stays silent."""
-        cutoff = (datetime.now(UTC) - _GRID_STALE_AFTER).strftime(DATE_FORMAT)
-        for grid in self.store.grids.values():
-            if grid["last_update"] >= cutoff:
-                grid["last_update"] = now
