@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from iceprod_exporter import api
 from iceprod_exporter.api import ApiError
+from iceprod_exporter.collector import SnapshotCollector
 from iceprod_exporter.labels import Endpoint, Reason
 from iceprod_exporter.poller import Poller, Schedule, shard_of
 from iceprod_exporter.telemetry import Telemetry
@@ -620,3 +621,47 @@ def test_a_small_map_reads_and_compares_like_a_read_only_dict() -> None:
         hash(m)
     with pytest.raises(ValueError, match="distinct keys"):
         SmallMap(("a", "a"), (1, 2))
+
+
+def test_what_iceprod_3_means_reaches_the_snapshot() -> None:
+    """IceProd 3.x's meanings, from discovery and task_stats to the exposition.
+
+    always_active and truncated come from discovery; IceProd's efficiency 0.0 without walltime
+    is unknown, not waste; a task name is GPU work when its complete tasks asked for GPUs.
+    """
+    source, clock = FakeSource(), Clock()
+    source.add("a", 1, always_active=True)
+    source.add("t", 2, truncated=True)
+    source.answers["/datasets/a/task_stats"] = {
+        "reco": {
+            "count": 3,
+            "gpu": 3,
+            "total_hrs": 0.0,
+            "total_err_hrs": 0.0,
+            "avg_hrs": 0.0,
+            "stddev_hrs": 0.0,
+            "min_hrs": 0.0,
+            "max_hrs": 0.0,
+            "efficiency": 0.0,
+        }
+    }
+    snap = poll(make(source, clock))
+    always, truncated = snap.datasets["a"], snap.datasets["t"]
+    assert always.always_active and not always.truncated
+    assert truncated.truncated and not truncated.always_active
+    assert always.task_stats["reco"].efficiency is None
+    assert truncated.task_stats["generate"].efficiency == 1.0
+    registry = CollectorRegistry()
+    SnapshotCollector(lambda: snap, max_staleness=600, clock=clock, registry=registry)
+    value = registry.get_sample_value
+    assert value("iceprod_dataset_always_active", {"dataset": "1"}) == 1
+    assert value("iceprod_dataset_always_active", {"dataset": "2"}) == 0
+    assert (
+        value("iceprod_dataset_task_efficiency_ratio", {"dataset": "1", "task_name": "reco"})
+        is None
+    )
+    assert value("iceprod_dataset_task_gpu", {"dataset": "1", "task_name": "reco"}) == 1
+    assert value("iceprod_dataset_task_gpu", {"dataset": "2", "task_name": "generate"}) == 0
+    gpu_waiting = {"resource": "gpu", "status": "waiting"}
+    assert value("iceprod_active_tasks", gpu_waiting) == 0, "every active status, 0 included"
+    assert value("iceprod_active_tasks", {"resource": "cpu", "status": "idle"}) == 5
