@@ -10,7 +10,8 @@ computed from the scenario alone. The exporter always runs as its real CLI in a 
 3. the simulator, loaded with the same scenario, answers every request the exporter makes
    (and the error cases) exactly like the real server, modulo generated ids and dates;
 4. compatibility mode matches IceProd's own ``dataset_monitor`` series for series;
-5. a plain IceCube user token: readable datasets only, ``/grids`` a permission problem.
+5. a plain IceCube user token: readable datasets only, the IceProd-wide
+   ``/task_counts/status`` a permission problem.
 """
 
 from __future__ import annotations
@@ -79,7 +80,12 @@ CLIENTS: dict[str, tuple[str, dict[str, Any]]] = {
 #: the exporter's discovery query (parse.DATASET_KEYS), spelled out so a change shows here
 DATASET_KEYS = (
     "dataset_id|dataset|status|description|group|username|jobs_submitted|"
-    "tasks_submitted|priority|start_date|truncated"
+    "tasks_submitted|priority|start_date|truncated|always_active"
+)
+#: the IceProd-wide active tasks by resource, as the exporter asks (status index, gpu filter)
+ACTIVE_TASKS = tuple(
+    f"/task_counts/status?status=idle|waiting|queued|processing&gpu={gpu}"
+    for gpu in ("true", "false")
 )
 PER_DATASET_ROUTES = ("job_counts/status", "task_counts/name_status", "task_stats")
 UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
@@ -272,11 +278,10 @@ def differences(got: Series, want: Series) -> list[str]:
 
 def check_exporter_series(world: World, got: Series, *, as_user: bool = False) -> None:
     """Every expected series and value, plus the server-made timestamps."""
-    grid_ids = {} if as_user else world.seeded.grids
-    want = expected.exporter_series(world.dataset_ids(), grid_ids, as_user=as_user)
+    want = expected.exporter_series(world.dataset_ids(), as_user=as_user)
     problems = differences(got, want)
-    # start_date and last_update are made by the server: within the seeding window, and each
-    # start timestamp equal to the one in the dataset document (GET /datasets/{id}).
+    # start_date is made by the server: within the seeding window, and each start timestamp
+    # equal to the one in the dataset document (GET /datasets/{id}).
     t0, t1 = world.seed_window
     numbers = expected.dataset_numbers()
     watched = {
@@ -297,17 +302,13 @@ def check_exporter_series(world: World, got: Series, *, as_user: bool = False) -
                 f"dataset {n} start {value} vs document {doc['start_date']} "
                 f"and seed window {t0}..{t1}"
             )
-    updates = got.get("iceprod_grid_last_update_timestamp_seconds", {})
-    want_grids = {labels(grid=g) for g in grid_ids.values()}
-    if set(updates) != want_grids or not all(t0 <= v <= t1 for v in updates.values()):
-        problems.append(f"grid last_update {updates}, want {want_grids} in {t0}..{t1}")
     assert not problems, "exporter series differ from the scenario:\n" + "\n".join(problems)
     assert want["iceprod_dataset_tasks"] and want["iceprod_dataset_task_walltime_mean_seconds"]
 
 
 def exporter_calls() -> set[str]:
     """What one full poll with a system token requests (complete datasets are not watched)."""
-    calls = {f"/datasets?keys={DATASET_KEYS}", "/grids"}
+    calls = {f"/datasets?keys={DATASET_KEYS}", *ACTIVE_TASKS}
     calls |= {
         f"/datasets/{{{ds.key}}}/{route}"
         for ds in SCENARIO.datasets
@@ -491,11 +492,13 @@ def test_simulator_answers_like_the_real_server(world: World) -> None:
     calls: list[tuple[str, str, dict[str, str]]] = [
         ("system", "/datasets", {"keys": DATASET_KEYS}),
         ("system", "/grids", {}),
+        *(("system", path, {}) for path in ACTIVE_TASKS),
         ("system", "/datasets", {"status": "bogus"}),
         ("system", "/datasets", {"status": "bogus", "keys": DATASET_KEYS}),
         ("system", f"/datasets/{UNKNOWN_ID}", {}),
         ("user", "/datasets", {"keys": DATASET_KEYS}),
         ("user", "/grids", {}),
+        *(("user", path, {}) for path in ACTIVE_TASKS),
         ("user", "/datasets", {"status": "bogus"}),
         ("user", f"/datasets/{UNKNOWN_ID}", {}),
         ("nobody", "/datasets", {"keys": DATASET_KEYS}),
@@ -624,10 +627,11 @@ def test_plain_user_token_reads_what_it_may(
     numbers = expected.dataset_numbers()
     exposed = {dict(lbl)["dataset"] for lbl in final["iceprod_dataset_info"]}
     assert not exposed & {str(numbers[ds.key]) for ds in restricted}
-    assert "iceprod_grid_info" not in final
-    # /grids is a permission problem: the gauge, and one log line over all the polls
+    assert "iceprod_active_tasks" not in final
+    # the IceProd-wide route is a permission problem: the gauge, and one log line over all polls
     denied = final["iceprod_exporter_permission_denied"]
-    assert {lbl: n for lbl, n in denied.items() if n} == {labels(endpoint="/grids"): 1.0}
+    global_route = "/task_counts/status"
+    assert {lbl: n for lbl, n in denied.items() if n} == {labels(endpoint=global_route): 1.0}
     assert len(denied) == 5, "every endpoint template starts at 0"
     assert final["iceprod_exporter_forbidden_datasets"] == {(): 0.0}
     failed = {
@@ -635,10 +639,10 @@ def test_plain_user_token_reads_what_it_may(
         for lbl, n in final["iceprod_exporter_api_request_failures_total"].items()
         if n
     }
-    assert failed == {"/grids": "forbidden"}, failed
+    assert failed == {global_route: "forbidden"}, failed
     events = d.events()
     denials = [e for e in events if e.get("event") == "permission.denied"]
     polls = [e for e in events if e.get("event") == "poll.finished"]
     assert len(polls) >= 4 and all(p["up"] for p in polls)
-    assert [e["endpoint"] for e in denials] == ["/grids"], denials
+    assert [e["endpoint"] for e in denials] == [global_route], denials
     assert USER_SECRET not in d.logs()

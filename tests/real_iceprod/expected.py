@@ -13,7 +13,15 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from .scenario import DATASET_STATUSES, JOB_STATUSES, SCENARIO, TASK_STATUSES, Dataset, Scenario
+from .scenario import (
+    ACTIVE_TASK_STATUSES,
+    DATASET_STATUSES,
+    JOB_STATUSES,
+    SCENARIO,
+    TASK_STATUSES,
+    Dataset,
+    Scenario,
+)
 
 
 def dataset_numbers(scenario: Scenario = SCENARIO) -> dict[str, int]:
@@ -72,6 +80,7 @@ def dataset_metadata(ds: Dataset, number: int) -> dict[str, Any]:
         "tasks_per_job": ds.tasks_per_job,
         "priority": ds.priority,
         "truncated": ds.truncated,
+        "always_active": ds.always_active,
     }
 
 
@@ -173,19 +182,33 @@ def dataset_counts(scenario: Scenario = SCENARIO, *, as_user: bool = False) -> d
     return {s: c[s] for s in DATASET_STATUSES}
 
 
+def active_tasks(scenario: Scenario = SCENARIO) -> dict[str, dict[str, int]]:
+    """``/task_counts/status?status=idle|waiting|queued|processing&gpu=...`` by resource.
+
+    IceProd-wide: every dataset's tasks, whatever the dataset's status; ``gpu`` is
+    ``requirements.gpu >= 1``.
+    """
+    out: dict[str, Counter[str]] = {"cpu": Counter(), "gpu": Counter()}
+    for ds in scenario.datasets:
+        for job in ds.jobs:
+            for tdef, task in zip(ds.task_defs, job.tasks, strict=True):
+                if task.status in ACTIVE_TASK_STATUSES:
+                    out["gpu" if tdef.gpu >= 1 else "cpu"][task.status] += 1
+    return {resource: dict(c) for resource, c in out.items()}
+
+
 def exporter_series(
     dataset_ids: Mapping[str, str],
-    grid_ids: Mapping[str, str],
     scenario: Scenario = SCENARIO,
     *,
     as_user: bool = False,
 ) -> dict[str, dict[Labels, float]]:
     """Every IceProd-derived series the exporter should expose after a full poll.
 
-    ``dataset_ids`` (scenario key -> dataset_id) and ``grid_ids`` (host -> grid_id) are the
-    ids the server generated; everything else comes from the scenario. Complete datasets are
-    only counted (``iceprod_datasets``), not watched. Grids need a system/admin token: a user
-    gets none. Server-made timestamps (start_date, last_update) are checked by the tests.
+    ``dataset_ids`` (scenario key -> dataset_id) are the ids the server generated; everything
+    else comes from the scenario. Complete datasets are only counted (``iceprod_datasets``),
+    not watched. The IceProd-wide active tasks need a system/admin token: a user gets none.
+    Server-made timestamps (start_date) are checked by the tests.
     """
     numbers = dataset_numbers(scenario)
     series: dict[str, dict[Labels, float]] = defaultdict(dict)
@@ -210,6 +233,7 @@ def exporter_series(
             series["iceprod_dataset_status"][labels(dataset=num, status=s)] = float(s == ds.status)
         series["iceprod_dataset_priority"][one] = ds.priority
         series["iceprod_dataset_truncated"][one] = float(ds.truncated)
+        series["iceprod_dataset_always_active"][one] = float(ds.always_active)
         series["iceprod_dataset_jobs_submitted"][one] = float(ds.jobs_submitted)
         series["iceprod_dataset_tasks_submitted"][one] = float(ds.jobs_submitted * ds.tasks_per_job)
         jc = job_counts(ds)
@@ -225,11 +249,13 @@ def exporter_series(
             for field, metric in WALLTIME_METRICS.items():
                 if stats[field] is not None:
                     series[metric][per_name] = stats[field] * HOUR
-            series["iceprod_dataset_task_efficiency_ratio"][per_name] = stats["efficiency"]
+            if stats["total_hrs"] + stats["total_err_hrs"] > 0:  # else IceProd's 0.0: unknown
+                series["iceprod_dataset_task_efficiency_ratio"][per_name] = stats["efficiency"]
+            series["iceprod_dataset_task_gpu"][per_name] = float(stats["gpu"] > 0)
     if not as_user:
-        for grid in scenario.grids:
-            version = grid.patch.get("version", grid.version)
-            series["iceprod_grid_info"][
-                labels(grid=grid_ids[grid.host], host=grid.host, version=version)
-            ] = 1.0
+        for resource, counts in active_tasks(scenario).items():
+            for s in ACTIVE_TASK_STATUSES:
+                series["iceprod_active_tasks"][labels(resource=resource, status=s)] = float(
+                    counts.get(s, 0)
+                )
     return dict(series)

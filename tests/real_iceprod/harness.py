@@ -242,19 +242,40 @@ class RealIceProd(Service):
         self, client_id: str, client_secret: str, timeout: float = 120.0
     ) -> str:
         """Run IceProd's dataset_monitor once against this server; return its metrics text."""
+        return self._run_in_venv(
+            [str(DATASET_MONITOR_MAIN)], client_id, client_secret, timeout, "dataset_monitor"
+        )
+
+    def run_cron(
+        self, name: str, client_id: str, client_secret: str, timeout: float = 120.0
+    ) -> str:
+        """Run one of IceProd's housekeeping crons (``scheduled_tasks.<name>``) once.
+
+        ``--debug`` makes an API or auth failure raise (exit 1) instead of being logged and
+        swallowed, as the cron does without it. Returns what it logged.
+        """
+        module = ["-m", f"iceprod.scheduled_tasks.{name}", "--debug", "--log-level", "info"]
+        return self._run_in_venv(module, client_id, client_secret, timeout, name, stderr=True)
+
+    def _run_in_venv(
+        self,
+        argv: list[str],
+        client_id: str,
+        client_secret: str,
+        timeout: float,
+        what: str,
+        *,
+        stderr: bool = False,
+    ) -> str:
+        """Run IceProd code against this server with client credentials.
+
+        The secret goes through the environment, so it never shows in ``ps``. Returns stdout,
+        or stderr with ``stderr``.
+        """
         python = self._python or ensure_venv(self.venv_dir)
-        cmd = [
-            str(python),
-            str(DATASET_MONITOR_MAIN),
-            "--rest-url",
-            self.url,
-            "--oauth-url",
-            self.issuer_url,
-            "--oauth-client-id",
-            client_id,
-        ]
+        auth = ["--rest-url", self.url, "--oauth-url", self.issuer_url]
         proc = subprocess.run(
-            cmd,
+            [str(python), *argv, *auth, "--oauth-client-id", client_id],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -263,7 +284,5 @@ class RealIceProd(Service):
             check=False,
         )
         if proc.returncode != 0:
-            raise RealIceProdError(
-                f"dataset_monitor exited {proc.returncode}:\n{proc.stderr[-4000:]}"
-            )
-        return proc.stdout
+            raise RealIceProdError(f"{what} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+        return proc.stderr if stderr else proc.stdout

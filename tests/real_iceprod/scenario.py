@@ -13,6 +13,7 @@ Coverage (checked by :func:`validate`):
 - ``jobs_submitted`` above the number of materialized jobs;
 - completed tasks with walltimes (some with ``walltime_err``), so ``task_stats`` has data;
 - one processing dataset that plain IceCube users may not read (``auth_groups_read=[]``);
+- one always-active dataset whose one task name completed without reporting walltime;
 - two grids.
 """
 
@@ -25,6 +26,7 @@ DATASET_STATUSES = ("processing", "suspended", "errors", "complete")
 JOB_STATUSES = ("processing", "suspended", "errors", "complete")
 TASK_STATUSES = ("idle", "waiting", "queued", "processing", "suspended", "failed", "complete")
 QUEUED_OR_LATER = ("queued", "processing", "failed", "complete")
+ACTIVE_TASK_STATUSES = ("idle", "waiting", "queued", "processing")
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class Dataset:
     task_defs: tuple[TaskDef, ...]
     jobs: tuple[Job, ...] = ()
     truncated: bool = False
+    #: POST /datasets ``always_active`` (it can only be set there)
+    always_active: bool = False
     priority: float = 0.5
     # When set, POST with this value, then raise it to jobs_submitted with
     # PUT /datasets/{id}/jobs_submitted (an admin-only, transactional route).
@@ -222,6 +226,17 @@ SCENARIO = Scenario(
                 Job("processing", (T("processing"), T("idle"))),
             ),
         ),
+        Dataset(
+            key="filter_always",
+            description="Realtime L2 stream (always active)",
+            group="filtering",
+            username="bob",
+            status="processing",
+            always_active=True,
+            jobs_submitted=2,
+            task_defs=(TaskDef("online"),),
+            jobs=(Job("complete", (T("complete"),)), Job("processing", (T("queued", site="NPX"),))),
+        ),
     ),
     grids=(
         Grid(host="npx.icecube.wisc.edu", queues={"npx": "condor"}, version="3.2.43"),
@@ -256,6 +271,7 @@ def validate(scenario: Scenario = SCENARIO) -> None:
     assert job_seen == set(JOB_STATUSES)
     assert task_seen == set(TASK_STATUSES)
     assert any(d.truncated for d in scenario.datasets)
+    assert any(d.always_active for d in scenario.datasets)
     assert any(td.gpu for d in scenario.datasets for td in d.task_defs)
     assert any(d.jobs_submitted > len(d.jobs) for d in scenario.datasets)
     assert any(not d.readable_by_users and d.status != "complete" for d in scenario.datasets)

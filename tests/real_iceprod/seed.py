@@ -169,6 +169,8 @@ def dataset_post_body(ds: Dataset) -> dict[str, Any]:
     }
     if ds.auth_groups_read is not None:
         body["auth_groups_read"] = list(ds.auth_groups_read)
+    if ds.always_active:
+        body["always_active"] = True
     return body
 
 
