@@ -17,14 +17,16 @@ _TYPICAL_HOURS = {name: hours for name, _, hours in TASK_KINDS}
 # chance per tick that a task in the key status moves to the value status
 _FLOW = {"idle": ("waiting", 0.5), "waiting": ("queued", 0.4), "queued": ("processing", 0.4)}
 _P_COMPLETE = 0.3  # per tick, for a processing task
-_P_RETRY = 0.5  # per tick, for a failed task with retries left
+# An error in IceProd 3.x either resets the task (a transient reason: back to waiting, failures
+# + 1, requirements raised to 1.5x) or fails it for good: failed waits for a person.
+_P_TRANSIENT = 0.8  # share of errors that reset the task
+_RAISED = ("memory", "time")  # requirements a reset raises (IceProd also raises disk, cpu)
 _P_MATERIALIZE = 0.5  # per tick, for a dataset with jobs left to create
 _MATERIALIZE_BATCH = 2
-_MAX_FAILURES = 3  # a task failing this often stays failed and puts its job in errors
 _FAIL_RATE = 0.02  # per tick, for a processing task of a healthy dataset
 _BROKEN_FAIL_RATE = 0.4
 _P_BROKEN = 0.05  # share of datasets whose tasks fail a lot
-_P_SEEDED_RETRY = 0.1  # share of generated complete tasks that had failed once before
+_P_SEEDED_RETRY = 0.1  # share of generated complete tasks that were reset once before
 _GROUPS = ("simprod", "filtering", "users")
 _USERNAMES = ("alice", "bob", "carol", "dave")
 _STATUS_WEIGHTS = {"processing": 75, "suspended": 7, "errors": 6, "complete": 12}
@@ -73,23 +75,32 @@ def _complete(rng: random.Random, task: Doc, now: str) -> None:
     task.update(status="complete", status_changed=now, walltime=_hours(rng, task["name"]))
 
 
-def _fail(rng: random.Random, task: Doc, now: str) -> None:
-    """Fail a task, charging the lost time to walltime_err."""
+def _error(rng: random.Random, task: Doc, now: str, transient: bool) -> None:
+    """An attempt ended in an error, its time charged to walltime_err.
+
+    A transient error resets the task to waiting with its requirements raised, as
+    ``TasksActionsErrorHandler`` does; any other makes it failed, which IceProd never retries.
+    """
     task.update(
-        status="failed",
+        status="waiting" if transient else "failed",
         status_changed=now,
         failures=task["failures"] + 1,
         walltime_err=round(task["walltime_err"] + _hours(rng, task["name"]) / 2, 4),
         walltime_err_n=task["walltime_err_n"] + 1,
     )
+    if transient:
+        requirements = task["requirements"]
+        for key in _RAISED:
+            if isinstance(requirements.get(key), int | float):
+                requirements[key] = round(requirements[key] * 1.5, 4)
 
 
 def _job_status(tasks: list[Doc]) -> str:
     """The status a job's tasks imply (for jobs that are not suspended)."""
     if all(t["status"] == "complete" for t in tasks):
         return "complete"
-    if any(t["status"] == "failed" and t["failures"] >= _MAX_FAILURES for t in tasks):
-        return "errors"
+    if any(t["status"] == "failed" for t in tasks):
+        return "errors"  # its later tasks wait on the failed one, which waits for a person
     return "processing"
 
 
@@ -100,19 +111,18 @@ def _seed_job(rng: random.Random, store: Store, dataset: Doc, job_index: int, no
     done = len(tasks) if status == "complete" else rng.randint(0, len(tasks))
     for task in tasks[:done]:
         if rng.random() < _P_SEEDED_RETRY:
-            _fail(rng, task, now)
+            _error(rng, task, now, transient=True)
         _complete(rng, task, now)
     if done < len(tasks):
         current = tasks[done]
         if status == "errors":
-            for _ in range(_MAX_FAILURES):
-                _fail(rng, current, now)
+            _error(rng, current, now, transient=False)
         elif status == "suspended":
             current.update(status="suspended", status_changed=now)
         else:
             picked = rng.choice(("idle", "waiting", "queued", "processing", "failed"))
             if picked == "failed":
-                _fail(rng, current, now)
+                _error(rng, current, now, transient=False)
             else:
                 current.update(status=picked, status_changed=now)
     job_status = _job_status(tasks)
@@ -278,11 +288,9 @@ class Simulation:
         elif status == "processing":
             roll = rng.random()
             if roll < fail_rate:
-                _fail(rng, task, now)
+                _error(rng, task, now, transient=rng.random() < _P_TRANSIENT)
             elif roll < fail_rate + _P_COMPLETE:
                 _complete(rng, task, now)
-        elif status == "failed" and task["failures"] < _MAX_FAILURES and rng.random() < _P_RETRY:
-            task.update(status="waiting", status_changed=now)
 
     def _settle(self, dataset: Doc) -> None:
         """Complete or fail a dataset once all its jobs exist and none is still running."""
