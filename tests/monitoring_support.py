@@ -44,6 +44,7 @@ from iceprod_exporter.simulator.service import ServerThread
 from iceprod_exporter.snapshot import (
     DATASET_STATUSES,
     JOB_STATUSES,
+    RESOURCES,
     TASK_STATUSES,
     Dataset,
     Snapshot,
@@ -414,35 +415,111 @@ def _status_values(name: str) -> frozenset[str] | None:
     return None
 
 
+def _add(
+    known: dict[str, MetricInfo],
+    name: str,
+    kind: Kind,
+    labels: frozenset[str],
+    values: Mapping[str, frozenset[str]],
+) -> None:
+    """Add a metric's series names: a histogram's _bucket, _sum and _count, else the name."""
+    labels |= TARGET_LABELS
+    if kind is Kind.HISTOGRAM:
+        known[name + "_bucket"] = MetricInfo(name + "_bucket", "bucket", labels | {"le"}, values)
+        for suffix in ("_sum", "_count"):
+            known[name + suffix] = MetricInfo(name + suffix, "counter", labels, values)
+    else:
+        counter = "counter" if kind is Kind.COUNTER else "gauge"
+        known[name] = MetricInfo(name, counter, labels, values)
+
+
+#: every series of IceProd's grid daemons (iceprod.server and its condor plugin, 3.2.43) carries
+#: these GlobalLabels; their task name label is ``task``, their dataset label the number
+GRID_LABELS = frozenset({"site", "type", "gpu"})
+#: labels of condor_job_metrics.py (WIPACrepo/monitoring-scripts), which
+#: condor_history_to_prometheus.py fills from each finished HTCondor job's classad:
+#: IceProdDataset is the dataset number, "None" on jobs IceProd did not submit
+CONDOR_LABELS = frozenset(
+    {
+        "owner",
+        "site",
+        "schedd",
+        "GPUDeviceName",
+        "usage",
+        "kind",
+        "IceProdDataset",
+        "IceProdTaskName",
+        "MATCH_EXP_JOBGLIDEIN_ResourceName",
+    }
+)
+_CONDOR_VALUES = {
+    "usage": frozenset({"goodput", "badput"}),
+    "kind": frozenset({"CPU", "GPU"}),
+}
+#: series of the other IceProd exporters the mixin reads (names as scraped: a counter of
+#: prometheus_client gets ``_total``): (name, kind, labels, known label values)
+OTHER_EXPORTERS: tuple[tuple[str, Kind, frozenset[str], Mapping[str, frozenset[str]]], ...] = (
+    # prometheus_client Info("iceprod") of every IceProd server; type="grid" on the grid daemon
+    (
+        "iceprod_info",
+        Kind.GAUGE,
+        frozenset({"name", "type", "queue_type", "version", "exclusive"}),
+        {"type": frozenset({"api", "grid", "cron", "website", "services", "credentials"})},
+    ),
+    ("iceprod_grid_tasks", Kind.GAUGE, GRID_LABELS, {}),
+    (
+        "iceprod_grid_queue_num",
+        Kind.GAUGE,
+        GRID_LABELS | {"status"},
+        {"status": frozenset({"idle", "processing"})},
+    ),
+    (
+        "iceprod_grid_submit_datasets_total",
+        Kind.COUNTER,
+        GRID_LABELS | {"dataset", "task", "success"},
+        {"success": frozenset({"success", "fail"})},
+    ),
+    *(
+        (f"iceprod_grid_task_{outcome}", Kind.HISTOGRAM, GRID_LABELS, {})
+        for outcome in ("idle", "processing", "reset", "failure", "success")
+    ),
+    ("condor_job_walltime_hours_total", Kind.COUNTER, CONDOR_LABELS, _CONDOR_VALUES),
+    ("condor_job_resource_hours_total", Kind.COUNTER, CONDOR_LABELS, _CONDOR_VALUES),
+    ("condor_job_count_total", Kind.COUNTER, CONDOR_LABELS, _CONDOR_VALUES),
+    ("condor_job_mem_req", Kind.HISTOGRAM, CONDOR_LABELS, _CONDOR_VALUES),
+    ("condor_job_mem_used", Kind.HISTOGRAM, CONDOR_LABELS, _CONDOR_VALUES),
+    ("condor_job_resource_req", Kind.HISTOGRAM, CONDOR_LABELS, _CONDOR_VALUES),
+)
+
+
 def exporter_metrics() -> dict[str, MetricInfo]:
     """Every series name the exporter exposes, from the metric table (histograms expanded)."""
     known: dict[str, MetricInfo] = {}
     for spec in SPECS:
-        labels = frozenset(spec.labels) | TARGET_LABELS
         values: dict[str, frozenset[str]] = {}
         statuses = _status_values(spec.name)
         if "status" in spec.labels and statuses is not None:
             values["status"] = statuses
+        if "resource" in spec.labels:
+            values["resource"] = frozenset(RESOURCES)
         if spec.name == "iceprod_exporter_api_request_failures_total":
             values["reason"] = API_FAILURE_REASONS
         if spec.name == "iceprod_exporter_token_refresh_failures_total":
             values["reason"] = TOKEN_FAILURE_REASONS
-        if spec.kind is Kind.HISTOGRAM:
-            known[spec.name + "_bucket"] = MetricInfo(
-                spec.name + "_bucket", "bucket", labels | {"le"}, values
-            )
-            for suffix in ("_sum", "_count"):
-                known[spec.name + suffix] = MetricInfo(
-                    spec.name + suffix, "counter", labels, values
-                )
-        else:
-            kind = "counter" if spec.kind is Kind.COUNTER else "gauge"
-            known[spec.name] = MetricInfo(spec.name, kind, labels, values)
+        _add(known, spec.name, spec.kind, frozenset(spec.labels), values)
     known["up"] = MetricInfo("up", "gauge", TARGET_LABELS)
     # prometheus_client's process collector (setting process_metrics, on by default)
     known["process_resident_memory_bytes"] = MetricInfo(
         "process_resident_memory_bytes", "gauge", TARGET_LABELS
     )
+    return known
+
+
+def scraped_metrics() -> dict[str, MetricInfo]:
+    """The exporter's series and those of the other IceProd exporters the mixin joins."""
+    known = exporter_metrics()
+    for name, kind, labels, values in OTHER_EXPORTERS:
+        _add(known, name, kind, labels, values)
     return known
 
 
@@ -459,7 +536,7 @@ def known_metrics() -> dict[str, MetricInfo]:
     when it aggregates without them, and otherwise the labels of its inputs; its label values
     are those of its inputs.
     """
-    known = exporter_metrics()
+    known = scraped_metrics()
     for rule in load_rules(PROMETHEUS_DIR / "recording.yaml"):
         scanned = scan(rule["expr"])
         inputs = [known[s.name] for s in scanned.selectors if s.name in known]

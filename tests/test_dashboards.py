@@ -270,7 +270,7 @@ def test_every_query_counts_each_replica_once(name: str) -> None:
             "sum(max without (instance, pod) (clamp_min(deriv(iceprod_dataset_tasks[1h]), 0)))",
             False,
         ),
-        ("x * on (grid) group_left (host) topk by (grid) (1, iceprod_grid_info)", False),
+        ("x * on (dataset) group_left (group) topk by (dataset) (1, iceprod_dataset_info)", False),
         ("max by (dataset) (iceprod_dataset_status) == 1", False),
         # the exporter's own metrics are per replica on purpose
         ("min(iceprod_up)", False),
@@ -304,55 +304,101 @@ def test_exporter_health_stays_per_instance() -> None:
     assert checked >= 10
 
 
-def _grids_table(dashboard: dict[str, Any]) -> dict[str, Any]:
-    (panel,) = [p for p in panels(dashboard) if p["title"] == "Grids" and p["type"] == "table"]
+def _panel(dashboard: dict[str, Any], title: str) -> dict[str, Any]:
+    (panel,) = [p for p in panels(dashboard) if p["title"] == title]
     return panel
 
 
-def _silence_steps(panel: dict[str, Any]) -> list[dict[str, Any]]:
-    (override,) = [
-        o for o in panel["fieldConfig"]["overrides"] if o["matcher"]["options"] == "Silent for"
-    ]
-    properties = {p["id"]: p["value"] for p in override["properties"]}
-    assert properties["unit"] == "s"
-    steps: list[dict[str, Any]] = properties["thresholds"]["steps"]
-    return steps
+def _exprs(panel: dict[str, Any]) -> list[str]:
+    return [t["expr"] for t in panel["targets"]]
 
 
-def test_grids_table_shows_the_silence_sorted_with_the_alert_threshold() -> None:
-    panel = _grids_table(DASHBOARDS["iceprod-overview.json"])
-    exprs = [t["expr"] for t in panel["targets"]]
-    assert any("iceprod_grid_info" in e and "host" in e and "version" in e for e in exprs)
-    assert any(
-        e.startswith("time() - ") and "iceprod_grid_last_update_timestamp_seconds" in e
-        for e in exprs
-    )
-    transformations = {t["id"]: t["options"] for t in panel["transformations"]}
-    assert transformations["sortBy"]["sort"] == [{"field": "Silent for", "desc": True}]
-    renamed = transformations["organize"]["renameByName"]
-    assert "Silent for" in renamed.values()
-    colours = [step["color"] for step in _silence_steps(panel)]
-    base, *later = _silence_steps(panel)
-    steps = [float(step["value"]) for step in later]
-    assert colours == ["green", "orange", "red"]
-    assert base.get("value") is None and 0 < steps[0] < steps[1]
-    # red where IceProdGridSilent starts counting its `for:`
-    (rule,) = [
-        r
-        for r in load_rules(PROMETHEUS_DIR / "alerts.yaml")
-        if r.get("alert") == "IceProdGridSilent"
+def test_grid_panels_read_the_grid_daemons_own_series() -> None:
+    """In IceProd 3.x /grids is never written: grid health comes from the daemons' metrics."""
+    overview_board = DASHBOARDS["iceprod-overview.json"]
+    job = f'job="{config.DEFAULT.grid_job}"'
+    table = _panel(overview_board, "Grid daemons")
+    exprs = _exprs(table)
+    assert exprs[0] == f"max by (instance) (up{{{job}}})"
+    assert any(f'iceprod_info{{{job}, type="grid"}}' in e for e in exprs)
+    assert any("iceprod_grid_tasks" in e for e in exprs)
+    assert sum("iceprod_grid_queue_num" in e for e in exprs) == 2
+    assert all(job in e and "by (instance" in e for e in exprs), exprs
+    organize = {t["id"]: t["options"] for t in table["transformations"]}["organize"]
+    assert organize["renameByName"]["Value #A"] == "Up"
+    resets = _exprs(_panel(overview_board, "Resets and failures per site"))
+    outcomes = [scan(substitute(e, VALUES)).selectors[0] for e in resets]
+    assert [s.name for s in outcomes] == [
+        "iceprod_grid_task_reset_count",
+        "iceprod_grid_task_failure_count",
+        "iceprod_grid_task_success_count",
     ]
-    assert f"> {steps[-1]:g})" in rule["expr"], (steps, rule["expr"])
+    assert all(s.function == "rate" for s in outcomes)
+    assert all(e.startswith("sum by (site) (") for e in resets)
+    # nothing reads the dead /grids series any more
+    for text in generate.rendered().values():
+        assert "iceprod_grid_info" not in text and "last_update_timestamp" not in text
+
+
+def test_backlog_panel_shows_both_kinds_and_names_the_alerts() -> None:
+    panel = _panel(DASHBOARDS["iceprod-overview.json"], "Backlog by resource kind")
+    assert _exprs(panel) == ["iceprod:active_tasks:sum_by_resource_status"]
+    assert panel["targets"][0]["legendFormat"] == "{{resource}} {{status}}"
+    assert "IceProdResourceStarved" in panel["description"]
+    assert "IceProdTaskQueueingStalled" in panel["description"]
+
+
+def test_progress_and_time_to_completion_share_the_recorded_series() -> None:
+    """The dashboards and the alerts read one ETA and one progress, right for truncated sets."""
+    dataset = DASHBOARDS["iceprod-dataset.json"]
+    eta = "dataset:dataset_time_to_completion:seconds"
+    assert _exprs(_panel(dataset, "Estimated time to completion")) == [
+        f'{eta}{{dataset="$dataset"}}'
+    ]
+    assert _exprs(_panel(dataset, "Jobs complete")) == [
+        'dataset:dataset_jobs_complete:ratio{dataset="$dataset"}'
+    ]
+    processing = _exprs(_panel(DASHBOARDS["iceprod-overview.json"], "Processing datasets"))
+    assert processing[0].startswith("dataset:dataset_jobs_complete:ratio\n")
+    assert processing[3].startswith(f"{eta}\n")
+    readers = [r["alert"] for r in load_rules(PROMETHEUS_DIR / "alerts.yaml") if eta in str(r)]
+    assert readers == ["IceProdDatasetTaskFailureRatioHigh"]
+    # nothing divides by jobs_submitted or tasks_submitted directly any more
+    for board in (dataset, DASHBOARDS["iceprod-overview.json"]):
+        for _, target in targets(board):
+            assert "/ (max(iceprod_dataset_jobs_submitted" not in target["expr"]
+            assert "/ (max(iceprod_dataset_tasks_submitted" not in target["expr"]
+            assert (
+                "/ on (dataset) (max by (dataset) (iceprod_dataset_jobs_sub" not in (target["expr"])
+            )
+
+
+def test_failed_means_needs_a_person_everywhere() -> None:
+    """IceProd 3.x has no retry budget: no panel or alert may say a failed task used one up."""
+    texts = [
+        json.dumps(DASHBOARDS[name]) for name in ("iceprod-overview.json", "iceprod-dataset.json")
+    ]
+    texts += [(PROMETHEUS_DIR / name).read_text() for name in ("alerts.yaml", "recording.yaml")]
+    for text in texts:
+        assert "retries" not in text and "lost to failed attempts" not in text
+    failed = _panel(DASHBOARDS["iceprod-dataset.json"], "Failed tasks")
+    assert "needs a person" in failed["description"]
+    assert "reset the task to waiting" in failed["description"]
 
 
 def test_a_threshold_lives_in_the_config_only() -> None:
-    """One value moves the dashboard colour and the alert together: no copies to keep in step."""
-    cfg = dataclasses.replace(config.DEFAULT, grid_silent_seconds=7200, failure_ratio=0.25)
+    """One value moves the dashboard and the alert together: no copies to keep in step."""
+    cfg = dataclasses.replace(
+        config.DEFAULT, grid_job="grids", resource_starved_for="4h", failure_ratio=0.25
+    )
     board = json.loads(json.dumps(overview.build(cfg), cls=JSONEncoder))
-    assert _silence_steps(_grids_table(board))[-1]["value"] == 7200
+    assert _exprs(_panel(board, "Grid daemons"))[0] == 'max by (instance) (up{job="grids"})'
+    backlog = _panel(board, "Backlog by resource kind")["description"]
+    assert "for 4 hours fire IceProdResourceStarved" in backlog
     rules = {r.name: r for g in alerts.groups(cfg) for r in g.rules if isinstance(r, Alert)}
-    assert "> 7200)" in rules["IceProdGridSilent"].expr
-    assert "threshold 2 hours" in rules["IceProdGridSilent"].description
+    assert rules["IceProdGridDown"].expr == 'up{job="grids"} == 0'
+    assert rules["IceProdResourceStarved"].for_ == "4h"
+    assert "for 4 hours" in rules["IceProdResourceStarved"].description
     assert "ratio > 0.25)" in rules["IceProdDatasetTaskFailureRatioHigh"].expr
     assert "threshold 25%" in rules["IceProdDatasetTaskFailureRatioHigh"].description
     (attention,) = [p for p in panels(board) if p["title"] == "Datasets needing attention"]
@@ -415,7 +461,10 @@ def test_overview_and_dataset_dashboards_answer_their_questions() -> None:
         "Completion throughput",
         "Failure rate",
         "Datasets needing attention",
-        "Grids",
+        "Backlog by resource kind",
+        "Grid daemons",
+        "HTCondor jobs per site",
+        "Resets and failures per site",
     } <= titles("iceprod-overview.json")
     assert {
         "Jobs complete",
@@ -425,6 +474,10 @@ def test_overview_and_dataset_dashboards_answer_their_questions() -> None:
         "Mean walltime",
         "Efficiency",
         "Estimated time to completion",
+        "Truncated / always active",
+        "Submitted to HTCondor per hour",
+        "HTCondor walltime by outcome",
+        "HTCondor memory used and requested",
     } <= titles("iceprod-dataset.json")
 
 

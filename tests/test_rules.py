@@ -22,12 +22,15 @@ from grafana.mixin import alerts, config, generate
 from grafana.mixin.rules import Alert
 
 from .monitoring_support import (
+    CONDOR_LABELS,
     DASHBOARD_DIR,
     EXPORTER_JOB,
+    GRID_LABELS,
     PROMETHEUS_DIR,
     REPLICA_LABELS,
     RULE_FILES,
     RULE_TEST_FILES,
+    TARGET_LABELS,
     check_expression,
     known_metrics,
     load_dashboards,
@@ -42,6 +45,14 @@ from .monitoring_support import (
 ALERTS = PROMETHEUS_DIR / "alerts.yaml"
 RECORDING = PROMETHEUS_DIR / "recording.yaml"
 ALERTMANAGER = PROMETHEUS_DIR / "alertmanager.yml"
+#: one alert per housekeeping cron of IceProd's scheduled_tasks: alert -> cron
+HOUSEKEEPING = {
+    "IceProdDatasetCompletionOverdue": "dataset_completion",
+    "IceProdJobCompletionOverdue": "job_completion",
+    "IceProdDatasetCleanupOverdue": "dataset_cleanup",
+    "IceProdTaskQueueingStalled": "queue_tasks",
+    "IceProdMaterializationStalled": "buffer_jobs_tasks",
+}
 REQUIRED_ALERTS = {
     "IceProdExporterDown",
     "IceProdAPIDown",
@@ -52,14 +63,18 @@ REQUIRED_ALERTS = {
     "IceProdDatasetStalled",
     "IceProdDatasetTaskFailureRatioHigh",
     "IceProdQueueStarved",
-    "IceProdGridSilent",
     "IceProdExporterPermissionDenied",
+    "IceProdDatasetStarved",
+    "IceProdResourceStarved",
+    "IceProdGridDown",
+    *HOUSEKEEPING,
 }
 #: the cases of recording-test.yaml that export one IceProd in three ways (see its header)
 ONE_EXPORTER = "one exporter"
 TWO_SHARDS = "two shards with disjoint datasets"
 HA_SHARDS = "two shards, each as two identical replicas (HA)"
 ROLLING_UPDATE = "a replica is replaced during a rolling update"
+JOINS = "other IceProd exporters on our labels"
 _LABEL_RE = re.compile(r'(\w+)="([^"]*)"')
 SEVERITIES = {"critical", "warning"}
 
@@ -228,7 +243,7 @@ def test_every_recording_rule_is_unit_tested() -> None:
 def test_recording_rule_names_follow_level_metric_operations() -> None:
     for rule in _records():
         level, metric, operations = rule["record"].split(":")
-        assert level in ("iceprod", "dataset"), rule["record"]
+        assert level in ("iceprod", "dataset", "dataset_task"), rule["record"]
         assert re.fullmatch(r"[a-z][a-z0-9_]*", metric), rule["record"]
         assert re.fullmatch(r"[a-z][a-z0-9_]*", operations), rule["record"]
 
@@ -283,13 +298,15 @@ def test_recording_cases_export_one_iceprod_three_ways() -> None:
     one, shards, ha = cases[ONE_EXPORTER], cases[TWO_SHARDS], cases[HA_SHARDS]
     assert one["promql_expr_test"] == shards["promql_expr_test"] == ha["promql_expr_test"]
     tested = " ".join(check["expr"] for check in one["promql_expr_test"])
-    assert all(r["record"] in tested for r in _records()), "every rule, in all three ways"
+    ours = [r["record"] for r in _records() if not r["record"].startswith("dataset_task:")]
+    assert all(record in tested for record in ours), "every rule on our series, three ways"
 
     assert len({labels["instance"] for _, labels, _ in _series(one)}) == 1
     assert _without_targets(_series(shards)) == _without_targets(_series(one))
     owners: dict[str, set[str]] = {}
     for _, labels, _ in _series(shards):
-        owners.setdefault(labels["dataset"], set()).add(labels["instance"])
+        # IceProd-wide series (no dataset) come from one shard only, shard 0
+        owners.setdefault(labels.get("dataset", "IceProd-wide"), set()).add(labels["instance"])
     assert all(len(o) == 1 for o in owners.values()), f"a dataset on two shards: {owners}"
     assert len(set().union(*owners.values())) == 2, "two shards"
 
@@ -326,6 +343,7 @@ def test_recording_rules_without_deduplication_fail_the_ha_cases(tmp_path: Path)
         TWO_SHARDS: "pass",
         HA_SHARDS: "fail",
         ROLLING_UPDATE: "fail",
+        JOINS: "pass",
     }
 
 
@@ -389,7 +407,15 @@ def test_alertmanager_example_routes_datasets_by_iceprod_group() -> None:
         ("alertname=IceProdDatasetErrors dataset=20002 group=users username=carol", "users"),
         ("alertname=IceProdDatasetErrors dataset=20003 group=icetray username=dave", None),
         ("alertname=IceProdAPIDown severity=critical job=iceprod-exporter instance=a", "oncall"),
-        ("alertname=IceProdGridSilent severity=warning grid=a1b2 host=grid1", None),
+        ("alertname=IceProdGridDown severity=warning job=iceprod-grid instance=g:9000", None),
+        # housekeeping goes to the operators, even with a dataset and its owners on it
+        (
+            "alertname=IceProdDatasetCompletionOverdue severity=warning cron=dataset_completion "
+            "dataset=20001 group=simprod username=alice",
+            None,
+        ),
+        ("alertname=IceProdTaskQueueingStalled severity=warning cron=queue_tasks", None),
+        ("alertname=IceProdDatasetStarved dataset=20001 group=simprod username=alice", "simprod"),
     ],
 )
 def test_amtool_routes_each_alert_to_its_receiver(labels: str, receiver: str | None) -> None:
@@ -418,3 +444,83 @@ def test_dashboards_directory_is_the_one_alerts_link() -> None:
         "iceprod-dataset.json",
         "iceprod-exporter.json",
     }
+
+
+def test_housekeeping_alerts_name_their_cron_and_reach_the_operators() -> None:
+    """One alert per cron; the `cron` label routes it to the operators, never to the owners."""
+    rules = {rule["alert"]: rule for rule in _alerts()}
+    crons = {name: rule["labels"].get("cron") for name, rule in rules.items()}
+    assert {name: cron for name, cron in crons.items() if cron} == HOUSEKEEPING
+    for name, cron in HOUSEKEEPING.items():
+        text = rules[name]["annotations"]["description"]
+        assert f"IceProd's {cron} cron has not run" in text, name
+        assert rules[name]["labels"]["severity"] == "warning", name
+    document = yaml.safe_load(ALERTMANAGER.read_text(encoding="utf-8"))
+    routes: list[dict[str, Any]] = document["route"]["routes"]
+    (index,) = [i for i, r in enumerate(routes) if r["matchers"] == ['cron=~".+"']]
+    assert routes[index]["receiver"] == document["route"]["receiver"] == "iceprod-operators"
+    assert routes[index]["group_by"] == ["alertname", "cron"]
+    assert not routes[index].get("continue")
+    assert index < routes.index(_dataset_route(document)), "before the owners' route"
+
+
+def test_housekeeping_symptoms_follow_iceprods_crons() -> None:
+    """Each expression encodes what its cron acts on (scheduled_tasks/ of IceProd 3.2.43)."""
+    rules = {rule["alert"]: rule["expr"] for rule in _alerts()}
+    completion = rules["IceProdDatasetCompletionOverdue"]
+    # planned jobs: none for always-active datasets, the materialized ones once truncated
+    assert "dataset:dataset_jobs:sum >= on (dataset) dataset:dataset_jobs_planned:sum" in completion
+    assert 'iceprod_dataset_jobs{status="processing"}' in completion
+    jobs = rules["IceProdJobCompletionOverdue"]
+    assert 'status=~"idle|waiting|queued|processing"' in jobs and "unless on (dataset)" in jobs
+    cleanup = rules["IceProdDatasetCleanupOverdue"]
+    assert 'iceprod_dataset_status{status=~"suspended|errors"}' in cleanup
+    queueing = rules["IceProdTaskQueueingStalled"]
+    assert "sum by (resource)" in queueing and 'status=~"waiting|queued|processing"' in queueing
+    buffering = rules["IceProdMaterializationStalled"]
+    batch = config.DEFAULT.buffer_batch_size
+    assert f'iceprod_dataset_jobs{{status="processing"}})) < {batch})' in buffering
+    assert 'dataset:dataset_tasks:sum_by_status{status="waiting"}) == 0)' in buffering
+    assert "unless on (dataset) (max by (dataset) (iceprod_dataset_truncated) == 1)" in buffering
+    for name in HOUSEKEEPING:
+        assert not replica_problems(rules[name]), name
+
+
+def test_alertmanager_lets_a_starved_dataset_mute_its_stall() -> None:
+    document = yaml.safe_load(ALERTMANAGER.read_text(encoding="utf-8"))
+    (rule,) = [
+        i
+        for i in document["inhibit_rules"]
+        if i["source_matchers"] == ['alertname="IceProdDatasetStarved"']
+    ]
+    assert rule["target_matchers"] == ['alertname="IceProdDatasetStalled"']
+    assert rule["equal"] == ["dataset"]
+
+
+def test_joins_read_the_other_exporters_real_names_and_labels() -> None:
+    """The join rules select the grid daemons' and condor_history's series as they are scraped."""
+    records = {rule["record"]: rule["expr"] for rule in _records()}
+    grid = records["dataset_task:grid_submit_datasets:rate1h"]
+    assert 'iceprod_grid_submit_datasets_total{job="iceprod-grid"}' in grid
+    assert '"task_name", "$1", "task", "(.+)"' in grid
+    for name in (
+        "dataset_task:condor_job_walltime_hours:rate1h",
+        "dataset_task:condor_job_count:rate1h",
+        "dataset_task:condor_job_mem_used:mean1h",
+        "dataset_task:condor_job_mem_req:mean1h",
+    ):
+        expr = records[name]
+        assert 'job="condor-history", IceProdDataset!="None"' in expr, name
+        assert '"dataset", "$1", "IceProdDataset", "(.+)"' in expr, name
+        assert '"task_name", "$1", "IceProdTaskName", "(.+)"' in expr, name
+    # promtool evaluates each on input series carrying those names and labels
+    (case,) = [c for c in _unit_tests(RULE_TEST_FILES[0]) if c["name"] == JOINS]
+    names = {name for name, _, _ in _series(case)}
+    assert {"iceprod_grid_submit_datasets_total", "condor_job_walltime_hours_total"} <= names
+    for name, labels, _ in _series(case):
+        if name.startswith("condor_job_"):
+            assert set(labels) - TARGET_LABELS == CONDOR_LABELS, name
+        else:
+            assert set(labels) - TARGET_LABELS == GRID_LABELS | {"dataset", "task", "success"}
+    tested = " ".join(check["expr"] for check in case["promql_expr_test"])
+    assert all(r in tested for r in records if r.startswith("dataset_task:"))

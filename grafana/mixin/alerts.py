@@ -1,10 +1,16 @@
 """Alerting rules as data.
 
 Severity: ``critical`` = IceProd itself is unusable or nothing is being processed (page);
-``warning`` = a dataset or a grid needs a look, or the monitoring itself is (partly) blind.
+``warning`` = a dataset, a grid daemon or one of IceProd's housekeeping crons needs a look, or
+the monitoring itself is (partly) blind.
+
+IceProd's housekeeping crons (``scheduled_tasks/``) log and exit and export nothing: each
+housekeeping alert watches the symptom its cron leaves when it stops (a dataset or job in a
+state the cron would have changed) and carries ``cron``, which routes it to the operators even
+when it names a dataset.
 
 Alerts about IceProd's state read the recorded series or reduce raw series to one copy (``max
-by (dataset)``, ``max by (grid)``), so two identical replicas raise one alert. Alerts about the
+by (dataset)``), so two identical replicas raise one alert. Alerts about the
 exporter itself (``iceprod_up``, ``iceprod_exporter_*``) fire per replica on purpose: each
 replica polls on its own. Every alert about a dataset carries ``dataset`` and the owner labels
 (``group``, ``username``, joined from ``iceprod_dataset_info``), so Alertmanager can route it to
@@ -13,9 +19,9 @@ the IceProd group that owns the dataset.
 
 from __future__ import annotations
 
-from .config import Config, percent, spoken
-from .promql import INFO, PROCESSING, TO_RUN, dashboard_url, with_owners
-from .rules import Alert, Group
+from .config import Config, percent, seconds, spoken
+from .promql import INFO, PROCESSING, TO_RUN, dashboard_url, one_copy, with_owners
+from .rules import TRUNCATED, Alert, Group
 
 #: how the description names an owner label
 _OWNER_WORDS = {"username": "user"}
@@ -211,8 +217,9 @@ def _exporter_alerts(cfg: Config) -> Group:
                     'Forbidden (up to {{ $value | printf "%.0f" }} per poll in the last',
                     f"{spoken(cfg.permission_denied_window)}). The token lacks read access to",
                     "this route, so the values it feeds are missing:",
-                    '{{- if eq $labels.endpoint "/grids" }} the grid metrics (iceprod_grid_*;',
-                    "/grids needs the iceprod-system role or the admin group).",
+                    '{{- if eq $labels.endpoint "/task_counts/status" }} the IceProd-wide',
+                    "backlog by resource kind (iceprod_active_tasks; /task_counts/status needs",
+                    "the iceprod-system role or the admin group).",
                     "{{- else }} the datasets the token may not read (see",
                     "iceprod_exporter_forbidden_datasets; grant the token's user or group read",
                     "access).",
@@ -221,8 +228,9 @@ def _exporter_alerts(cfg: Config) -> Group:
                 board,
                 "IceProd answers 403 to some routes the exporter reads: the token may not read "
                 "them (a missing role, or datasets whose ACL excludes it). Not an outage: "
-                "iceprod_up stays 1, but what the route feeds is missing (grids, or some "
-                "datasets). The gauge counts the 403s of the last poll only, and the routes of "
+                "iceprod_up stays 1, but what the route feeds is missing (the IceProd-wide "
+                "backlog by resource kind, or some datasets). The gauge counts the 403s of "
+                "the last poll only, and the routes of "
                 "suspended/errors datasets are read every slow_poll_factor polls, hence the "
                 "window. IceProdAPITokenRejected (every route refused) inhibits it.",
             ),
@@ -230,9 +238,34 @@ def _exporter_alerts(cfg: Config) -> Group:
     )
 
 
+def _count(expr: str) -> str:
+    """Go template: the value of ``expr`` (``%s``: the alert's dataset) as a whole number."""
+    return (
+        f"{{{{ with printf `{expr}` $labels.dataset | query }}}}"
+        '{{ . | first | value | printf "%.0f" }}{{ else }}0{{ end }}'
+    )
+
+
+def _tasks_of(statuses: str) -> str:
+    """Go template: the alert's dataset's tasks in ``statuses`` (a regex of statuses)."""
+    return _count(f'sum(dataset:dataset_tasks:sum_by_status{{dataset="%s",status=~"{statuses}"}})')
+
+
+def _jobs(status: str, cfg: Config) -> str:
+    """One series per dataset: its materialized jobs in ``status``."""
+    series = one_copy(f'iceprod_dataset_jobs{{status="{status}"}}', cfg)
+    return f"sum by (dataset) ({series})"
+
+
+def _tasks(statuses: str) -> str:
+    """One series per dataset: its tasks in ``statuses`` (a regex of statuses)."""
+    return f'sum by (dataset) (dataset:dataset_tasks:sum_by_status{{status=~"{statuses}"}})'
+
+
 def _dataset_alerts(cfg: Config) -> Group:
     board = dashboard_url(cfg, cfg.dataset_uid, "?var-dataset={{ $labels.dataset }}")
     stall = cfg.stall_window
+    eta = 'dataset:dataset_time_to_completion:seconds{dataset="%s"}'
     return Group(
         "iceprod-datasets.alerts",
         (
@@ -250,7 +283,8 @@ def _dataset_alerts(cfg: Config) -> Group:
                     "{{- with printf `dataset:dataset_tasks:sum_by_status"
                     '{dataset="%s",status="failed"}` $labels.dataset | query }}',
                     'It has {{ . | first | value | printf "%.0f" }} failed tasks.{{ end }}',
-                    "Look at the failed tasks' logs, fix the cause, then reset the dataset.",
+                    "A failed task had an error IceProd does not retry. Look at the failed",
+                    "tasks' logs, fix the cause, then reset the dataset.",
                 ),
                 board,
                 "A dataset is in status `errors`; the `for:` filters out a status flipped by "
@@ -267,11 +301,7 @@ def _dataset_alerts(cfg: Config) -> Group:
                     f" offset {stall}\n"
                     ")\n"
                     "and on (dataset)\n"
-                    "(\n"
-                    "  sum by (dataset) (\n"
-                    f'    dataset:dataset_tasks:sum_by_status{{status=~"{TO_RUN}"}}\n'
-                    "  ) > 0\n"
-                    ")\n"
+                    f"({_tasks(TO_RUN)} > 0)\n"
                     "and on (dataset)\n"
                     f"({PROCESSING})",
                     cfg,
@@ -282,16 +312,45 @@ def _dataset_alerts(cfg: Config) -> Group:
                 f"{spoken(stall)}",
                 _text(
                     f"Dataset {_dataset(cfg)} is processing and has",
-                    "{{- with printf `sum(dataset:dataset_tasks:sum_by_status"
-                    f'{{dataset="%s",status=~"{TO_RUN}"}})` $labels.dataset | query }}}}',
-                    '{{ . | first | value | printf "%.0f" }}{{ end }} tasks left to run, but its',
+                    f"{_tasks_of(TO_RUN)} tasks left to run, but its",
                     f"complete count has not risen in {spoken(stall)}. Check whether its tasks",
                     "are queued at all, and its requirements against the available resources.",
                 ),
                 board,
                 "A processing dataset with runnable work (idle, waiting, queued or processing "
                 "tasks) has completed no task in stall_window. The offset keeps datasets younger "
-                "than the window from firing.",
+                "than the window from firing. IceProdDatasetStarved (nothing of it even queued) "
+                "inhibits it in alertmanager.yml.",
+            ),
+            Alert(
+                "IceProdDatasetStarved",
+                "dataset",
+                with_owners(
+                    f"({_tasks('waiting')} > 0)\n"
+                    f"unless on (dataset) ({_tasks('queued|processing')} > 0)\n"
+                    f"and on (dataset) ({PROCESSING})",
+                    cfg,
+                ),
+                cfg.dataset_starved_for,
+                "warning",
+                'IceProd dataset {{ $labels.dataset }} has {{ $value | printf "%.0f" }} tasks '
+                f"waiting and none running for {spoken(cfg.dataset_starved_for)}",
+                _text(
+                    f"Dataset {_dataset(cfg)} is processing and has",
+                    '{{ $value | printf "%.0f" }} tasks waiting, but none of its tasks has been',
+                    f"queued or processing for {spoken(cfg.dataset_starved_for)}: no grid takes",
+                    "its work.",
+                    "{{- with printf `max by (task_name) (iceprod_dataset_task_gpu"
+                    '{dataset="%s"}) == 1` $labels.dataset | query }} Its task names that',
+                    "need GPUs:{{ range . }} {{ .Labels.task_name }}{{ end }}.{{ end }}",
+                    "Compare its requirements (GPU, memory, disk, time, site) with what the grids",
+                    "offer, and its priority with the other datasets'.",
+                ),
+                board,
+                "A processing dataset has waiting tasks but none queued or processing for "
+                "hours: the grids pass it over (requirements no site meets, or a priority "
+                "always beaten). Per dataset; IceProdQueueStarved and IceProdResourceStarved "
+                "see IceProd as a whole.",
             ),
             Alert(
                 "IceProdDatasetTaskFailureRatioHigh",
@@ -313,13 +372,28 @@ def _dataset_alerts(cfg: Config) -> Group:
                     "{{ $value | humanizePercentage }} of the finished tasks of dataset",
                     f"{_dataset(cfg)} are failed (threshold {percent(cfg.failure_ratio)}, at",
                     f"least {cfg.failure_min_tasks} failed tasks) for",
-                    f"{spoken(cfg.failure_ratio_for)}. Look at the task logs of the failing",
-                    "task names on the dataset dashboard.",
+                    f"{spoken(cfg.failure_ratio_for)}. A failed task had an error IceProd does",
+                    "not retry: look at the task logs of the failing task names on the dataset",
+                    "dashboard.",
+                    f"{{{{- with printf `{eta}` $labels.dataset | query }}}} At the completion",
+                    "rate of the last hour the rest takes",
+                    "{{ . | first | value | humanizeDuration }}.{{ end }}",
                 ),
                 board,
                 "Too many of a processing dataset's finished tasks are failed, with a minimum "
-                "count of failed tasks so that 1 failure out of 3 tasks does not fire.",
+                "count of failed tasks so that 1 failure out of 3 tasks does not fire. The "
+                "description gives the time to completion from "
+                "dataset:dataset_time_to_completion:seconds.",
             ),
+        ),
+    )
+
+
+def _iceprod_alerts(cfg: Config) -> Group:
+    backlog = "iceprod:active_tasks:sum_by_resource_status"
+    return Group(
+        "iceprod-scheduling.alerts",
+        (
             Alert(
                 "IceProdQueueStarved",
                 "iceprod",
@@ -336,49 +410,242 @@ def _dataset_alerts(cfg: Config) -> Group:
                 _text(
                     '{{ $value | printf "%.0f" }} tasks of processing datasets are waiting to',
                     "run but no task of any dataset has been queued for",
-                    f"{spoken(cfg.queue_starved_for)}. Check IceProd's grid/queue daemons",
-                    "(iceprod_grid_* metrics, /grids last_update) and HTCondor.",
+                    f"{spoken(cfg.queue_starved_for)}. Check IceProd's grid daemons (the",
+                    f'overview\'s Grids row, up{{job="{cfg.grid_job}"}}) and HTCondor.',
                 ),
                 dashboard_url(cfg, cfg.overview_uid),
                 "Processing datasets have tasks waiting (ready to run) but nothing is queued in "
-                "HTCondor anywhere: the queueing side of IceProd (grid daemon) is not "
+                "HTCondor anywhere: the queueing side of IceProd (grid daemons) is not "
                 "submitting. IceProd-wide on purpose: one low-priority dataset waiting behind "
-                "others is normal.",
+                "others is normal (IceProdDatasetStarved catches one passed over for hours).",
+            ),
+            Alert(
+                "IceProdResourceStarved",
+                "iceprod",
+                f'sum by (resource) ({backlog}{{status="waiting"}}) > 0\n'
+                "unless on (resource)\n"
+                f'sum by (resource) ({backlog}{{status=~"queued|processing"}}) > 0',
+                cfg.resource_starved_for,
+                "warning",
+                'IceProd has {{ $value | printf "%.0f" }} {{ $labels.resource }} tasks waiting '
+                "and none queued or processing",
+                _text(
+                    '{{ $value | printf "%.0f" }} {{ $labels.resource }} tasks are waiting in',
+                    "IceProd, but none of that kind has been queued or processing for",
+                    f"{spoken(cfg.resource_starved_for)}: no grid takes {{{{ $labels.resource }}}}",
+                    "work. Check the grid daemons that serve it (their gpu label on the",
+                    "overview's Grids row) and their HTCondor pools.",
+                ),
+                dashboard_url(cfg, cfg.overview_uid),
+                "IceProd schedules GPU and CPU tasks apart: waiting tasks of one kind (from "
+                "iceprod_active_tasks, read by shard 0) and none of that kind queued or "
+                "processing for hours. Catches the GPU side starving while the CPU side keeps "
+                "IceProdQueueStarved quiet.",
+            ),
+        ),
+    )
+
+
+def _housekeeping_alerts(cfg: Config) -> Group:
+    board = dashboard_url(cfg, cfg.dataset_uid, "?var-dataset={{ $labels.dataset }}")
+    overdue = cfg.housekeeping_for
+    window = cfg.materialization_window
+    processing_jobs = _jobs("processing", cfg)
+    jobs_in_flight = one_copy('iceprod_dataset_jobs{dataset="%s",status="processing"}', cfg)
+    stopped = "IceProd's {} cron has not run, or fails on this dataset: check that it runs and"
+    return Group(
+        "iceprod-housekeeping.alerts",
+        (
+            Alert(
+                "IceProdDatasetCompletionOverdue",
+                "dataset",
+                with_owners(
+                    "(dataset:dataset_jobs:sum >= on (dataset) dataset:dataset_jobs_planned:sum)\n"
+                    f"unless on (dataset) ({processing_jobs} > 0)\n"
+                    f"and on (dataset) ({PROCESSING})",
+                    cfg,
+                ),
+                overdue,
+                "warning",
+                "IceProd dataset {{ $labels.dataset }} is done but still processing",
+                _text(
+                    f"Dataset {_dataset(cfg)} is processing, but all of its",
+                    '{{ $value | printf "%.0f" }} planned jobs are materialized (or it is',
+                    f"truncated) and none has been processing for {spoken(overdue)}:",
+                    "dataset_completion would have completed it (every job complete) or moved",
+                    "it to errors or suspended.",
+                    stopped.format("dataset_completion"),
+                    "its log. It also stops at the first processing dataset without a config",
+                    "(it suspends that one and leaves its loop), so every later dataset waits.",
+                ),
+                board,
+                "A processing dataset that is not always-active, whose planned jobs are all "
+                "materialized (always true for a truncated one) and none processing: "
+                "dataset_completion completes, errors or suspends exactly such a dataset "
+                "(scheduled_tasks/dataset_completion.py).",
+                {"cron": "dataset_completion"},
+            ),
+            Alert(
+                "IceProdJobCompletionOverdue",
+                "dataset",
+                with_owners(
+                    f"({processing_jobs} > 0)\n"
+                    f"unless on (dataset) ({_tasks(TO_RUN)} > 0)\n"
+                    f"and on (dataset) ({PROCESSING})",
+                    cfg,
+                ),
+                overdue,
+                "warning",
+                'IceProd dataset {{ $labels.dataset }} has {{ $value | printf "%.0f" }} jobs '
+                "processing without a task to run",
+                _text(
+                    f"Dataset {_dataset(cfg)} has",
+                    '{{ $value | printf "%.0f" }} jobs processing but no task idle, waiting,',
+                    f"queued or processing for {spoken(overdue)}: job_completion would have",
+                    "completed them (every task complete), or moved them to errors or",
+                    "suspended.",
+                    stopped.format("job_completion"),
+                    "its log.",
+                ),
+                board,
+                "Jobs of a processing dataset stay processing while none of the dataset's tasks "
+                "is active. job_completion works per job, so jobs stuck beside active ones are "
+                "not seen: the exporter counts per dataset.",
+                {"cron": "job_completion"},
+            ),
+            Alert(
+                "IceProdDatasetCleanupOverdue",
+                "dataset",
+                with_owners(
+                    "(\n"
+                    f"  ({_tasks(TO_RUN)} > 0)\n"
+                    f"  or on (dataset) ({processing_jobs} > 0)\n"
+                    ")\n"
+                    "and on (dataset)\n"
+                    '(max by (dataset) (iceprod_dataset_status{status=~"suspended|errors"}) == 1)',
+                    cfg,
+                ),
+                overdue,
+                "warning",
+                "IceProd dataset {{ $labels.dataset }} is suspended or in errors but still has "
+                "work in flight",
+                _text(
+                    f"Dataset {_dataset(cfg)} is suspended or in errors, but has had",
+                    f"{_tasks_of(TO_RUN)} tasks idle, waiting, queued or processing",
+                    f"and {_count(f'sum({jobs_in_flight})')}",
+                    f"jobs processing for {spoken(overdue)}: dataset_cleanup would have",
+                    "suspended them, and the grids keep running its tasks meanwhile.",
+                    stopped.format("dataset_cleanup"),
+                    "its log.",
+                ),
+                board,
+                "A suspended or errors dataset still has active tasks or processing jobs: "
+                "PUT .../status changes the dataset only, dataset_cleanup suspends its jobs and "
+                "tasks afterwards. Such datasets are read every slow_poll_factor polls.",
+                {"cron": "dataset_cleanup"},
+            ),
+            Alert(
+                "IceProdTaskQueueingStalled",
+                "iceprod",
+                'sum by (resource) (iceprod:active_tasks:sum_by_resource_status{status="idle"})'
+                " > 0\n"
+                "unless on (resource)\n"
+                "sum by (resource) (\n"
+                "  iceprod:active_tasks:sum_by_resource_status"
+                '{status=~"waiting|queued|processing"}\n'
+                ") > 0",
+                cfg.queue_tasks_for,
+                "warning",
+                'IceProd has {{ $value | printf "%.0f" }} {{ $labels.resource }} tasks idle and '
+                "none waiting, queued or processing",
+                _text(
+                    '{{ $value | printf "%.0f" }} {{ $labels.resource }} tasks are idle in',
+                    "IceProd, but none of that kind has been waiting, queued or processing for",
+                    f"{spoken(cfg.queue_tasks_for)}: queue_tasks (run per resource kind with",
+                    "--gpus) moves idle tasks to waiting. IceProd's queue_tasks cron has not run",
+                    "for this kind: check that it runs and its log. (Idle tasks whose",
+                    "dependencies failed also stay idle: then the failed tasks need a person.)",
+                ),
+                dashboard_url(cfg, cfg.overview_uid),
+                "Idle tasks of one kind exist but nothing of that kind is waiting, queued or "
+                "processing IceProd-wide: queue_tasks, which promotes idle tasks to waiting "
+                "CPU and GPU apart, is not running. From iceprod_active_tasks (shard 0).",
+                {"cron": "queue_tasks"},
+            ),
+            Alert(
+                "IceProdMaterializationStalled",
+                "dataset",
+                with_owners(
+                    f"max_over_time(dataset:dataset_jobs:sum[{window}])\n"
+                    f"<= dataset:dataset_jobs:sum offset {window}\n"
+                    "and on (dataset)\n"
+                    "(\n"
+                    "  dataset:dataset_jobs:sum\n"
+                    "  < on (dataset) max by (dataset) (iceprod_dataset_jobs_submitted)\n"
+                    ")\n"
+                    "and on (dataset)\n"
+                    "(\n"
+                    f"  ({processing_jobs} < {cfg.buffer_batch_size})\n"
+                    "  or on (dataset) (sum by (dataset) (dataset:dataset_tasks:sum_by_status"
+                    '{status="waiting"}) == 0)\n'
+                    ")\n"
+                    f"unless on (dataset) {TRUNCATED}\n"
+                    f"and on (dataset) ({PROCESSING})",
+                    cfg,
+                ),
+                window,
+                "warning",
+                "IceProd dataset {{ $labels.dataset }}: no job materialized in "
+                f"{spoken(seconds(window) * 2)}",
+                _text(
+                    f"Dataset {_dataset(cfg)} is processing and not truncated, has",
+                    '{{ $value | printf "%.0f" }} jobs materialized of',
+                    _count('max(iceprod_dataset_jobs_submitted{dataset="%s"})'),
+                    f"submitted, and the count has not changed in {spoken(seconds(window) * 2)}",
+                    "although buffer_jobs_tasks materializes more whenever a dataset has no",
+                    f"waiting task or fewer than {cfg.buffer_batch_size} processing jobs.",
+                    stopped.format("buffer_jobs_tasks"),
+                    "its log (a config whose task count differs from tasks_per_job fails every",
+                    "run).",
+                ),
+                board,
+                "The materialized job count of a processing, not truncated dataset stays flat "
+                "while jobs remain to materialize and materialize.py would buffer some (no "
+                "waiting task, or fewer processing jobs than buffer_batch_size): a flat count is "
+                "normal otherwise. Flat over materialization_window, and `for:` as long.",
+                {"cron": "buffer_jobs_tasks"},
             ),
         ),
     )
 
 
 def _grid_alerts(cfg: Config) -> Group:
+    info = f'last_over_time(iceprod_info{{job="{cfg.grid_job}",type="grid",instance="%s"}}[1d])'
     return Group(
         "iceprod-grids.alerts",
         (
             Alert(
-                "IceProdGridSilent",
+                "IceProdGridDown",
                 "grid",
-                "(time() - max by (grid) (iceprod_grid_last_update_timestamp_seconds)"
-                f" > {cfg.grid_silent_seconds})\n"
-                "* on (grid) group_left (host)\n"
-                "topk by (grid) (1, iceprod_grid_info)",
-                cfg.grid_silent_for,
+                f'up{{job="{cfg.grid_job}"}} == 0',
+                cfg.grid_down_for,
                 "warning",
-                "IceProd grid {{ $labels.grid }} ({{ $labels.host }}) has not reported for "
-                "{{ $value | humanizeDuration }}",
+                "IceProd grid daemon {{ $labels.instance }} cannot be scraped",
                 _text(
-                    "Grid {{ $labels.grid }} on {{ $labels.host }} last updated IceProd",
-                    "{{ $value | humanizeDuration }} ago",
-                    f"(threshold {spoken(cfg.grid_silent_seconds)}). While it is silent, tasks",
-                    "are probably neither queued on nor collected from that site. Check the",
-                    "IceProd grid daemon on {{ $labels.host }} (is it running, can it reach the",
-                    "REST API with its token) and its HTCondor schedd.",
+                    "Prometheus has failed to scrape the IceProd grid daemon at",
+                    "{{ $labels.instance }}",
+                    f"{{{{- with printf `{info}` $labels.instance | query }}}}",
+                    '{{ with first . }}(site {{ label "name" . }},',
+                    '{{ label "queue_type" . }}){{ end }}{{ end }}',
+                    f"for {spoken(cfg.grid_down_for)}. While it is down it submits no task to",
+                    "its HTCondor pool and reports no finished one to IceProd. Check the",
+                    "iceprod.server process, its prometheus port and its HTCondor schedd.",
                 ),
                 dashboard_url(cfg, cfg.overview_uid),
-                "A grid (HTCondor submit site) registered with IceProd has not reported: its "
-                "daemon PATCHes last_update regularly, so it is down, stuck, or cannot reach "
-                "the API. The silence only grows, so it fires grid_silent_seconds plus the "
-                "`for:` after the last report. Only shard 0 reads /grids; max by (grid) keeps "
-                "one alert per grid with HA replicas, and topk one info series per grid while "
-                "replicas briefly disagree about its host or version.",
+                "A grid daemon (iceprod.server with its condor plugin) cannot be scraped: its "
+                "metrics endpoint lives in the daemon's process, so the daemon is down or "
+                "unreachable. /grids says nothing in IceProd 3: its documents are never "
+                "updated. The site comes from the daemon's last iceprod_info.",
             ),
         ),
     )
@@ -386,7 +653,13 @@ def _grid_alerts(cfg: Config) -> Group:
 
 def groups(cfg: Config) -> list[Group]:
     """The alert groups."""
-    return [_exporter_alerts(cfg), _dataset_alerts(cfg), _grid_alerts(cfg)]
+    return [
+        _exporter_alerts(cfg),
+        _dataset_alerts(cfg),
+        _iceprod_alerts(cfg),
+        _housekeeping_alerts(cfg),
+        _grid_alerts(cfg),
+    ]
 
 
 HEADER = """\
@@ -399,8 +672,12 @@ shows which case moved).
 
 Every alert about a dataset carries the labels dataset, group and username (joined from
 iceprod_dataset_info), so Alertmanager can route it to the IceProd group that owns the dataset
-(see alertmanager.yml). Alerts about IceProd's state fire once with HA replicas; alerts about
-the exporter itself fire per replica on purpose.
+(see alertmanager.yml); the housekeeping alerts (label `cron`: an IceProd cron that stopped)
+go to the operators instead. Alerts about IceProd's state fire once with HA replicas; alerts
+about the exporter itself and IceProdGridDown (per grid daemon target) fire per instance.
+
+The mixin expects three Prometheus jobs (see prometheus.yml): iceprod-exporter (this exporter),
+iceprod-grid (IceProd's grid daemons) and condor-history (condor_history_to_prometheus.py).
 
 dashboard_url: https://grafana.example.org is a placeholder (Config.grafana_url). Replace it
 with your Grafana's base URL; the dashboard uids are fixed, so the links stay valid across

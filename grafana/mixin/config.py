@@ -75,12 +75,33 @@ class Config:
     failure_ratio_for: str = "30m"
     queue_starved_for: str = "30m"
 
-    # --- grids
-    #: seconds without a grid report: late (several missed reports) on the dashboard
-    grid_late_seconds: int = 600
-    #: ... and silent: IceProdGridSilent, and red on the dashboard
-    grid_silent_seconds: int = 3600
-    grid_silent_for: str = "15m"
+    #: a processing dataset with waiting tasks but none queued or processing for this long:
+    #: IceProdDatasetStarved (a low-priority dataset may wait behind others for a while)
+    dataset_starved_for: str = "3h"
+
+    # --- IceProd-wide backlog by resource kind (iceprod_active_tasks, shard 0)
+    #: waiting tasks of one kind (cpu, gpu), none queued or processing: IceProdResourceStarved
+    resource_starved_for: str = "2h"
+
+    # --- IceProd's housekeeping crons (scheduled_tasks/), watched through their symptoms
+    #: a dataset or job left in a state its cron would have changed: a few cron periods
+    housekeeping_for: str = "1h"
+    #: idle tasks of one kind, nothing waiting, queued or processing: queue_tasks is not running
+    queue_tasks_for: str = "1h"
+    #: buffer_jobs_tasks' jobs per dataset and run (its ``num``, 1000 by default): materialize.py
+    #: buffers a dataset only while it has no waiting task or fewer processing jobs than this
+    buffer_batch_size: int = 1000
+    #: the materialized job count stays flat this long while buffering is due (the window of
+    #: the comparison; the alert's ``for:`` is as long, so it fires after twice this)
+    materialization_window: str = "1h"
+
+    # --- grids: the grid daemons' own metrics (iceprod.server, ``PROMETHEUS`` enabled)
+    #: the scrape job of IceProd's grid daemons (``up{job=...}``, their ``iceprod_grid_*``)
+    grid_job: str = "iceprod-grid"
+    #: a grid daemon that cannot be scraped for this long: IceProdGridDown
+    grid_down_for: str = "10m"
+    #: the scrape job of WIPACrepo/monitoring-scripts' condor_history_to_prometheus.py
+    condor_history_job: str = "condor-history"
 
 
 #: what the shipped artefacts are rendered from

@@ -42,6 +42,7 @@ WALLTIME_STATS = {
     "iceprod_dataset_task_walltime_min_seconds": "min",
     "iceprod_dataset_task_walltime_max_seconds": "max",
     "iceprod_dataset_task_efficiency_ratio": "efficiency",
+    "iceprod_dataset_task_gpu": "GPU",
 }
 TASK_STATUS_COLUMNS = ("task_name\\status", *TASK_STATUSES)
 
@@ -98,31 +99,36 @@ def build(cfg: Config) -> models.Dashboard:
         ).color_mode(common_models.BigValueColorMode.NONE),
         stat_panel(
             "Jobs not materialized",
-            "Jobs submitted but not yet created by IceProd's materialization "
-            "(jobs_submitted minus materialized jobs).",
+            "Jobs the dataset plans that IceProd's materialization has not created yet: "
+            "jobs_submitted (as IceProd holds it now) minus the materialized jobs, and 0 once "
+            "the dataset is truncated (those jobs will never exist).",
             query(
-                f"max(iceprod_dataset_jobs_submitted{{{D}}})\n"
-                f"- sum({one('iceprod_dataset_jobs', D)})",
+                f"dataset:dataset_jobs_planned:sum{{{D}}} - dataset:dataset_jobs:sum{{{D}}}\n"
+                "or\n"
+                f"max by (dataset) (iceprod_dataset_jobs_submitted{{{D}}})\n"
+                f"- dataset:dataset_jobs:sum{{{D}}}",
                 "not materialized",
             ),
             height=6,
         ).color_mode(common_models.BigValueColorMode.NONE),
         stat_panel(
-            "Truncated",
-            "A truncated dataset gets no further jobs materialized.",
+            "Truncated / always active",
+            "Truncated: IceProd materializes no further jobs and completes the dataset once "
+            "the jobs it has are complete, so its progress counts those only. Always active: "
+            "IceProd never completes it, so it has no progress or time to completion.",
             query(f"max(iceprod_dataset_truncated{{{D}}})", "truncated"),
+            query(f"max(iceprod_dataset_always_active{{{D}}})", "always active"),
             height=6,
         )
         .color_mode(common_models.BigValueColorMode.NONE)
+        .text_mode(common_models.BigValueTextMode.VALUE_AND_NAME)
         .mappings(value_mapping(("0", "no", None), ("1", "yes", None))),
         gauge_panel(
             "Jobs complete",
-            "Complete jobs over jobs submitted.",
-            query(
-                f"sum({one('iceprod_dataset_jobs', D, COMPLETE)})\n"
-                f"/ (max(iceprod_dataset_jobs_submitted{{{D}}}) > 0)",
-                "jobs",
-            ),
+            "Complete jobs over planned jobs: jobs_submitted, or the materialized jobs of a "
+            "truncated dataset (dataset:dataset_jobs_complete:ratio). Empty for an "
+            "always-active dataset.",
+            query(f"dataset:dataset_jobs_complete:ratio{{{D}}}", "jobs"),
             unit="percentunit",
         )
         .min(0)
@@ -130,10 +136,11 @@ def build(cfg: Config) -> models.Dashboard:
         .thresholds(complete_share),
         gauge_panel(
             "Tasks complete",
-            "Complete tasks over tasks submitted.",
+            "Complete tasks over planned tasks: tasks_submitted, or the materialized tasks of a "
+            "truncated dataset. Empty for an always-active dataset.",
             query(
                 f"sum({one('iceprod_dataset_tasks', D, COMPLETE)})\n"
-                f"/ (max(iceprod_dataset_tasks_submitted{{{D}}}) > 0)",
+                f"/ (dataset:dataset_tasks_planned:sum{{{D}}} > 0)",
                 "tasks",
             ),
             unit="percentunit",
@@ -143,18 +150,16 @@ def build(cfg: Config) -> models.Dashboard:
         .thresholds(complete_share),
         stat_panel(
             "Estimated time to completion",
-            "Tasks not yet complete (including those of jobs not materialized) divided by the "
-            "completion rate of the last hour. Empty when no task completed in the last hour.",
-            query(
-                f"dataset:dataset_tasks_remaining:sum{{{D}}}\n"
-                f"/ (dataset:dataset_tasks_completed:deriv1h{{{D}}} > 0)",
-                "time to completion",
-            ),
+            "Planned tasks not yet complete (including those of jobs not materialized, unless "
+            "the dataset is truncated) divided by the completion rate of the last hour "
+            "(dataset:dataset_time_to_completion:seconds, which the alerts read too). Empty "
+            "when no task completed in the last hour, and for an always-active dataset.",
+            query(f"dataset:dataset_time_to_completion:seconds{{{D}}}", "time to completion"),
             unit="s",
             height=6,
         )
         .color_mode(common_models.BigValueColorMode.NONE)
-        .no_value("not progressing"),
+        .no_value("none"),
         stat_panel(
             "Tasks completed per hour",
             "Completion rate over the last hour, and the tasks not yet complete.",
@@ -203,7 +208,10 @@ def build(cfg: Config) -> models.Dashboard:
         ).min(0),
         timeseries_panel(
             "Failed tasks",
-            "Tasks in status failed (a failed task has used up its retries).",
+            "Tasks in status failed: an error IceProd does not retry, which needs a person "
+            "(read the task's log, fix the cause, reset the task). Errors IceProd deems "
+            "transient reset the task to waiting instead and never show here: the overview's "
+            "Resets and failures per site shows them.",
             query(
                 f"sum by (task_name) ({one('iceprod_dataset_tasks', DT, FAILED)})",
                 "{{task_name}}",
@@ -240,8 +248,9 @@ def build(cfg: Config) -> models.Dashboard:
         ),
         timeseries_panel(
             "Efficiency",
-            "Good walltime over all walltime of complete tasks (time lost to failed attempts "
-            "lowers it).",
+            "Good walltime over all walltime of complete tasks (the walltime of earlier "
+            "attempts that ended in an error lowers it). No line while IceProd has no walltime "
+            "for them: its 0 then means unknown, not waste.",
             query(
                 f"max by (task_name) (iceprod_dataset_task_efficiency_ratio{{{DT}}})",
                 "{{task_name}}",
@@ -253,24 +262,36 @@ def build(cfg: Config) -> models.Dashboard:
         .max(1),
         timeseries_panel(
             "Walltime used",
-            "Walltime of complete tasks, and walltime lost to failed attempts of those tasks.",
+            "Walltime of complete tasks, and of their earlier attempts that ended in an error "
+            "(reset to waiting) before they completed.",
             query(f"sum({one('iceprod_dataset_task_walltime_complete_seconds', DT)})", "complete"),
             query(
                 f"sum({one('iceprod_dataset_task_walltime_error_seconds', DT)})",
-                "lost to failures",
+                "lost to errors",
             ),
             unit="s",
             width=8,
         ),
         table_panel(
             "Walltime per task name",
-            "Walltime statistics of complete tasks.",
+            "Walltime statistics of complete tasks, and whether they required GPUs (IceProd "
+            "schedules GPU and CPU tasks apart). Empty until a task of the name completed.",
             *(table_query(f"max by (task_name) ({metric}{{{DT}}})") for metric in WALLTIME_STATS),
             unit="s",
             width=16,
             height=7,
         )
         .override_by_name("efficiency", unit("percentunit"))
+        .override_by_name(
+            "GPU",
+            [
+                *unit("none"),
+                models.DynamicConfigValue(
+                    id_val="mappings",
+                    value=value_mapping(("0", "no", None), ("1", "yes", None)),
+                ),
+            ],
+        )
         .with_transformation(transformation("merge"))
         .with_transformation(
             organize(
@@ -303,6 +324,53 @@ def build(cfg: Config) -> models.Dashboard:
             height=7,
         ).color_mode(common_models.BigValueColorMode.NONE),
     ]
+    htcondor = [
+        timeseries_panel(
+            "Submitted to HTCondor per hour",
+            "Tasks the grid daemons submitted to HTCondor per hour, by task name and success "
+            "(fail: the submit failed and the tasks were reset to waiting); the grid daemons' "
+            "iceprod_grid_submit_datasets on our labels (dataset_task:grid_submit_datasets:"
+            "rate1h).",
+            query(
+                f"sum by (task_name, success) (dataset_task:grid_submit_datasets:rate1h{{{DT}}})"
+                " * 3600",
+                "{{task_name}} {{success}}",
+            ),
+            width=6,
+        ).min(0),
+        timeseries_panel(
+            "HTCondor walltime by outcome",
+            "HTCondor walltime of the dataset's finished jobs, in hours per hour (the jobs "
+            "running on average), by task name and usage: goodput (exit code 0) or badput. From "
+            "condor_history_to_prometheus.py (dataset_task:condor_job_walltime_hours:rate1h).",
+            query(
+                "sum by (task_name, usage) "
+                f"(dataset_task:condor_job_walltime_hours:rate1h{{{DT}}}) * 3600",
+                "{{task_name}} {{usage}}",
+            ),
+            width=6,
+        ).min(0),
+        timeseries_panel(
+            "HTCondor jobs finished per hour",
+            "The dataset's HTCondor jobs finishing per hour, by task name and usage "
+            "(dataset_task:condor_job_count:rate1h).",
+            query(
+                f"sum by (task_name, usage) (dataset_task:condor_job_count:rate1h{{{DT}}}) * 3600",
+                "{{task_name}} {{usage}}",
+            ),
+            width=6,
+        ).min(0),
+        timeseries_panel(
+            "HTCondor memory used and requested",
+            "Mean resident memory and mean memory request of the jobs that finished in the "
+            "last hour, per task name (dataset_task:condor_job_mem_{used,req}:mean1h). IceProd "
+            "raises a reset task's request to 1.5 times what it used.",
+            query(f"dataset_task:condor_job_mem_used:mean1h{{{DT}}}", "{{task_name}} used"),
+            query(f"dataset_task:condor_job_mem_req:mean1h{{{DT}}}", "{{task_name}} requested"),
+            unit="gbytes",
+            width=6,
+        ).min(0),
+    ]
     owned = 'iceprod_dataset_info{group=~"$group", username=~"$username"}'
     return dashboard_model(
         cfg.dataset_uid,
@@ -325,5 +393,6 @@ def build(cfg: Config) -> models.Dashboard:
             ("Status ($task_name)", status),
             ("Throughput and failures ($task_name)", failures),
             ("Walltime and efficiency ($task_name)", walltime),
+            ("HTCondor ($task_name)", htcondor),
         ],
     )

@@ -1,7 +1,9 @@
 """IceProd as a whole: what is running, how fast it completes and fails, what needs a look.
 
 The dataset tables and the fastest datasets follow ``$group`` and ``$username``, so an IceProd
-group or a user sees their own datasets; the IceProd-wide panels stay IceProd-wide.
+group or a user sees their own datasets; the IceProd-wide panels stay IceProd-wide. The backlog
+by resource kind comes from shard 0; the grid rows from the grid daemons' own metrics (job
+``Config.grid_job``): IceProd 3 never updates ``/grids``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from ..panels import (
     stat_panel,
     table_panel,
     table_query,
-    thresholds,
     timeseries_panel,
     transformation,
     unit,
@@ -70,7 +71,6 @@ def _attention(cfg: Config) -> str:
 
 def build(cfg: Config) -> models.Dashboard:
     """The overview dashboard."""
-    jobs_complete = one_copy('iceprod_dataset_jobs{status="complete"}', cfg)
     failed = 'sum by (dataset) (dataset:dataset_tasks:sum_by_status{status="failed"})'
     now = [
         stat_panel(
@@ -123,7 +123,9 @@ def build(cfg: Config) -> models.Dashboard:
         timeseries_panel(
             "Failure rate",
             "Tasks failing per hour (slope of the failed counts over the last hour; a reset of "
-            "failed tasks reads as 0) and the share of finished tasks that are failed.",
+            "failed tasks reads as 0) and the share of finished tasks that are failed. A "
+            "failed task had an error IceProd does not retry and needs a person; transient "
+            "errors reset tasks to waiting instead (see Resets and failures per site).",
             query("iceprod:dataset_tasks_failed:deriv1h * 3600", "failed tasks / h"),
             query("iceprod:dataset_tasks_failed:ratio", "failed / finished"),
         )
@@ -149,22 +151,16 @@ def build(cfg: Config) -> models.Dashboard:
         ),
         table_panel(
             "Processing datasets",
-            "Every processing dataset of $group / $username: share of jobs complete, tasks "
-            "completed per hour over the last hour, failed tasks, and the estimated time to "
-            "completion (tasks not yet complete / completion rate; empty when nothing "
-            "completed in the last hour).",
-            table_query(
-                f"sum by (dataset) ({jobs_complete})\n"
-                "/ on (dataset) (max by (dataset) (iceprod_dataset_jobs_submitted) > 0)\n"
-                f"{PROCESSING_ONLY}"
-            ),
+            "Every processing dataset of $group / $username: share of its planned jobs complete "
+            "(a truncated dataset plans only the jobs it has), tasks completed per hour over "
+            "the last hour, failed tasks (errors IceProd does not retry), and the estimated "
+            "time to completion (dataset:dataset_time_to_completion:seconds: tasks not yet "
+            "complete / completion rate; empty when nothing completed in the last hour). "
+            "Always-active datasets never complete: no progress, no time to completion.",
+            table_query(f"dataset:dataset_jobs_complete:ratio\n{PROCESSING_ONLY}"),
             table_query(f"dataset:dataset_tasks_completed:deriv1h * 3600\n{PROCESSING_ONLY}"),
             table_query(f"{failed}\n{PROCESSING_ONLY}"),
-            table_query(
-                "dataset:dataset_tasks_remaining:sum\n"
-                "/ on (dataset) (dataset:dataset_tasks_completed:deriv1h > 0)\n"
-                f"{PROCESSING_ONLY}"
-            ),
+            table_query(f"dataset:dataset_time_to_completion:seconds\n{PROCESSING_ONLY}"),
             table_query(
                 f"max by (dataset, description, group, username) ({INFO})\n{PROCESSING_ONLY}"
             ),
@@ -189,55 +185,103 @@ def build(cfg: Config) -> models.Dashboard:
         )
         .with_transformation(sort_by("dataset")),
     ]
-    silence = thresholds(
-        (None, "green"), (cfg.grid_late_seconds, "orange"), (cfg.grid_silent_seconds, "red")
-    ).build()
+    grid = f'job="{cfg.grid_job}"'
+    backlog = [
+        timeseries_panel(
+            "Backlog by resource kind",
+            "IceProd-wide tasks idle, waiting, queued and processing, GPU tasks (requiring at "
+            "least one GPU) apart from CPU tasks, as IceProd's queue_tasks and the grids see "
+            "them; every dataset whatever its status (iceprod_active_tasks, read by shard 0; "
+            "empty when the exporter's token may not read /task_counts/status). Waiting tasks "
+            "of one kind with none queued or processing for "
+            f"{spoken(cfg.resource_starved_for)} fire IceProdResourceStarved; idle ones with "
+            f"nothing else for {spoken(cfg.queue_tasks_for)} IceProdTaskQueueingStalled.",
+            query("iceprod:active_tasks:sum_by_resource_status", "{{resource}} {{status}}"),
+            width=24,
+        ),
+    ]
     grids = [
         table_panel(
-            "Grids",
-            "Grids (HTCondor submit sites) registered with IceProd, the longest silent first: "
-            "host, IceProd version, and the time since the grid last reported (its daemon "
-            f"PATCHes last_update regularly). Orange after {spoken(cfg.grid_late_seconds)} "
-            f"(several missed reports), red after {spoken(cfg.grid_silent_seconds)} "
-            f"(IceProdGridSilent fires when that lasts {spoken(cfg.grid_silent_for)} more). "
-            "From GET /grids, read by shard 0; empty when the "
-            "exporter's token may not read /grids.",
-            table_query("max by (grid, host, version) (iceprod_grid_info)"),
-            table_query("time() - max by (grid) (iceprod_grid_last_update_timestamp_seconds)"),
+            "Grid daemons",
+            f"IceProd's grid daemons (Prometheus job {cfg.grid_job}): whether they can be "
+            "scraped (IceProdGridDown fires after "
+            f"{spoken(cfg.grid_down_for)}), their site, queue type and version "
+            '(iceprod_info{type="grid"}), the tasks IceProd has queued or processing at the '
+            "site (iceprod_grid_tasks), and the site's HTCondor jobs idle and running "
+            "(iceprod_grid_queue_num). In IceProd 3 /grids is never updated: these are the "
+            "daemons' own metrics.",
+            table_query(f"max by (instance) (up{{{grid}}})"),
+            table_query(
+                "max by (instance, name, queue_type, version) "
+                f'(iceprod_info{{{grid}, type="grid"}})'
+            ),
+            table_query(f"sum by (instance) (iceprod_grid_tasks{{{grid}}})"),
+            table_query(f'sum by (instance) (iceprod_grid_queue_num{{{grid}, status="idle"}})'),
+            table_query(
+                f'sum by (instance) (iceprod_grid_queue_num{{{grid}, status="processing"}})'
+            ),
             height=7,
         )
-        .override_by_name(
-            "Silent for",
-            [
-                *unit("s"),
-                models.DynamicConfigValue(
-                    id_val="custom.cellOptions",
-                    value={"type": "color-background"},
-                ),
-                models.DynamicConfigValue(id_val="thresholds", value=silence),
-            ],
-        )
+        .override_by_name("Up", [models.DynamicConfigValue(id_val="mappings", value=up_mapping())])
         .with_transformation(transformation("merge"))
         .with_transformation(
             organize(
-                exclude=("Time", "Value #A"),
-                order=("grid", "host", "version", "Value #B"),
-                rename={"Value #B": "Silent for"},
+                exclude=("Time", "Value #B"),
+                order=("instance", "name", "queue_type", "version", "Value #A"),
+                rename={
+                    "name": "site",
+                    "queue_type": "queue type",
+                    "Value #A": "Up",
+                    "Value #C": "IceProd tasks on the site",
+                    "Value #D": "HTCondor idle",
+                    "Value #E": "HTCondor running",
+                },
             )
         )
-        .with_transformation(sort_by("Silent for", desc=True)),
+        .with_transformation(sort_by("Up")),
+        timeseries_panel(
+            "HTCondor jobs per site",
+            "Jobs of each grid daemon's HTCondor pool by status (iceprod_grid_queue_num), and "
+            "the tasks IceProd has queued or processing there (iceprod_grid_tasks).",
+            query(
+                f"sum by (site, status) (iceprod_grid_queue_num{{{grid}}})", "{{site}} {{status}}"
+            ),
+            query(f"sum by (site) (iceprod_grid_tasks{{{grid}}})", "{{site}} IceProd tasks"),
+        ),
+        timeseries_panel(
+            "Resets and failures per site",
+            "Tasks per hour each grid reported back to IceProd: reset (a transient error: the "
+            "task goes back to waiting with failures + 1 and 1.5 times the resources it used; "
+            "never counted as failed), failed (an error IceProd does not retry: needs a "
+            "person) and complete. A reset storm shows here long before anything fails. From "
+            "the grid daemons' iceprod_grid_task_{reset,failure,success} call histograms.",
+            *(
+                query(
+                    f"sum by (site) (rate(iceprod_grid_task_{outcome}_count{{{grid}}}"
+                    "[$__rate_interval])) * 3600",
+                    f"{{{{site}}}} {legend}",
+                )
+                for outcome, legend in (
+                    ("reset", "reset"),
+                    ("failure", "failed"),
+                    ("success", "complete"),
+                )
+            ),
+        ).min(0),
     ]
     return dashboard_model(
         cfg.overview_uid,
         "IceProd overview",
         "IceProd as a whole: datasets and tasks by status, completion and failure throughput, "
         "and the datasets that need attention, for all datasets or those of one IceProd group "
-        "or user ($group, $username). Data: iceprod-exporter.",
+        "or user ($group, $username); the backlog by resource kind; the grid daemons. Data: "
+        "iceprod-exporter and the grid daemons' own metrics.",
         owner_variables(),
         [
             ("IceProd now", now),
             ("Throughput", throughput),
             ("Datasets of $group / $username", datasets),
+            ("Backlog", backlog),
             ("Grids", grids),
         ],
     )
