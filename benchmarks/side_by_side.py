@@ -11,7 +11,8 @@ CPU seconds it spends answering each client (``GET /_simulator/requests``).
    full refresh; its compatibility series must equal dataset_monitor's, series for series.
 3. World moving. Steady cycles follow the first four (by then every unchanged dataset is
    quiet): five of them, one quiet interval, are measured: requests, IceProd CPU and duration
-   per cycle, scrape latency, memory.
+   per cycle, the exporter's own CPU (its polling process: per cycle and per API request),
+   scrape latency, memory. dataset_monitor's CPU is that of its whole run.
 
 dataset_monitor is stateless (a cron: every run reads everything), so its full refresh is also
 its steady cycle. The exporter keeps the ratios of its default intervals (poll 60 s, quiet
@@ -78,6 +79,16 @@ class Refresh:
     scrapes: list[float] = field(default_factory=list)
     series: int = 0
     rss_mib: float = 0.0
+    client_cpu: float = 0.0  # seconds of CPU the client itself spent (the exporter: its poller)
+
+    def cpu_per_request_ms(self) -> float:
+        return 1000 * self.client_cpu / self.requests if self.requests else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of one process so far (its children not included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ledger(api: str) -> tuple[int, float]:
@@ -156,7 +167,8 @@ def dataset_monitor(api: str, issuer: str, workdir: Path) -> tuple[Refresh, str]
     requests1, cpu1 = ledger(api)
     text = out.decode()
     return Refresh(requests1 - requests0, cpu1 - cpu0, wall, scraper.latencies,
-                   count_series(text), usage.ru_maxrss / 1024), text  # fmt: skip
+                   count_series(text), usage.ru_maxrss / 1024,
+                   usage.ru_utime + usage.ru_stime), text  # fmt: skip
 
 
 def exporter(api: str, issuer: str, workdir: Path, poll: float) -> tuple[Refresh, Refresh, str]:
@@ -183,10 +195,12 @@ def exporter(api: str, issuer: str, workdir: Path, poll: float) -> tuple[Refresh
         pause(api, False)
         wait(lambda: len(poll_events(log)) >= WARM_UP, 1800, "warm-up cycles")
         requests1, cpu1 = ledger(api)
+        own1 = cpu_seconds(proc.pid)
         scraper.latencies.clear()
         steady_cycles = QUIET_POLLS
         wait(lambda: len(poll_events(log)) >= WARM_UP + steady_cycles, 1800, "steady cycles")
         requests2, cpu2 = ledger(api)
+        own2 = cpu_seconds(proc.pid)
         cycles = poll_events(log)[WARM_UP : WARM_UP + steady_cycles]
         scraper.stop.set()
         scraper.join()
@@ -197,6 +211,7 @@ def exporter(api: str, issuer: str, workdir: Path, poll: float) -> tuple[Refresh
             scraper.latencies,
             count_series(get(url)[1].decode()),
             proc_status(proc.pid, "VmHWM") / 1024,
+            (own2 - own1) / steady_cycles,
         )
         full.rss_mib = steady.rss_mib
     return full, steady, compat
@@ -243,6 +258,9 @@ def run(datasets: int, workdir: Path) -> None:
         ("wall time per steady cycle (s)", monitor.wall, steady.wall, "{:.1f}"),
         ("scrape p99 while refreshing (ms)", p99(monitor.scrapes) * 1000,
          p99(steady.scrapes) * 1000, "{:.1f}"),
+        ("client CPU per steady cycle (s)", monitor.client_cpu, steady.client_cpu, "{:.2f}"),
+        ("client CPU per API request (ms)", monitor.cpu_per_request_ms(),
+         steady.cpu_per_request_ms(), "{:.2f}"),
         ("series", monitor.series, steady.series, "{:,}"),
         ("peak resident memory (MiB)", monitor.rss_mib, steady.rss_mib, "{:.0f}"),
     ]  # fmt: skip

@@ -3,36 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import contextvars
 import email.utils
-import logging
+import json
 import random
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import requests
-from requests.adapters import HTTPAdapter
-from requests_futures.sessions import FuturesSession
-from rest_tools.client import RestClient
+import structlog
 
 from .auth import TokenError, TokenManager
 from .labels import RETRYABLE, Endpoint, Reason
 from .telemetry import Telemetry
+from .transport import Response, Transport, TransportError
+
+log = structlog.get_logger(__name__)
+
+#: same-origin redirects an API call follows (a trailing-slash fix-up, say); none elsewhere
+API_REDIRECTS = 2
 
 #: endpoint templates, re-exported for callers that think of them as the client's routes
 DATASETS = Endpoint.DATASETS
 JOB_COUNTS = Endpoint.JOB_COUNTS
 TASK_COUNTS_NAME = Endpoint.TASK_COUNTS_NAME
 TASK_STATS = Endpoint.TASK_STATS
-GRIDS = Endpoint.GRIDS
-
-#: the request thread (if any) of the attempt running in this task, so its slot outlives it
-_THREAD: contextvars.ContextVar[list[concurrent.futures.Future[Any]]] = contextvars.ContextVar(
-    "iceprod_exporter_request_thread"
-)
 
 
 def _now() -> float:
@@ -42,11 +38,19 @@ def _now() -> float:
 class ApiError(Exception):
     """A call that failed for good; ``reason`` is a bounded metric label."""
 
-    def __init__(self, endpoint: str, reason: Reason, detail: str, status: int | None = None):
+    def __init__(
+        self,
+        endpoint: str,
+        reason: Reason,
+        detail: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(f"{endpoint}: {reason} ({detail})")
         self.endpoint = endpoint
         self.reason = reason
         self.status = status
+        self.retry_after = retry_after
 
 
 class RateLimiter:
@@ -81,38 +85,6 @@ class RateLimiter:
                 await self._sleep((1 - self._tokens) / self._rate)
 
 
-class _TrackedSession(FuturesSession):  # type: ignore[misc]  # untyped library
-    """A FuturesSession that tells the running attempt which worker thread serves it."""
-
-    def request(self, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
-        future: concurrent.futures.Future[Any] = super().request(*args, **kwargs)
-        holder = _THREAD.get(None)
-        if holder is not None:
-            holder.append(future)
-        return future
-
-
-class _RestSession(RestClient):
-    """rest-tools' client with its session replaced: no urllib3 retries and a sized pool.
-
-    rest-tools retries 5xx inside urllib3 and then raises ``RetryError`` without the response,
-    which hides the status and Retry-After; retries are done above, where they can be seen.
-    """
-
-    def __init__(self, address: str, workers: int, **kwargs: Any) -> None:
-        self._workers = workers
-        super().__init__(address, **kwargs)
-
-    def open(self, sync: bool = False) -> requests.Session:
-        session: requests.Session = _TrackedSession(max_workers=self._workers)
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._workers, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        session.headers.update({"Content-Type": "application/json"})
-        self.session = session
-        return session
-
-
 _BY_STATUS = {
     401: Reason.UNAUTHORIZED,
     403: Reason.FORBIDDEN,
@@ -122,34 +94,29 @@ _BY_STATUS = {
 }
 
 
-def _reason(exc: BaseException) -> tuple[Reason, int | None]:
-    if isinstance(exc, TokenError):
-        return Reason.TOKEN, None
-    if isinstance(exc, TimeoutError | requests.Timeout):
-        return Reason.TIMEOUT, None
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        status = exc.response.status_code
-        if status in _BY_STATUS:
-            return _BY_STATUS[status], status
-        return (Reason.SERVER_ERROR if status >= 500 else Reason.CLIENT_ERROR), status
-    if isinstance(exc, requests.ConnectionError):
-        # rest-tools/urllib3 report read timeouts as ConnectionError
-        timed_out = "timed out" in str(exc).lower()
-        return (Reason.TIMEOUT if timed_out else Reason.CONNECTION), None
-    return Reason.BAD_RESPONSE, None
+def _status_reason(status: int) -> Reason:
+    if status in _BY_STATUS:
+        return _BY_STATUS[status]
+    return Reason.SERVER_ERROR if status >= 500 else Reason.CLIENT_ERROR
 
 
-def _retry_after(exc: BaseException) -> float | None:
-    if not isinstance(exc, requests.HTTPError) or exc.response is None:
-        return None
-    value = exc.response.headers.get("Retry-After")
+def _retry_after(response: Response) -> float | None:
+    value = response.headers.get("retry-after")
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def decode_json(body: bytes) -> Any:
+    """IceProd's JSON with the standard decoder (rest-tools' warns once per ``__jsonclass__``)."""
+    return json.loads(body) if body else None
 
 
 class ApiClient:
@@ -166,9 +133,11 @@ class ApiClient:
         backoff_max: float,
         concurrency: int,
         rate_limit: float,
+        max_response_size: int = 64 * 1024 * 1024,
         on_response: Callable[[], None] = lambda: None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        self._base = url.rstrip("/")
         self._tokens = tokens
         self._telemetry = telemetry
         self._timeout = timeout
@@ -179,20 +148,12 @@ class ApiClient:
         self.sent = 0  # requests sent so far, retries included (for the poll summary)
         self._slots = asyncio.Semaphore(concurrency)
         self._limiter = RateLimiter(rate_limit, sleep=sleep)
-        quiet = logging.getLogger("iceprod_exporter.rest_tools")
-        quiet.setLevel(logging.CRITICAL)  # failures are logged here, without tracebacks per call
-        self._rest = _RestSession(
-            url,
-            workers=concurrency,
-            token=tokens.current,
-            timeout=timeout,
-            retries=0,
-            logger=quiet,
-        )
+        self._http = Transport(max_body=max_response_size, max_idle=concurrency)
+        self._too_large: set[str] = set()  # templates whose last answer was over the cap
 
     def close(self) -> None:
-        """Shut the HTTP session and its worker threads down."""
-        self._rest.close()
+        """Release the HTTP client (a call in flight ends by its own deadline)."""
+        self._http.close()
 
     async def get(
         self,
@@ -208,11 +169,13 @@ class ApiClient:
         the pauses between them. Past it the call fails with reason ``deadline``.
         """
         route = template.format(**path)
+        if args:
+            route = f"{route}?{urllib.parse.urlencode(args)}"
         refreshed = False
         attempt = 0
         while True:
             try:
-                return await self._attempt(template, route, args, deadline)
+                return await self._attempt(template, route, deadline)
             except ApiError as error:
                 if error.reason == Reason.UNAUTHORIZED and not refreshed:
                     refreshed = True
@@ -228,37 +191,30 @@ class ApiClient:
 
     async def _drop_token(self) -> None:
         self._tokens.invalidate()
-        self._rest.access_token = None
         # on failure the retry fails with reason "token", which is what happened
         with contextlib.suppress(TokenError):
-            await self._tokens.ensure_fresh(force=True)
+            await self._tokens.ensure_fresh()
 
     def _backoff(self, attempt: int, error: ApiError) -> float:
-        hint = _retry_after(error.__cause__) if error.__cause__ else None
-        if hint is not None:
-            return min(self._backoff_max, hint)
+        if error.retry_after is not None:
+            return min(self._backoff_max, error.retry_after)
         delay: float = min(self._backoff_max, 0.5 * 2.0 ** (attempt - 1))
         return delay * random.uniform(0.8, 1.2)
 
-    async def _attempt(
-        self, template: str, route: str, args: dict[str, str] | None, deadline: float | None
-    ) -> Any:
+    async def _attempt(self, template: str, route: str, deadline: float | None) -> Any:
         telemetry = self._telemetry
         telemetry.in_flight.inc()
         try:
             await self._take_slot(template, deadline)
-            thread: list[concurrent.futures.Future[Any]] = []
-            context = _THREAD.set(thread)
             try:
-                return await self._send(template, route, args, deadline)
+                return await self._send(template, route, deadline)
             finally:
-                _THREAD.reset(context)
-                self._give_slot(thread)
+                self._slots.release()
         finally:
             telemetry.in_flight.dec()
 
     async def _take_slot(self, template: str, deadline: float | None) -> None:
-        """Wait for a free worker and the rate limiter, no longer than ``deadline``."""
+        """Wait for a free slot and the rate limiter, no longer than ``deadline``."""
         try:
             async with asyncio.timeout_at(deadline):
                 await self._slots.acquire()
@@ -269,50 +225,87 @@ class ApiClient:
                     raise
         except TimeoutError:
             raise self._failed(
-                template, Reason.DEADLINE, "no free worker before the deadline"
+                template, Reason.DEADLINE, "no free slot before the deadline"
             ) from None
 
-    def _give_slot(self, thread: list[concurrent.futures.Future[Any]]) -> None:
-        if not thread or thread[0].done():
-            self._slots.release()
-            return
-        # the worker thread still waits on IceProd: its slot stays taken until the thread is
-        # free, so threads and sockets never exceed `concurrency` however long IceProd hangs,
-        # and a queued request's own timeout only starts once a worker can serve it
-        loop = asyncio.get_running_loop()
-
-        def release(_: concurrent.futures.Future[Any]) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing waits
-                loop.call_soon_threadsafe(self._slots.release)
-
-        thread[0].add_done_callback(release)
-
-    async def _send(
-        self, template: str, route: str, args: dict[str, str] | None, deadline: float | None
-    ) -> Any:
+    async def _send(self, template: str, route: str, deadline: float | None) -> Any:
         telemetry = self._telemetry
         telemetry.requests.labels(template).inc()
         self.sent += 1
         budget = self._timeout if deadline is None else min(self._timeout, deadline - _now())
+        end = _now() + budget
         started = time.perf_counter()
         try:
-            async with asyncio.timeout(max(budget, 0.0)):
-                await self._tokens.ensure_fresh()
-                return await self._rest.request("GET", route, args)
-        except Exception as exc:
-            reason, status = _reason(exc)
-            if reason == Reason.TIMEOUT and budget < self._timeout:
-                reason = Reason.DEADLINE
-            raise self._failed(template, reason, type(exc).__name__, status) from exc
+            try:
+                # a grant in progress is waited for within the budget; the transport then ends
+                # the call (and closes its socket) when the budget ends, whatever IceProd does
+                async with asyncio.timeout_at(end):
+                    await self._tokens.ensure_fresh()
+                headers = {
+                    "Authorization": f"Bearer {self._tokens.current()}",
+                    "Accept": "application/json",
+                }
+                response = await self._http.fetch(
+                    self._base + route,
+                    timeout=end - _now(),
+                    headers=headers,
+                    redirects=API_REDIRECTS,
+                )
+            except TokenError:
+                raise self._failed(template, Reason.TOKEN, "no usable token") from None
+            except TimeoutError:
+                raise self._failed(template, self._timed_out(budget), "token wait") from None
+            except TransportError as exc:
+                reason = exc.reason
+                if reason == Reason.TIMEOUT:
+                    reason = self._timed_out(budget)
+                elif reason == Reason.TOO_LARGE:
+                    self._oversized(template, True, str(exc))
+                raise self._failed(template, reason, str(exc)) from None
+            if response.status >= 300:
+                raise self._failed(
+                    template,
+                    _status_reason(response.status),
+                    f"HTTP {response.status}",
+                    response.status,
+                    _retry_after(response),
+                )
+            try:
+                body = decode_json(response.body)
+            except ValueError:
+                raise self._failed(template, Reason.BAD_RESPONSE, "not JSON") from None
+            self._oversized(template, False)
+            return body
         finally:
             telemetry.request_duration.labels(template).observe(time.perf_counter() - started)
             self._on_response()
 
+    def _timed_out(self, budget: float) -> Reason:
+        return Reason.DEADLINE if budget < self._timeout else Reason.TIMEOUT
+
+    def _oversized(self, template: str, over: bool, detail: str = "") -> None:
+        """Log when a route's answers start passing max_response_size, not once per call."""
+        if not over:
+            self._too_large.discard(template)
+        elif template not in self._too_large:
+            self._too_large.add(template)
+            log.warning(
+                "api.response_too_large",
+                endpoint=template,
+                error=detail,
+                hint="raise max_response_size if IceProd's answers really are this large",
+            )
+
     def _failed(
-        self, template: str, reason: Reason, detail: str, status: int | None = None
+        self,
+        template: str,
+        reason: Reason,
+        detail: str,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> ApiError:
         self._telemetry.request_failures.labels(template, reason).inc()
-        return ApiError(template, reason, detail, status)
+        return ApiError(template, reason, detail, status, retry_after)
 
     def bad_response(self, template: str, detail: str) -> ApiError:
         """Count and return the error for a body that is JSON but not the shape expected."""

@@ -1,31 +1,34 @@
 """Bearer tokens for the IceProd API: acquisition with timeouts, caching, refresh ahead of expiry.
 
-wipac-rest-tools' ``RestClient`` injects the token and checks its expiry before every request; it
-gets the token from :meth:`TokenManager.current`, which only returns the cached value. The grants
-themselves run here, in a worker thread and with timeouts, because rest-tools' own grant and
-discovery calls have none and would run on the event loop (see docs/design.md).
+The API client takes the cached token from :meth:`TokenManager.current`, which never touches the
+network. Grants are made here on the event loop through the bounded transport (a total deadline,
+a body cap, no redirects), in wipac-rest-tools' conventions: the realm URL plus discovery, the
+client-credentials form rest-tools sends, and the refresh-token file its device login writes
+(see docs/design.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import tempfile
-import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import jwt
-import requests
 import structlog
 from pydantic import SecretStr
 
 from .config import AuthMode, ConfigError, Settings, read_secret
 from .labels import Reason
 from .telemetry import Telemetry
+from .transport import Response, Transport, TransportError, same_origin
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +36,10 @@ log = structlog.get_logger(__name__)
 REFRESH_FRACTION = 0.5
 REFRESH_MARGIN_MAX = 60.0
 TOKEN_BACKOFF_MAX = 60.0
+#: seconds between two grants at least, whatever the tokens' lifetimes or a 401 storm say
+GRANT_MIN_INTERVAL = 1.0
+#: discovery documents and token answers are a few KiB; anything past this is not one
+AUTH_MAX_BODY = 1024 * 1024
 
 
 class TokenError(Exception):
@@ -64,9 +71,9 @@ class Token:
 
 
 class Grant(Protocol):
-    """A blocking way to get a fresh access token; bounded by its own timeouts."""
+    """A way to get a fresh access token, bounded by its own timeouts."""
 
-    def fetch(self) -> tuple[str, float | None]:
+    async def fetch(self) -> tuple[str, float | None]:
         """Return the token and, when the issuer says, its lifetime in seconds."""
         ...
 
@@ -81,64 +88,81 @@ def token_expiry(value: str) -> float | None:
     return float(exp) if isinstance(exp, int | float) else None
 
 
-def _request_error(exc: requests.RequestException, what: str) -> TokenError:
-    if isinstance(exc, requests.Timeout):
-        return TokenError(Reason.TIMEOUT, f"{what}: timed out")
-    if isinstance(exc, requests.ConnectionError):
-        return TokenError(Reason.CONNECTION, f"{what}: cannot connect")
-    return TokenError(Reason.BAD_RESPONSE, f"{what}: {type(exc).__name__}")
-
-
 class OpenIDProvider:
-    """The token endpoint of an OpenID Connect realm, found by discovery (cached)."""
+    """The token endpoint of an OpenID Connect realm, found by discovery (cached).
+
+    The discovery document must name the realm itself as ``issuer`` (OpenID Connect Discovery
+    4.3) and a token endpoint on the realm's origin; neither request follows a redirect, so the
+    client secret and refresh token only ever go to the configured origin.
+    """
 
     def __init__(self, realm_url: str, timeout: float) -> None:
         self.realm_url = realm_url.rstrip("/")
         self.timeout = timeout
+        self._http = Transport(max_body=AUTH_MAX_BODY, max_idle=0)
         self._token_endpoint: str | None = None
 
-    def token_endpoint(self) -> str:
+    async def token_endpoint(self) -> str:
         """Discover (once) and return the token endpoint."""
         if self._token_endpoint is None:
             url = f"{self.realm_url}/.well-known/openid-configuration"
+            response = await self._call("OpenID discovery", url)
+            if response.status >= 300:
+                raise TokenError(Reason.BAD_RESPONSE, f"OpenID discovery: HTTP {response.status}")
             try:
-                response = requests.get(url, timeout=self.timeout)
-                response.raise_for_status()
-                endpoint = response.json()["token_endpoint"]
-            except requests.RequestException as exc:
-                raise _request_error(exc, "OpenID discovery") from None
+                document = json.loads(response.body)
+                issuer, endpoint = document["issuer"], document["token_endpoint"]
             except (ValueError, KeyError, TypeError):
                 raise TokenError(
-                    Reason.BAD_RESPONSE, "OpenID discovery: no token_endpoint in the answer"
+                    Reason.BAD_RESPONSE, "OpenID discovery: no issuer and token_endpoint"
                 ) from None
-            if not isinstance(endpoint, str):
+            if not isinstance(issuer, str) or issuer.rstrip("/") != self.realm_url:
                 raise TokenError(
-                    Reason.BAD_RESPONSE, "OpenID discovery: token_endpoint not a string"
+                    Reason.BAD_RESPONSE,
+                    "OpenID discovery: its issuer is not oauth_url (OpenID Connect Discovery 4.3)",
+                )
+            if not isinstance(endpoint, str) or not same_origin(endpoint, self.realm_url):
+                raise TokenError(
+                    Reason.REDIRECT, "OpenID discovery: token_endpoint not on oauth_url's origin"
                 )
             self._token_endpoint = endpoint
         return self._token_endpoint
 
-    def post(self, form: dict[str, str], auth: tuple[str, str] | None = None) -> dict[str, Any]:
+    async def post(
+        self, form: dict[str, str], auth: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
         """POST a grant to the token endpoint; errors carry the OAuth error name, no secrets."""
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if auth is not None:
+            basic = base64.b64encode(":".join(auth).encode()).decode()
+            headers["Authorization"] = f"Basic {basic}"
+        response = await self._call(
+            "token request",
+            await self.token_endpoint(),
+            method="POST",
+            headers=headers,
+            body=urllib.parse.urlencode(form).encode(),
+        )
         try:
-            response = requests.post(
-                self.token_endpoint(), data=form, auth=auth, timeout=self.timeout
-            )
-        except requests.RequestException as exc:
-            raise _request_error(exc, "token request") from None
-        try:
-            body = response.json()
+            body = json.loads(response.body)
         except ValueError:
             body = None
-        if response.status_code >= 400:
+        if response.status >= 400:
             error = body.get("error", "") if isinstance(body, dict) else ""
+            error = error if isinstance(error, str) and error.isidentifier() else ""
             raise TokenError(
                 Reason.REJECTED,
-                f"token request failed: HTTP {response.status_code} {error}".strip(),
+                f"token request failed: HTTP {response.status} {error}".strip(),
             )
         if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
             raise TokenError(Reason.BAD_RESPONSE, "token request: no access_token in the answer")
         return body
+
+    async def _call(self, what: str, url: str, **kwargs: Any) -> Response:
+        try:
+            return await self._http.fetch(url, timeout=self.timeout, **kwargs)
+        except TransportError as exc:
+            raise TokenError(exc.reason, f"{what}: {exc}") from None
 
 
 def _lifetime(body: dict[str, Any]) -> float | None:
@@ -154,9 +178,9 @@ class ClientCredentialsGrant:
         self._client_id = client_id
         self._secret = secret
 
-    def fetch(self) -> tuple[str, float | None]:
+    async def fetch(self) -> tuple[str, float | None]:
         """Run the client-credentials grant."""
-        body = self._provider.post(
+        body = await self._provider.post(
             {
                 "grant_type": "client_credentials",
                 "client_id": self._client_id,
@@ -200,13 +224,13 @@ class RefreshTokenGrant:
         self._path = path
         self._secret = secret
 
-    def fetch(self) -> tuple[str, float | None]:
+    async def fetch(self) -> tuple[str, float | None]:
         """Run the refresh-token grant and save the rotated refresh token."""
         refresh_token = _configured(None, self._path, "refresh_token_file")
         assert refresh_token is not None  # a path was given
         secret = self._secret()
         auth = (self._client_id, secret) if secret else None
-        body = self._provider.post(
+        body = await self._provider.post(
             {
                 "grant_type": "refresh_token",
                 "refresh_token": refresh_token,
@@ -227,7 +251,7 @@ class StaticTokenGrant:
         self._value = value
         self._path = path
 
-    def fetch(self) -> tuple[str, float | None]:
+    async def fetch(self) -> tuple[str, float | None]:
         """Return the configured token."""
         token = _configured(self._value, self._path, "token_file")
         if not token:
@@ -236,29 +260,34 @@ class StaticTokenGrant:
 
 
 class TokenManager:
-    """Caches the access token and refreshes it off the event loop, one refresh at a time."""
+    """Caches the access token and refreshes it on the event loop, one grant at a time.
+
+    Grants are at least ``min_interval`` seconds apart, and a failed one is retried with
+    backoff, so no issuer (or IceProd answering 401) can make it ask more than once a second.
+    A grant that is cancelled (shutdown, a poll's deadline) releases the lock with it.
+    """
 
     def __init__(
         self,
         grant: Grant,
         telemetry: Telemetry,
         clock: Callable[[], float] = time.time,
+        min_interval: float = GRANT_MIN_INTERVAL,
     ) -> None:
         self._grant = grant
         self._telemetry = telemetry
         self._clock = clock
+        self._min_interval = min_interval
         self._token: Token | None = None
         self._lock = asyncio.Lock()
-        # The token callable runs in rest-tools worker threads too: guard the swap.
-        self._swap = threading.Lock()
         self.last_error: TokenError | None = None
         self._failures = 0
         self._retry_at = 0.0
+        self._granted_at: float | None = None  # when the last grant started
 
     def current(self) -> str:
-        """The cached token, for rest-tools' token callable; never touches the network."""
-        with self._swap:
-            token = self._token
+        """The cached token; never touches the network."""
+        token = self._token
         if token is None:
             raise TokenError(Reason.TOKEN, "no access token available")
         return token.value
@@ -271,20 +300,19 @@ class TokenManager:
 
     def invalidate(self) -> None:
         """Forget the cached token (after a 401)."""
-        with self._swap:
-            self._token = None
+        self._token = None
 
-    async def ensure_fresh(self, force: bool = False) -> None:
+    async def ensure_fresh(self) -> None:
         """Refresh when there is no token or it is close to expiry.
 
         Raises TokenError only when no usable token is left: while the issuer fails, a token
         that has not expired yet keeps being used, and the issuer is asked again with backoff
         rather than once per API request.
         """
-        if not force and self._is_fresh():
+        if self._is_fresh():
             return
         async with self._lock:
-            if not force and self._is_fresh():
+            if self._is_fresh():
                 return  # another request refreshed while this one waited
             if self.last_error is None or self._clock() >= self._retry_at:
                 try:
@@ -306,9 +334,14 @@ class TokenManager:
         return token is not None and not token.needs_refresh(self._clock())
 
     async def _refresh(self) -> None:
-        started = self._clock()
+        if self._granted_at is not None:
+            wait = self._granted_at + self._min_interval - self._clock()
+            if wait > 0:
+                await asyncio.sleep(min(wait, self._min_interval))
+        started = self._granted_at = self._clock()
         try:
-            value, lifetime = await asyncio.to_thread(self._grant.fetch)
+            value, lifetime = await self._grant.fetch()
+            expires_at = _expiry(value, lifetime, started, self._clock())
         except TokenError as exc:
             self._fail(exc)
             raise
@@ -316,11 +349,7 @@ class TokenManager:
             error = TokenError(Reason.BAD_RESPONSE, f"token request: {type(exc).__name__}")
             self._fail(error)
             raise error from None
-        expires_at = token_expiry(value)
-        if expires_at is None and lifetime is not None:
-            expires_at = started + lifetime
-        with self._swap:
-            self._token = Token(value, expires_at, issued_at=started)
+        self._token = Token(value, expires_at, issued_at=started)
         self.last_error = None
         self._failures = 0
         self._telemetry.token_refreshes.inc()
@@ -335,7 +364,27 @@ class TokenManager:
         self._failures += 1
         self._retry_at = self._clock() + min(TOKEN_BACKOFF_MAX, 2.0 ** (self._failures - 1))
         self._telemetry.token_failures.labels(error.reason).inc()
-        log.warning("token.refresh_failed", reason=error.reason, error=str(error))
+        hint = {"hint": CLOCK_HINT} if error.reason == Reason.EXPIRED else {}
+        log.warning("token.refresh_failed", reason=error.reason, error=str(error), **hint)
+
+
+CLOCK_HINT = "check that this host and the issuer keep time (NTP): one of the clocks is off"
+
+
+def _expiry(value: str, lifetime: float | None, started: float, now: float) -> float | None:
+    """When a new token expires; TokenError(expired) if it already has (a clock is off)."""
+    if lifetime is not None and lifetime <= 0:
+        raise TokenError(Reason.EXPIRED, f"the issuer gave a token with expires_in {lifetime:g}")
+    expires_at = token_expiry(value)
+    if expires_at is None and lifetime is not None:
+        expires_at = started + lifetime
+    if expires_at is not None and expires_at <= now:
+        raise TokenError(
+            Reason.EXPIRED,
+            f"the token expired on arrival: its exp is {now - expires_at:.0f}s before this "
+            "host's clock",
+        )
+    return expires_at
 
 
 def _configured(value: str | None, path: Path | None, setting: str) -> str | None:

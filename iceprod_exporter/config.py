@@ -192,6 +192,13 @@ class Settings(BaseModel):
         allow_inf_nan=False,
         description="API requests per second at most; fractions allowed (0: unlimited).",
     )
+    max_response_size: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        le=4 * 1024 * 1024 * 1024,
+        description="Largest IceProd API response body in bytes, counted after decompression; a "
+        "larger one is abandoned at that size and the call fails with reason too_large.",
+    )
     max_staleness: float = Field(
         600.0,
         gt=0,

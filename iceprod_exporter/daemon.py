@@ -78,6 +78,7 @@ class Exporter:
             backoff_max=settings.backoff_max,
             concurrency=settings.concurrency,
             rate_limit=settings.rate_limit,
+            max_response_size=settings.max_response_size,
             on_response=self.progress.mark,
         )
         # not registered: the snapshot part of /metrics is rendered once per snapshot

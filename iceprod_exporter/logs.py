@@ -1,14 +1,28 @@
-"""structlog set-up: JSON lines off a terminal, readable console output on one, secrets masked."""
+"""structlog set-up: JSON lines off a terminal, readable console output on one, secrets masked.
+
+Libraries' log records and Python warnings are rendered by structlog too, and rate limited per
+call site: a library that warns once per object of a large answer writes one line a minute,
+which says how many it held back, instead of one per object.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+import time
+import warnings
+from collections.abc import Callable, MutableMapping
 from enum import StrEnum
 from typing import Any, TextIO
 
 import structlog
+
+#: a library call site logs at most once in this many seconds (the next line counts the rest)
+LIBRARY_LOG_WINDOW = 60.0
+#: call sites remembered at most; past this the table starts over (it only bounds memory)
+LIBRARY_LOG_SITES = 1024
+#: longest library message kept, in characters
+LIBRARY_MESSAGE_MAX = 2000
 
 
 class LogFormat(StrEnum):
@@ -43,19 +57,90 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
-class _RedactFilter(logging.Filter):
-    """Mask secrets in library log records too."""
+class RateLimiter:
+    """At most one pass per key and window; says how many were held back since the last."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = _mask(record.getMessage())
-        record.args = ()
-        return True
+    def __init__(
+        self,
+        window: float = LIBRARY_LOG_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._window = window
+        self._clock = clock
+        self._sites: dict[object, tuple[float, int]] = {}  # key -> (last pass, held back)
+
+    def admit(self, key: object) -> int | None:
+        """None to hold this one back, else how many were held back before it."""
+        now = self._clock()
+        last = self._sites.get(key)
+        if last is not None and now - last[0] < self._window:
+            self._sites[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._sites) >= LIBRARY_LOG_SITES:
+            self._sites.clear()
+        self._sites[key] = (now, 0)
+        return 0 if last is None else last[1]
+
+
+class LibraryHandler(logging.Handler):
+    """Library log records and warnings as structlog events, rate limited per call site."""
+
+    def __init__(self, limiter: RateLimiter | None = None) -> None:
+        super().__init__()
+        self._limiter = limiter or RateLimiter()
+        self._log = structlog.get_logger("library")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.publish(
+                (record.name, record.pathname, record.lineno),
+                record.levelno,
+                record.name,
+                record.getMessage(),
+                record.exc_info,
+            )
+        except Exception:
+            self.handleError(record)
+
+    def warning(
+        self,
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        """``warnings.showwarning``: one more rate-limited event (``file`` is not used)."""
+        self.publish(
+            ("warning", filename, lineno),
+            logging.WARNING,
+            "py.warnings",
+            f"{category.__name__}: {message} ({filename}:{lineno})",
+            None,
+        )
+
+    def publish(self, key: object, level: int, name: str, message: str, exc_info: Any) -> None:
+        """Log one library event unless its call site logged within the window."""
+        held_back = self._limiter.admit(key)
+        if held_back is None:
+            return
+        extra: dict[str, Any] = {"suppressed": held_back} if held_back else {}
+        if exc_info:
+            extra["exc_info"] = exc_info
+        self._log.log(
+            level,
+            "library.log",
+            logger=name,
+            message=message[:LIBRARY_MESSAGE_MAX],
+            **extra,
+        )
 
 
 def configure(
     level: str = "info", fmt: LogFormat = LogFormat.AUTO, stream: TextIO | None = None
 ) -> None:
-    """Route structlog (and library logging, at warning and above) to ``stream``."""
+    """Route structlog, library logging (warning and above) and warnings to ``stream``."""
     stream = stream or sys.stderr
     console = fmt is LogFormat.CONSOLE or (fmt is LogFormat.AUTO and stream.isatty())
     renderer: Any = (
@@ -77,11 +162,10 @@ def configure(
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_RedactFilter())
+    handler = LibraryHandler()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    warnings.showwarning = handler.warning
     # APScheduler reports every skipped overlapping run; the poll summary already tells that
     logging.getLogger("apscheduler").setLevel(logging.ERROR)

@@ -1,11 +1,13 @@
-"""A real HTTP server on 127.0.0.1 whose answers a test scripts per path."""
+"""A real HTTP server on 127.0.0.1 whose answers a test scripts per path, hostile ones too."""
 
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,12 +22,22 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     raw: bytes | None = None
+    drip: float = 0.0  # seconds between the body's bytes (the headers go at once)
+    stall: bool = False  # the headers, then nothing until the client goes
+    chunks: Callable[[], Iterator[bytes]] | None = None  # a chunked body, maybe endless
+    length: int | None = None  # the Content-Length announced, if not the body's
+
+
+#: longest a stalled answer waits for its client to go (every handler ends by itself)
+STALL_MAX = 60.0
 
 
 @dataclass
 class Seen:
     path: str
     authorization: str | None
+    method: str = "GET"
+    body: bytes = b""
 
 
 class ScriptedServer(Service):
@@ -36,6 +48,7 @@ class ScriptedServer(Service):
         self.seen: list[Seen] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.hung_up = 0  # answers the client abandoned
         self._lock = threading.Lock()
         self.on_request: Callable[[str], None] = lambda path: None
         outer = self
@@ -44,6 +57,9 @@ class ScriptedServer(Service):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                outer._handle(self)
+
+            def do_POST(self) -> None:
                 outer._handle(self)
 
             def log_message(self, *args: Any) -> None:
@@ -69,8 +85,12 @@ class ScriptedServer(Service):
 
     def _handle(self, request: BaseHTTPRequestHandler) -> None:
         path = request.path.split("?")[0]
+        length = int(request.headers.get("Content-Length") or 0)
+        body = request.rfile.read(length) if length else b""
         with self._lock:
-            self.seen.append(Seen(request.path, request.headers.get("Authorization")))
+            self.seen.append(
+                Seen(request.path, request.headers.get("Authorization"), request.command, body)
+            )
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             replies = self.script.get(path, [Reply(404, {"code": 404, "error": "not found"})])
@@ -78,15 +98,45 @@ class ScriptedServer(Service):
         try:
             self.on_request(path)
             time.sleep(reply.delay)
-            data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
-            request.send_response(reply.status)
-            for key, value in reply.headers.items():
-                request.send_header(key, value)
-            request.send_header("Content-Length", str(len(data)))
-            request.end_headers()
-            request.wfile.write(data)
+            _answer(request, reply)
         except (BrokenPipeError, ConnectionResetError):
-            pass
+            with self._lock:
+                self.hung_up += 1
+            request.close_connection = True
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+
+def _answer(request: BaseHTTPRequestHandler, reply: Reply) -> None:
+    request.send_response(reply.status)
+    for key, value in reply.headers.items():
+        request.send_header(key, value)
+    if reply.chunks is not None:
+        request.send_header("Transfer-Encoding", "chunked")
+        request.end_headers()
+        for chunk in reply.chunks():
+            request.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        request.wfile.write(b"0\r\n\r\n")
+        return
+    data = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
+    request.send_header("Content-Length", str(reply.length or len(data)))
+    request.end_headers()
+    if reply.stall:
+        request.wfile.flush()
+        _wait_for_hang_up(request.connection)
+    elif reply.drip:
+        for i in range(len(data)):
+            request.wfile.write(data[i : i + 1])
+            request.wfile.flush()
+            time.sleep(reply.drip)
+    else:
+        request.wfile.write(data)
+
+
+def _wait_for_hang_up(conn: socket.socket) -> None:
+    ends = time.monotonic() + STALL_MAX
+    while time.monotonic() < ends:
+        readable, _, _ = select.select([conn], [], [], 0.05)
+        if readable and not conn.recv(1, socket.MSG_PEEK):
+            raise ConnectionResetError("the client hung up")

@@ -40,7 +40,7 @@ def issuer() -> Iterator[OIDCIssuer]:
 
 
 def manager(grant: Grant, registry: CollectorRegistry | None = None) -> TokenManager:
-    return TokenManager(grant, Telemetry(registry or CollectorRegistry()))
+    return TokenManager(grant, Telemetry(registry or CollectorRegistry()), min_interval=0)
 
 
 def cc(issuer: OIDCIssuer, secret: str = SECRET, timeout: float = 5.0) -> ClientCredentialsGrant:
@@ -163,7 +163,8 @@ def test_refresh_token_file_rotates_atomically_with_mode_0600(
     assert rotated and rotated != first and not rotated.endswith("\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["refresh-token"], "no temp files left"
-    asyncio.run(tokens.ensure_fresh(force=True))
+    tokens.invalidate()
+    asyncio.run(tokens.ensure_fresh())
     assert path.read_text() != rotated, "rotated again on the next refresh"
 
 
@@ -181,7 +182,8 @@ def test_static_token_file_is_reread(tmp_path: Path) -> None:
     asyncio.run(tokens.ensure_fresh())
     assert tokens.current() == "one"
     path.write_text("two")
-    asyncio.run(tokens.ensure_fresh(force=True))
+    tokens.invalidate()
+    asyncio.run(tokens.ensure_fresh())
     assert tokens.current() == "two"
 
 
