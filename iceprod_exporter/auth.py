@@ -263,7 +263,9 @@ class TokenManager:
     """Caches the access token and refreshes it on the event loop, one grant at a time.
 
     Grants are at least ``min_interval`` seconds apart, and a failed one is retried with
-    backoff, so no issuer (or IceProd answering 401) can make it ask more than once a second.
+    backoff (up to ``backoff_max``: the daemon uses the poll interval, so a healed issuer is
+    asked again within one), so no issuer, nor IceProd answering 401, gets more than one grant
+    a second.
     A grant that is cancelled (shutdown, a poll's deadline) releases the lock with it.
     """
 
@@ -273,11 +275,13 @@ class TokenManager:
         telemetry: Telemetry,
         clock: Callable[[], float] = time.time,
         min_interval: float = GRANT_MIN_INTERVAL,
+        backoff_max: float = TOKEN_BACKOFF_MAX,
     ) -> None:
         self._grant = grant
         self._telemetry = telemetry
         self._clock = clock
         self._min_interval = min_interval
+        self._backoff_max = backoff_max
         self._token: Token | None = None
         self._lock = asyncio.Lock()
         self.last_error: TokenError | None = None
@@ -362,7 +366,7 @@ class TokenManager:
     def _fail(self, error: TokenError) -> None:
         self.last_error = error
         self._failures += 1
-        self._retry_at = self._clock() + min(TOKEN_BACKOFF_MAX, 2.0 ** (self._failures - 1))
+        self._retry_at = self._clock() + min(self._backoff_max, 2.0 ** (self._failures - 1))
         self._telemetry.token_failures.labels(error.reason).inc()
         hint = {"hint": CLOCK_HINT} if error.reason == Reason.EXPIRED else {}
         log.warning("token.refresh_failed", reason=error.reason, error=str(error), **hint)

@@ -23,7 +23,7 @@ from prometheus_client import (
 from . import __version__
 from .allocator import release_freed_memory
 from .api import ApiClient
-from .auth import TokenError, TokenManager, grant_from_settings
+from .auth import TOKEN_BACKOFF_MAX, TokenError, TokenManager, grant_from_settings
 from .collector import (
     CONTENT_TYPES,
     Exposition,
@@ -67,7 +67,12 @@ class Exporter:
                 self.registry.register(collector)
         self._clock = clock
         self.telemetry = Telemetry(self.registry)
-        self.tokens = TokenManager(grant_from_settings(settings), self.telemetry, clock)
+        self.tokens = TokenManager(
+            grant_from_settings(settings),
+            self.telemetry,
+            clock,
+            backoff_max=min(TOKEN_BACKOFF_MAX, settings.poll_interval),
+        )
         self.progress = Progress(clock)
         self.client = ApiClient(
             settings.api_url,

@@ -7,6 +7,8 @@ import select
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,8 +42,17 @@ class Seen:
     body: bytes = b""
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # clients connect at once (the default, 5, drops SYNs: 1 s stalls)
+
+
 class ScriptedServer(Service):
-    """Each path maps to a list of replies used in turn (the last one repeats)."""
+    """Each path maps to a list of replies used in turn (the last one repeats).
+
+    A key ending in ``*`` scripts every path it begins (the longest such key wins). A path not
+    scripted is answered 404, or, with ``upstream`` set, passed on to it (a hostile IceProd
+    is then a real one with a few routes turned).
+    """
 
     def __init__(self) -> None:
         self.script: dict[str, list[Reply]] = {}
@@ -49,6 +60,7 @@ class ScriptedServer(Service):
         self.in_flight = 0
         self.max_in_flight = 0
         self.hung_up = 0  # answers the client abandoned
+        self.upstream: str | None = None
         self._lock = threading.Lock()
         self.on_request: Callable[[str], None] = lambda path: None
         outer = self
@@ -65,7 +77,7 @@ class ScriptedServer(Service):
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _Server(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self._serving: ServerThread | None = None
 
@@ -93,10 +105,13 @@ class ScriptedServer(Service):
             )
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            replies = self.script.get(path, [Reply(404, {"code": 404, "error": "not found"})])
-            reply = replies.pop(0) if len(replies) > 1 else replies[0]
+            replies = self._replies(path)
+            reply = None if replies is None else replies.pop(0) if len(replies) > 1 else replies[0]
         try:
             self.on_request(path)
+            if reply is None:
+                assert self.upstream is not None
+                reply = _relayed(request, self.upstream)
             time.sleep(reply.delay)
             _answer(request, reply)
         except (BrokenPipeError, ConnectionResetError):
@@ -106,6 +121,26 @@ class ScriptedServer(Service):
         finally:
             with self._lock:
                 self.in_flight -= 1
+
+    def _replies(self, path: str) -> list[Reply] | None:
+        """The script for ``path``; None to relay it upstream."""
+        if path in self.script:
+            return self.script[path]
+        prefixes = [k for k in self.script if k.endswith("*") and path.startswith(k[:-1])]
+        if prefixes:
+            return self.script[max(prefixes, key=len)]
+        if self.upstream is not None:
+            return None
+        return [Reply(404, {"code": 404, "error": "not found"})]
+
+
+def _relayed(request: BaseHTTPRequestHandler, upstream: str) -> Reply:
+    forward = urllib.request.Request(upstream + request.path, headers=dict(request.headers))
+    try:
+        with urllib.request.urlopen(forward, timeout=30) as answer:
+            return Reply(answer.status, raw=answer.read())
+    except urllib.error.HTTPError as exc:
+        return Reply(exc.code, raw=exc.read())
 
 
 def _answer(request: BaseHTTPRequestHandler, reply: Reply) -> None:

@@ -83,7 +83,11 @@ class OIDCIssuer(Service):
     ):
         """Make a fresh RSA signing key; nothing listens until start()."""
         self.token_ttl = token_ttl
+        # seconds the issuer's clock runs ahead of this host's (negative: behind); its tokens'
+        # iat/exp follow it, as those of an issuer whose clock is off do
+        self.clock_offset = 0.0
         self.delay = 0.0
+        self.drip = 0.0  # seconds between the bytes of a token answer (0: all at once)
         self.fail_status: int | None = None
         self.audience = audience
         self.refresh_ttl = refresh_ttl
@@ -267,7 +271,7 @@ class OIDCIssuer(Service):
 
     def _tokens(self, client_id: str, scope: str, *, refresh: bool) -> dict[str, Any]:
         """A token response: a new access token, plus a new refresh token if asked."""
-        now = time.time()
+        now = time.time() + self.clock_offset
         iat = int(now)
         exp = int(now + self.token_ttl)
         jti = uuid.uuid4().hex
@@ -367,7 +371,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, {"error": "not_found"})
             return
         try:
-            self._reply(200, endpoint(form, self._basic()))
+            self._reply(200, endpoint(form, self._basic()), drip=issuer.drip)
         except OAuthError as err:
             self._reply(err.status, err.body)
 
@@ -379,15 +383,21 @@ class _Handler(BaseHTTPRequestHandler):
         client_id, _, secret = base64.b64decode(value).decode().partition(":")
         return client_id, secret
 
-    def _reply(self, status: int, body: Mapping[str, Any]) -> None:
-        """Send a JSON response."""
+    def _reply(self, status: int, body: Mapping[str, Any], drip: float = 0.0) -> None:
+        """Send a JSON response, all at once or a byte every ``drip`` seconds."""
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Cache-Control", "no-store")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if not drip:
+            self.wfile.write(data)
+            return
+        for i in range(len(data)):  # ends when the client hangs up (the write fails)
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
+            time.sleep(drip)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Stay quiet: tests and benchmarks make many token requests."""

@@ -1,0 +1,545 @@
+"""A hostile IceProd and issuer on 127.0.0.1: nothing they do wedges, floods or fools the exporter.
+
+Each upstream misbehaves over a real socket: it drips, stalls after the headers, sends an endless
+chunked body or a gzip bomb, redirects the secret or the token elsewhere, hands out tokens that
+are expired on arrival, or answers with objects that make a library warn once each. The process
+tests run the daemon itself; ``HOSTILE_DRIP_SECONDS=300`` makes the drip the issue's 5 minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import json
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+import tracemalloc
+import warnings
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from iceprod_exporter import logs
+from iceprod_exporter.api import ApiClient, ApiError
+from iceprod_exporter.auth import (
+    ClientCredentialsGrant,
+    OpenIDProvider,
+    StaticTokenGrant,
+    TokenError,
+    TokenManager,
+)
+from iceprod_exporter.labels import Endpoint, Reason
+from iceprod_exporter.simulator import (
+    SYSTEM_ROLE_CLAIMS,
+    OIDCIssuer,
+    SimulatedIceProd,
+    Simulation,
+    build_store,
+)
+from iceprod_exporter.telemetry import Telemetry
+
+from .scripted_http import Reply, ScriptedServer
+from .support import free_port, http_get, samples, start_exporter, wait_for
+
+ROUTE = "/datasets/d1/job_counts/status"
+SECRET = "hostile-test-secret-0xBAD5EED"
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def server() -> Iterator[ScriptedServer]:
+    with ScriptedServer() as s:
+        yield s
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[ScriptedServer]:
+    """Another origin: nothing may ever reach it."""
+    with ScriptedServer() as s:
+        yield s
+
+
+def api_client(url: str, registry: CollectorRegistry, **kw: Any) -> ApiClient:
+    telemetry = Telemetry(registry)
+    options: dict[str, Any] = {
+        "timeout": 2.0,
+        "retries": 0,
+        "backoff_max": 1.0,
+        "concurrency": 4,
+        "rate_limit": 0.0,
+        **kw,
+    }
+    return ApiClient(
+        url, TokenManager(StaticTokenGrant("tok"), telemetry, min_interval=0), telemetry, **options
+    )
+
+
+def run_calls(c: ApiClient, calls: int = 1, route: str = "d1") -> list[Any]:
+    """``calls`` GETs of one route at once; results or the ApiErrors."""
+
+    async def run() -> list[Any]:
+        try:
+            return await asyncio.gather(
+                *(c.get(Endpoint.JOB_COUNTS, dataset_id=route) for _ in range(calls)),
+                return_exceptions=True,
+            )
+        finally:
+            c.close()
+
+    return asyncio.run(run())
+
+
+def failures(registry: CollectorRegistry, reason: str) -> float:
+    value = registry.get_sample_value(
+        "iceprod_exporter_api_request_failures_total",
+        {"endpoint": Endpoint.JOB_COUNTS, "reason": reason},
+    )
+    return value or 0.0
+
+
+def peak_memory(call: Callable[[], Any]) -> tuple[Any, float]:
+    """What ``call`` returned and the most Python memory it held at once, in MiB."""
+    tracemalloc.start()
+    try:
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1] / MIB
+    finally:
+        tracemalloc.stop()
+
+
+# --- time: every call ends by its deadline, its socket closed
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [Reply(200, {"x": "y" * 64}, drip=0.05), Reply(200, {"x": 1}, stall=True)],
+    ids=["drip", "silence-after-headers"],
+)
+def test_a_call_ends_at_its_timeout_whatever_the_server_does(
+    server: ScriptedServer, reply: Reply
+) -> None:
+    server.script[ROUTE] = [reply]
+    registry = CollectorRegistry()
+    threads = threading.active_count()
+    started = time.monotonic()
+    [error] = run_calls(api_client(server.url, registry, timeout=0.3))
+    assert isinstance(error, ApiError) and error.reason == Reason.TIMEOUT
+    assert time.monotonic() - started < 0.6, "the timeout is a deadline, not per read"
+    wait_for(lambda: server.hung_up == 1 and server.in_flight == 0, 2, "the socket closed")
+    assert threading.active_count() == threads, "no thread is left waiting on the server"
+    assert failures(registry, "timeout") == 1
+
+
+def test_eight_dripping_calls_leave_nothing_behind_and_the_next_call_flows(
+    server: ScriptedServer,
+) -> None:
+    server.script["/datasets/*"] = [Reply(200, {"x": "y" * 64}, drip=0.05)]
+    c = api_client(server.url, CollectorRegistry(), timeout=0.3, concurrency=8)
+    assert {e.reason for e in run_calls(c, 8)} == {Reason.TIMEOUT}
+    wait_for(lambda: server.in_flight == 0, 2, "every dripping socket closed")
+    server.script["/datasets/*"] = [Reply(200, {"processing": 1})]
+    assert run_calls(c, 8) == [{"processing": 1}] * 8, "healed: every slot is free again"
+
+
+# --- size: bodies are capped after decompression
+
+
+def endless_chunks() -> Iterator[bytes]:
+    return itertools.repeat(b"[" + b"0," * 32767, 100_000)  # 6 GiB: ends only if nobody reads
+
+
+def gzip_bomb(inflated_gib: int = 5) -> bytes:
+    """About 5 MiB of one gzip member that inflates to ``inflated_gib`` GiB of zeros.
+
+    After a full flush deflate starts afresh, so each further MiB of zeros compresses to the
+    same bytes: they are repeated rather than compressed 5,000 times.
+    """
+    zeros = bytes(MIB)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 31)
+    first = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    again = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    return first + again * (inflated_gib * 1024 - 1) + deflate.flush()
+
+
+@pytest.mark.parametrize(
+    ("reply", "limit"),
+    [
+        (Reply(200, raw=b"{}", length=2 * 1024 * MIB), 64 * MIB),
+        (Reply(200, chunks=endless_chunks), 64 * MIB),
+        (Reply(200, raw=gzip_bomb(), headers={"Content-Encoding": "gzip"}), 64 * MIB),
+    ],
+    ids=["2-GiB-announced", "endless-chunked", "gzip-5-MiB-to-5-GiB"],
+)
+def test_a_body_over_the_cap_fails_too_large_with_memory_bounded(
+    server: ScriptedServer, reply: Reply, limit: int
+) -> None:
+    server.script[ROUTE] = [reply]
+    registry = CollectorRegistry()
+    c = api_client(server.url, registry, timeout=10.0, max_response_size=limit)
+    with capture_logs() as events:
+        [error], peak = peak_memory(lambda: run_calls(c, 1))
+        run_calls(c, 2)
+    assert isinstance(error, ApiError) and error.reason == Reason.TOO_LARGE
+    assert peak < limit / MIB + 16, f"held {peak:.0f} MiB for a {limit / MIB:.0f} MiB cap"
+    assert failures(registry, "too_large") == 3
+    logged = [e["event"] for e in events if e["event"].startswith("api.")]
+    assert logged == ["api.response_too_large"], "logged once"
+    wait_for(lambda: server.in_flight == 0, 5, "the server to see the sockets closed")
+
+
+def test_a_small_gzip_body_is_read() -> None:
+    with ScriptedServer() as server:
+        body = zlib.compress(json.dumps({"idle": 4}).encode(), wbits=31)
+        server.script[ROUTE] = [Reply(200, raw=body, headers={"Content-Encoding": "gzip"})]
+        assert run_calls(api_client(server.url, CollectorRegistry())) == [{"idle": 4}]
+
+
+# --- origins: no secret or token goes anywhere else
+
+
+def test_api_redirect_to_another_origin_is_refused(
+    server: ScriptedServer, elsewhere: ScriptedServer
+) -> None:
+    server.script[ROUTE] = [Reply(302, {}, headers={"Location": elsewhere.url + ROUTE})]
+    registry = CollectorRegistry()
+    [error] = run_calls(api_client(server.url, registry))
+    assert isinstance(error, ApiError) and error.reason == Reason.REDIRECT
+    assert elsewhere.seen == [] and failures(registry, "redirect") == 1
+
+
+def test_api_redirect_on_the_same_origin_is_followed_a_few_times(server: ScriptedServer) -> None:
+    server.script[ROUTE] = [Reply(307, {}, headers={"Location": "/v2" + ROUTE})]
+    server.script["/v2" + ROUTE] = [Reply(200, {"queued": 1})]
+    assert run_calls(api_client(server.url, CollectorRegistry())) == [{"queued": 1}]
+    assert [s.authorization for s in server.seen] == ["Bearer tok"] * 2
+    server.script["/v2" + ROUTE] = [Reply(308, {}, headers={"Location": ROUTE})]
+    [error] = run_calls(api_client(server.url, CollectorRegistry()))
+    assert isinstance(error, ApiError) and error.reason == Reason.REDIRECT, "a loop ends"
+
+
+REALM = "/realms/x"
+DISCOVERY = REALM + "/.well-known/openid-configuration"
+
+
+def discovery(issuer: str, token_endpoint: str) -> Reply:
+    return Reply(200, {"issuer": issuer, "token_endpoint": token_endpoint})
+
+
+def grant_against(realm: ScriptedServer) -> TokenError:
+    provider = OpenIDProvider(realm.url + REALM, timeout=2.0)
+    grant = ClientCredentialsGrant(provider, "exporter", lambda: SECRET)
+    tokens = TokenManager(grant, Telemetry(CollectorRegistry()), min_interval=0)
+    with pytest.raises(TokenError) as err:
+        asyncio.run(tokens.ensure_fresh())
+    assert SECRET not in str(err.value)
+    return err.value
+
+
+@pytest.mark.parametrize(
+    ("hostile", "reason"),
+    [
+        ("discovery redirected", Reason.REDIRECT),
+        ("issuer is another origin", Reason.BAD_RESPONSE),
+        ("token endpoint on another origin", Reason.REDIRECT),
+        ("token endpoint redirects", Reason.REDIRECT),
+    ],
+)
+def test_the_secret_never_leaves_the_issuers_origin(
+    server: ScriptedServer, elsewhere: ScriptedServer, hostile: str, reason: Reason
+) -> None:
+    own, other = server.url + REALM, elsewhere.url + REALM
+    token = Reply(200, {"access_token": "t", "expires_in": 60})
+    elsewhere.script[DISCOVERY] = [discovery(other, other + "/token")]
+    elsewhere.script[REALM + "/token"] = [token]
+    server.script[DISCOVERY] = [discovery(own, own + "/token")]
+    server.script[REALM + "/token"] = [token]
+    if hostile == "discovery redirected":
+        server.script[DISCOVERY] = [Reply(302, {}, headers={"Location": elsewhere.url + DISCOVERY})]
+    elif hostile == "issuer is another origin":
+        server.script[DISCOVERY] = [discovery(other, own + "/token")]
+    elif hostile == "token endpoint on another origin":
+        server.script[DISCOVERY] = [discovery(own, other + "/token")]
+    else:
+        server.script[REALM + "/token"] = [Reply(307, {}, headers={"Location": other + "/token"})]
+    assert grant_against(server).reason == reason
+    assert elsewhere.seen == [], "nothing, secret or not, reached the other origin"
+    posts = [s for s in server.seen if s.method == "POST"]
+    assert len(posts) == (1 if hostile == "token endpoint redirects" else 0)
+
+
+# --- tokens that are expired on arrival
+
+
+@pytest.mark.parametrize(
+    ("ttl", "offset"), [(0, 0.0), (300, -3600.0)], ids=["expires_in-0", "exp-past"]
+)
+def test_a_token_expired_on_arrival_fails_expired_with_a_clock_hint(
+    ttl: float, offset: float
+) -> None:
+    with OIDCIssuer(token_ttl=ttl) as issuer:
+        issuer.register_client("exporter", SECRET, SYSTEM_ROLE_CLAIMS)
+        issuer.clock_offset = offset
+        registry = CollectorRegistry()
+        grant = ClientCredentialsGrant(OpenIDProvider(issuer.url, 2), "exporter", lambda: SECRET)
+        tokens = TokenManager(grant, Telemetry(registry))
+        with capture_logs() as events, pytest.raises(TokenError) as err:
+            asyncio.run(tokens.ensure_fresh())
+    assert err.value.reason == Reason.EXPIRED
+    [event] = events
+    assert event["reason"] == "expired" and "clock" in event["hint"]
+    labels = {"reason": "expired"}
+    assert registry.get_sample_value("iceprod_exporter_token_refresh_failures_total", labels) == 1
+
+
+@pytest.mark.integration  # 3 s of API calls
+@pytest.mark.parametrize(("ttl", "offset"), [(300, -3600.0), (1, 0.0)], ids=["expired", "1s-life"])
+def test_the_issuer_gets_at_most_one_request_a_second(ttl: float, offset: float) -> None:
+    """Under tokens expired on arrival, or living 1 s, API calls do not become grants."""
+    with OIDCIssuer(token_ttl=ttl) as issuer, ScriptedServer() as server:
+        issuer.register_client("exporter", SECRET, SYSTEM_ROLE_CLAIMS)
+        issuer.clock_offset = offset
+        server.script[ROUTE] = [Reply(200, {})]
+        telemetry = Telemetry(CollectorRegistry())
+        grant = ClientCredentialsGrant(OpenIDProvider(issuer.url, 2), "exporter", lambda: SECRET)
+        c = ApiClient(
+            server.url,
+            TokenManager(grant, telemetry),
+            telemetry,
+            timeout=2,
+            retries=0,
+            backoff_max=1,
+            concurrency=4,
+            rate_limit=0,
+        )
+
+        async def hammer() -> None:
+            ends = asyncio.get_running_loop().time() + 3.0
+            while asyncio.get_running_loop().time() < ends:
+                with_errors = [c.get(Endpoint.JOB_COUNTS, dataset_id="d1") for _ in range(4)]
+                await asyncio.gather(*with_errors, return_exceptions=True)
+                await asyncio.sleep(0.01)
+            c.close()
+
+        asyncio.run(hammer())
+        grants = issuer.token_requests["client_credentials"]
+    assert 2 <= grants <= 4, f"{grants} grants in 3 s"
+
+
+# --- logs: no library floods them
+
+
+def jsonclass_flood(objects: int = 1200) -> dict[str, Any]:
+    """What IceProd may hold in a field the exporter ignores: rest-tools warns once per object."""
+    flood = [{"__jsonclass__": ["no_such_class", f"value {i}"]} for i in range(objects)]
+    return {"processing": 3, "ignored": flood}
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """The CLI's log set-up writing to a buffer; the test process's set-up is restored after."""
+    root = logging.getLogger()
+    handlers, level, showwarning = root.handlers[:], root.level, warnings.showwarning
+    stream = io.StringIO()
+    logs.configure("info", logs.LogFormat.JSON, stream)
+    try:
+        yield stream
+    finally:
+        root.handlers[:], warnings.showwarning = handlers, showwarning
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+
+def test_a_jsonclass_flood_writes_no_line_and_a_library_at_most_one(
+    server: ScriptedServer, log_stream: io.StringIO
+) -> None:
+    from rest_tools.utils.json_util import json_decode
+
+    server.script[ROUTE] = [Reply(200, jsonclass_flood())]
+    for _ in range(3):  # three polls' worth
+        [body] = run_calls(api_client(server.url, CollectorRegistry()))
+        assert body["processing"] == 3
+    assert log_stream.getvalue() == "", "decoded with the standard decoder: nothing to say"
+    raw = json.dumps(jsonclass_flood())
+    for _ in range(3):  # rest-tools' own decoder: 1,200 warnings with tracebacks each time
+        json_decode(raw)
+        warnings.warn("a library warning in a loop", stacklevel=1)
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    assert [line["logger"] for line in lines] == ["rest_tools.utils.json_util", "py.warnings"]
+    assert all(line["event"] == "library.log" for line in lines)
+
+
+def test_library_lines_are_rate_limited_per_call_site_and_count_what_they_held_back() -> None:
+    now = [0.0]
+    limiter = logs.RateLimiter(window=60.0, clock=lambda: now[0])
+    assert [limiter.admit("a") for _ in range(1200)] == [0] + [None] * 1199
+    assert limiter.admit("b") == 0, "another call site has its own budget"
+    now[0] = 60.0
+    assert limiter.admit("a") == 1199, "the next line says how many were held back"
+
+
+# --- the daemon as a process: drips, recovery, SIGTERM
+
+DRIP_SECONDS = float(os.environ.get("HOSTILE_DRIP_SECONDS", "4"))
+POLL = 2.0
+
+
+def process_usage(pid: int) -> tuple[int, int, float]:
+    """Threads, open sockets and resident MiB of a process (/proc)."""
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    sockets = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed while listed
+            sockets += os.readlink(fd).startswith("socket:")
+    return int(status["Threads"]), sockets, int(status["VmRSS"].split()[0]) / 1024
+
+
+class Daemon:
+    """``iceprod-exporter run`` against a scripted IceProd in front of the simulator."""
+
+    def __init__(self, api: ScriptedServer, issuer: OIDCIssuer, log: Path) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}/"
+        env = {
+            "PATH": os.environ["PATH"],
+            "API_URL": api.url,
+            "OAUTH_URL": issuer.url,
+            "OAUTH_CLIENT_ID": "exporter",
+            "OAUTH_CLIENT_SECRET": SECRET,
+            "PROMETHEUS_PORT": self.url.rsplit(":", 1)[1].strip("/"),
+            "ICEPROD_EXPORTER_LISTEN_ADDRESS": "127.0.0.1",
+            "ICEPROD_EXPORTER_POLL_INTERVAL": str(POLL),
+            "ICEPROD_EXPORTER_TIMEOUT": "1",
+            "ICEPROD_EXPORTER_POLL_TIMEOUT": "3",
+            "ICEPROD_EXPORTER_TOKEN_TIMEOUT": "1",
+            "ICEPROD_EXPORTER_RETRIES": "0",
+            "ICEPROD_EXPORTER_PROCESS_METRICS": "false",
+        }
+        self.log = log
+        self.process = start_exporter(env, self.url, log)
+
+    def value(self, name: str) -> float | None:
+        status, body = http_get(self.url + "metrics")
+        return samples(body.decode()).get((name, ())) if status == 200 else None
+
+    def up_since(self, moment: float) -> bool:
+        success = self.value("iceprod_exporter_last_successful_poll_timestamp_seconds")
+        return self.value("iceprod_up") == 1 and (success or 0) > moment
+
+    def terminate_within(self, seconds: float) -> float:
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(
+                f"SIGTERM did not stop the exporter within {seconds:.0f}s"
+            ) from None
+        return time.monotonic() - started
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[ScriptedServer, OIDCIssuer]]:
+    with OIDCIssuer(token_ttl=300) as issuer:
+        issuer.register_client("exporter", SECRET, SYSTEM_ROLE_CLAIMS)
+        store = build_store(datasets=6, seed=3)
+        with (
+            SimulatedIceProd(store, issuer=issuer, simulation=Simulation(store, 3)) as iceprod,
+            ScriptedServer() as api,
+        ):
+            api.upstream = iceprod.url
+            yield api, issuer
+
+
+def watch(daemon: Daemon, seconds: float) -> list[tuple[int, int, float]]:
+    samples_ = []
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        samples_.append(process_usage(daemon.process.pid))
+        time.sleep(0.5)
+    return samples_
+
+
+@pytest.mark.integration  # seconds of a real daemon (HOSTILE_DRIP_SECONDS of drip)
+def test_daemon_through_a_drip_stays_bounded_recovers_and_stops_on_sigterm(
+    upstreams: tuple[ScriptedServer, OIDCIssuer], tmp_path: Path
+) -> None:
+    api, _ = upstreams
+    daemon = Daemon(api, upstreams[1], tmp_path / "exporter.log")
+    try:
+        threads, sockets, rss = process_usage(daemon.process.pid)
+        api.script["/datasets/*"] = [Reply(200, {"x": "y" * 4096}, drip=0.5)]
+        usage = watch(daemon, DRIP_SECONDS)
+        assert daemon.value("iceprod_up") == 0
+        assert max(u[0] for u in usage) <= threads + 2, f"threads {usage}"
+        assert max(u[1] for u in usage) <= sockets + 8 + 2, f"sockets {usage}"
+        assert max(u[2] for u in usage) <= rss + 50, f"resident MiB {usage}"
+        healed = time.time()
+        seen = len(api.seen)
+        del api.script["/datasets/*"]
+        wait_for(
+            lambda: any(s.path.startswith("/datasets/") for s in api.seen[seen:]),
+            2 * POLL,
+            "a request to IceProd within 2 poll intervals of it healing",
+        )
+        wait_for(lambda: daemon.up_since(healed), 2 * POLL + 3, "iceprod_up 1 again")
+        api.script["/datasets/*"] = [Reply(200, {}, stall=True)]
+        wait_for(lambda: api.in_flight > 0, 2 * POLL, "a poll hanging on IceProd")
+        assert daemon.terminate_within(10) < 10
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait(10)
+
+
+@pytest.mark.integration  # seconds of a real daemon
+def test_daemon_through_a_dripping_token_endpoint_recovers_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    with OIDCIssuer(token_ttl=4) as issuer:
+        issuer.register_client("exporter", SECRET, SYSTEM_ROLE_CLAIMS)
+        store = build_store(datasets=3, seed=5)
+        with (
+            SimulatedIceProd(store, issuer=issuer, simulation=Simulation(store, 5)) as iceprod,
+            ScriptedServer() as api,
+        ):
+            api.upstream = iceprod.url
+            daemon = Daemon(api, issuer, tmp_path / "exporter.log")
+            try:
+                issuer.drip = 0.5  # every refresh from now on drips past token_timeout
+                wait_for(lambda: daemon.value("iceprod_up") == 0, 10, "the token to run out")
+                asked = sum(issuer.token_requests.values())
+                healed = time.time()
+                issuer.drip = 0.0
+                wait_for(
+                    lambda: sum(issuer.token_requests.values()) > asked,
+                    2 * POLL,
+                    "a token request within 2 poll intervals of the issuer healing",
+                )
+                wait_for(lambda: daemon.up_since(healed), 3 * POLL, "iceprod_up 1 again")
+                issuer.drip = 0.5
+                issuer.token_ttl = 2
+                wait_for(
+                    lambda: sum(issuer.token_requests.values()) > asked + 2,
+                    10,
+                    "a refresh dripping",
+                )
+                assert daemon.terminate_within(10) < 10
+            finally:
+                if daemon.process.poll() is None:
+                    daemon.process.kill()
+                    daemon.process.wait(10)
