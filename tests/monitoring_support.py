@@ -15,6 +15,8 @@
 * The dashboards' Grafana variables are substituted by :func:`substitute` before parsing.
 * :class:`ScriptedExporter` serves the exporter's own exposition of a snapshot a test sets, for
   alert scenarios whose order of events the simulated IceProd cannot stage.
+* :class:`OtherExporters` serves what IceProd's grid daemon and condor_history expose (their
+  real metric names and labels), for the rules and panels that read or join them.
 """
 
 from __future__ import annotations
@@ -36,7 +38,15 @@ from typing import Any
 
 import promql_parser
 import yaml
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 
 from iceprod_exporter.collector import CONTENT_TYPES, Format, SnapshotCollector, encode
 from iceprod_exporter.metrics import SPECS, Group, Kind
@@ -329,6 +339,110 @@ class ScriptedExporter:
             last_success=self._last_success,
             datasets=frozen_map({d.dataset_id: d for d in datasets}),
         )
+
+    def stop(self) -> None:
+        """Stop serving and close the port."""
+        self._serving.close(5)
+
+
+class OtherExporters:
+    """IceProd's grid daemon and condor_history_to_prometheus.py, as their code defines metrics.
+
+    ``/grid`` serves what a grid daemon (iceprod.server, condor plugin, 3.2.43) exposes:
+    ``iceprod_info{type="grid"}`` and ``iceprod_grid_*`` with its GlobalLabels site, type and
+    gpu; ``/condor-history`` what condor_job_metrics.py (WIPACrepo/monitoring-scripts) exposes.
+    Every scrape counts a little more work of one dataset and task name, so rates over them
+    have values. ``grid_down`` answers ``/grid`` with 503, as a dead daemon fails its scrape.
+    """
+
+    def __init__(self, dataset: str, task_name: str, site: str = "NPX") -> None:
+        self.grid_down = False
+        grid, condor = CollectorRegistry(), CollectorRegistry()
+        Info("iceprod", "IceProd information", registry=grid).info(
+            {
+                "name": site,
+                "type": "grid",
+                "queue_type": "condor",
+                "version": "3.2.43",
+                "exclusive": "False",
+            }
+        )
+        common = {"site": site, "type": "condor", "gpu": "0"}
+        on_queue = Gauge("iceprod_grid_tasks", "tasks on the queue", list(common), registry=grid)
+        on_queue.labels(**common).set(12)
+        queue = Gauge("iceprod_grid_queue_num", "queue", [*common, "status"], registry=grid)
+        queue.labels(**common, status="idle").set(3)
+        queue.labels(**common, status="processing").set(9)
+        submitted = Counter(
+            "iceprod_grid_submit_datasets",
+            "submits",
+            [*common, "dataset", "task", "success"],
+            registry=grid,
+        )
+        outcomes = [
+            Histogram(f"iceprod_grid_task_{o}", o, list(common), registry=grid).labels(**common)
+            for o in ("reset", "failure", "success")
+        ]
+        labels = {
+            "owner": "ice3simusr",
+            "site": site,
+            "schedd": "submit-1.icecube.wisc.edu",
+            "GPUDeviceName": "None",
+            "kind": "CPU",
+            "IceProdDataset": dataset,
+            "IceProdTaskName": task_name,
+            "MATCH_EXP_JOBGLIDEIN_ResourceName": site,
+        }
+        names = [*labels, "usage"]
+        walltime = Counter("condor_job_walltime_hours", "hours", names, registry=condor)
+        jobs = Counter("condor_job_count", "jobs", names, registry=condor)
+        memory = [
+            Histogram(f"condor_job_mem_{kind}", kind, names, registry=condor)
+            for kind in ("used", "req")
+        ]
+
+        def grid_scraped() -> None:
+            submitted.labels(**common, dataset=dataset, task=task_name, success="success").inc(2)
+            for index, outcome in enumerate(outcomes):
+                outcome.observe(0.1 * (index + 1))
+
+        def condor_scraped() -> None:
+            for usage, hours in (("goodput", 1.5), ("badput", 0.5)):
+                walltime.labels(**labels, usage=usage).inc(hours)
+                jobs.labels(**labels, usage=usage).inc()
+            memory[0].labels(**labels, usage="goodput").observe(2.0)
+            memory[1].labels(**labels, usage="goodput").observe(4.0)
+
+        pages = {"/grid": (grid, grid_scraped), "/condor-history": (condor, condor_scraped)}
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                page = pages.get(self.path)
+                if page is None or (self.path == "/grid" and owner.grid_down):
+                    self.send_response(503 if page else 404)
+                    self.end_headers()
+                    return
+                registry, scraped = page
+                scraped()
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._serving = ServerThread(self._httpd)
+
+    @property
+    def target(self) -> str:
+        """host:port for a scrape config (metrics paths /grid and /condor-history)."""
+        return f"127.0.0.1:{self._httpd.server_address[1]}"
 
     def stop(self) -> None:
         """Stop serving and close the port."""

@@ -18,12 +18,14 @@ query below runs on that: totals must not double, alerts about IceProd's state m
 Scenarios: IceProd goes down (IceProdAPIDown fires, reaches the on-call receiver, resolves when
 it is back); IceProd answers 403 to everything (IceProdAPITokenRejected, likewise); a dataset
 goes into errors (IceProdDatasetErrors fires for that dataset with its owners' labels, reaches
-the receiver of its IceProd group, resolves when the dataset is processing again); the simulated
-grid that stopped reporting an hour ago (IceProdGridSilent names grid and host, once, and
-resolves when it reports again); the token may not read one dataset
+the receiver of its IceProd group, resolves when the dataset is processing again); the grid
+daemon's scrapes fail (IceProdGridDown names its site from its last iceprod_info, reaches the
+operators, and resolves when it answers again); the token may not read one dataset
 (IceProdExporterPermissionDenied names the route while iceprod_up stays 1). Then every PromQL
 query of every dashboard panel and variable, with Grafana's variables filled in as Grafana would,
-must return data from this Prometheus.
+must return data from this Prometheus. A grid daemon and condor_history_to_prometheus.py
+(monitoring_support.OtherExporters: their real metric names and labels, about the watched
+dataset) are scraped as the jobs the mixin expects, so the joins and grid panels have data.
 
 Owners: a second, small stack (another real Prometheus and Alertmanager, the same shipped rules
 and routing) scrapes the exporter's own collector over a scripted snapshot
@@ -52,6 +54,7 @@ from typing import Any
 import pytest
 import yaml
 
+from grafana.mixin.config import DEFAULT
 from iceprod_exporter.simulator import OIDCIssuer, SimulatedIceProd, Simulation, build_store
 from iceprod_exporter.simulator.faults import DatasetFault
 from iceprod_exporter.simulator.store import Store
@@ -61,6 +64,7 @@ from .monitoring_support import (
     EXPORTER_JOB,
     PROMETHEUS_DIR,
     RULE_FILES,
+    OtherExporters,
     ScriptedExporter,
     Server,
     assert_loopback_only,
@@ -198,6 +202,8 @@ class Stack:
     watched_dataset: str
     #: dataset number whose routes answer 403 when a test says so
     forbidden_dataset: str
+    #: a grid daemon and condor_history, reporting on the watched dataset
+    others: OtherExporters
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query against the test's Prometheus."""
@@ -290,7 +296,9 @@ def _alertmanager_config(path: Path, webhook: Webhook) -> None:
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
 
 
-def _prometheus_config(path: Path, rules: list[Path], exporter: str, alertmanager: str) -> None:
+def _prometheus_config(
+    path: Path, rules: list[Path], exporter: str, alertmanager: str, others: str
+) -> None:
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(p) for p in rules],
@@ -303,6 +311,13 @@ def _prometheus_config(path: Path, rules: list[Path], exporter: str, alertmanage
                     {"targets": [exporter], "labels": {"pod": pod}} for pod in REPLICAS
                 ],
             },
+            *(
+                {"job_name": job, "metrics_path": path, "static_configs": [{"targets": [others]}]}
+                for job, path in (
+                    (DEFAULT.grid_job, "/grid"),
+                    (DEFAULT.condor_history_job, "/condor-history"),
+                )
+            ),
         ],
     }
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
@@ -368,6 +383,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         api.start()
         cleanup.callback(api.stop)
         webhook = cleanup.enter_context(webhook_server())
+        others = OtherExporters(watched_dataset, "generate")
+        cleanup.callback(others.stop)
 
         def stop_servers() -> None:
             for server in reversed(servers):
@@ -388,6 +405,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             _fast_rules(workdir),
             target,
             alertmanager.url.removeprefix("http://"),
+            others.target,
         )
         prometheus = start_prometheus(prom_config, workdir, ("--rules.alert.resend-delay=1s",))
         servers.append(prometheus)
@@ -403,6 +421,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             errors_dataset,
             watched_dataset,
             forbidden_dataset,
+            others,
         )
         _warm_up(stack)
         yield stack
@@ -569,31 +588,22 @@ def test_replicas_are_counted_once(stack: Stack) -> None:
     assert float(remaining["value"][1]) <= 4000, "tasks_submitted (4000) counted twice"
 
 
-def test_silent_grid_alert_names_grid_and_host_once_and_resolves(stack: Stack) -> None:
-    # build_store's last grid last reported an hour before the stack started
-    with stack.store.lock:
-        grid = min(stack.store.grids.values(), key=lambda g: g["last_update"])
-        grid_id, host = grid["grid_id"], grid["host"]
-    labels = {"grid": grid_id}
-    # it went silent before the test started: its first notification may be from the warm-up
-    note, alert = _wait_alert(stack, "IceProdGridSilent", labels, "firing", 0.0)
-    assert note.receiver == "iceprod-operators"
-    assert set(alert["labels"]) == {"alertname", "grid", "host", "severity"}
-    assert alert["labels"]["host"] == host
-    assert alert["labels"]["severity"] == "warning"
-    assert (
-        f"Grid {grid_id} on {host} last updated IceProd 1h" in alert["annotations"]["description"]
-    )
-    assert alert["annotations"]["dashboard_url"].endswith("/d/iceprod-overview/iceprod-overview")
-    # two replicas export the grid, one alert fires
-    firing = [
-        a for a in _prometheus_alerts(stack, "IceProdGridSilent") if a["labels"]["grid"] == grid_id
-    ]
-    assert len(firing) == 1, firing
+def test_grid_down_alert_names_the_site_reaches_the_operators_and_resolves(stack: Stack) -> None:
+    labels = {"job": DEFAULT.grid_job, "instance": stack.others.target}
     since = time.time()
-    with stack.store.lock:
-        grid["last_update"] = stack.store.clock()  # the grid daemon reports again (PATCH)
-    _wait_alert(stack, "IceProdGridSilent", labels, "resolved", since)
+    stack.others.grid_down = True  # the daemon's scrapes fail, as when it is dead
+    try:
+        note, alert = _wait_alert(stack, "IceProdGridDown", labels, "firing", since)
+    finally:
+        stack.others.grid_down = False
+    assert note.receiver == "iceprod-operators"
+    assert set(alert["labels"]) == {"alertname", "job", "instance", "severity"}
+    # the site and queue type come from the daemon's last iceprod_info{type="grid"}
+    assert (
+        f"grid daemon at {stack.others.target} (site NPX, condor) for"
+        in (alert["annotations"]["description"])
+    )
+    _wait_alert(stack, "IceProdGridDown", labels, "resolved", note.received)
 
 
 def test_permission_denied_alert_names_the_route_without_an_outage(stack: Stack) -> None:

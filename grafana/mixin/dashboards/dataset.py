@@ -139,7 +139,7 @@ def build(cfg: Config) -> models.Dashboard:
             "Complete tasks over planned tasks: tasks_submitted, or the materialized tasks of a "
             "truncated dataset. Empty for an always-active dataset.",
             query(
-                f"sum({one('iceprod_dataset_tasks', D, COMPLETE)})\n"
+                f"sum by (dataset) ({one('iceprod_dataset_tasks', D, COMPLETE)})\n"
                 f"/ (dataset:dataset_tasks_planned:sum{{{D}}} > 0)",
                 "tasks",
             ),
