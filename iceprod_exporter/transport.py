@@ -20,6 +20,8 @@ A small client on asyncio streams, because the bounds are the point:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import ssl
 import urllib.parse
 import zlib
@@ -258,7 +260,7 @@ class Transport:
         tls = None
         if scheme == "https":
             if self._tls is None:
-                self._tls = ssl.create_default_context()  # honours SSL_CERT_FILE / _DIR
+                self._tls = tls_context()
             tls = self._tls
         reader, writer = await asyncio.open_connection(
             host, port, ssl=tls, server_hostname=host if tls else None, limit=MAX_HEAD
@@ -310,6 +312,22 @@ class Transport:
             await self._sized(reader, body, size)
             if await reader.readexactly(2) != b"\r\n":
                 raise ValueError("chunk not followed by CRLF")
+
+
+def tls_context() -> ssl.SSLContext:
+    """Verifying TLS: the CAs of ``REQUESTS_CA_BUNDLE`` or the system's, else certifi's.
+
+    ``REQUESTS_CA_BUNDLE`` keeps working as it did with requests; without it the system's store
+    (where ``SSL_CERT_FILE``/``SSL_CERT_DIR`` apply), or Mozilla's on an image that has none.
+    """
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE")
+    context = ssl.create_default_context(cafile=bundle or None)
+    if not bundle and not context.cert_store_stats()["x509_ca"]:
+        with contextlib.suppress(ImportError):
+            import certifi  # requests' dependency
+
+            context.load_verify_locations(certifi.where())
+    return context
 
 
 def _request(url: str, method: str, headers: Mapping[str, str], body: bytes | None) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import select
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -28,6 +29,7 @@ class Reply:
     stall: bool = False  # the headers, then nothing until the client goes
     chunks: Callable[[], Iterator[bytes]] | None = None  # a chunked body, maybe endless
     length: int | None = None  # the Content-Length announced, if not the body's
+    hang_up: bool = False  # close the connection after the answer, without saying so
 
 
 #: longest a stalled answer waits for its client to go (every handler ends by itself)
@@ -54,12 +56,13 @@ class ScriptedServer(Service):
     is then a real one with a few routes turned).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.script: dict[str, list[Reply]] = {}
         self.seen: list[Seen] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self.hung_up = 0  # answers the client abandoned
+        self.connections = 0  # TCP connections accepted
         self.upstream: str | None = None
         self._lock = threading.Lock()
         self.on_request: Callable[[str], None] = lambda path: None
@@ -67,6 +70,11 @@ class ScriptedServer(Service):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with outer._lock:
+                    outer.connections += 1
 
             def do_GET(self) -> None:
                 outer._handle(self)
@@ -78,12 +86,16 @@ class ScriptedServer(Service):
                 pass
 
         self.httpd = _Server(("127.0.0.1", 0), Handler)
+        self.scheme = "http"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self.httpd.daemon_threads = True
         self._serving: ServerThread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self.httpd.server_address[1]}"
 
     def start(self) -> None:
         """Serve from a daemon thread (the port is bound from the start)."""
@@ -114,6 +126,7 @@ class ScriptedServer(Service):
                 reply = _relayed(request, self.upstream)
             time.sleep(reply.delay)
             _answer(request, reply)
+            request.close_connection = request.close_connection or reply.hang_up
         except (BrokenPipeError, ConnectionResetError):
             with self._lock:
                 self.hung_up += 1
