@@ -13,6 +13,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import tempfile
 import time
 import urllib.parse
@@ -40,6 +41,8 @@ TOKEN_BACKOFF_MAX = 60.0
 GRANT_MIN_INTERVAL = 1.0
 #: discovery documents and token answers are a few KiB; anything past this is not one
 AUTH_MAX_BODY = 1024 * 1024
+#: what a bearer token may hold (RFC 6750 b64token): nothing that could end a header line
+BEARER = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class TokenError(Exception):
@@ -156,6 +159,8 @@ class OpenIDProvider:
             )
         if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
             raise TokenError(Reason.BAD_RESPONSE, "token request: no access_token in the answer")
+        if not BEARER.fullmatch(body["access_token"]):
+            raise TokenError(Reason.BAD_RESPONSE, "token request: access_token not a b64token")
         return body
 
     async def _call(self, what: str, url: str, **kwargs: Any) -> Response:
@@ -254,8 +259,8 @@ class StaticTokenGrant:
     async def fetch(self) -> tuple[str, float | None]:
         """Return the configured token."""
         token = _configured(self._value, self._path, "token_file")
-        if not token:
-            raise TokenError(Reason.CONFIG, "token: empty")
+        if not token or not BEARER.fullmatch(token):
+            raise TokenError(Reason.CONFIG, "token: empty or not a bearer token (RFC 6750)")
         return token, None
 
 

@@ -279,6 +279,13 @@ def test_the_secret_never_leaves_the_issuers_origin(
     assert len(posts) == (1 if hostile == "token endpoint redirects" else 0)
 
 
+def test_a_token_that_could_end_a_header_line_is_refused(server: ScriptedServer) -> None:
+    own = server.url + REALM
+    server.script[DISCOVERY] = [discovery(own, own + "/token")]
+    server.script[REALM + "/token"] = [Reply(200, {"access_token": "t\r\nX-Evil: 1"})]
+    assert grant_against(server).reason == Reason.BAD_RESPONSE
+
+
 # --- tokens that are expired on arrival
 
 
