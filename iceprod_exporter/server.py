@@ -5,8 +5,10 @@ Tornado runs on its own IOLoop in a dedicated thread. Every handler reads in-mem
 :class:`MetricsSource` (the exporter's self-metrics and the snapshot, prepared once per poll).
 The daemon runs this server in a process of its own (:mod:`~iceprod_exporter.serving`), so
 scrapes never compete with polling for the interpreter.
-Misbehaving clients are bounded: a connection cap, header/idle/body timeouts, a header size limit,
-tiny bodies only; none of them gets a traceback into the log.
+Misbehaving clients are bounded: each request's head is read here (:class:`_Connection`) under a
+deadline and size limits and answered 400/408/414/431/505 when it breaks them; at the connection
+cap the connection that has waited longest for a request is closed to make room; bcrypt checks
+wait in a short newest-first queue (:class:`_Checks`). None of them gets a traceback into the log.
 """
 
 from __future__ import annotations
@@ -16,21 +18,27 @@ import base64
 import binascii
 import contextlib
 import errno
+import functools
 import logging
+import re
 import resource
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from http import HTTPStatus
+from typing import Any, Protocol, TypeVar, cast
 
 import structlog
 from prometheus_client import CollectorRegistry
+from tornado import gen, httputil
+from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop, PeriodicCallback
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 from tornado.netutil import bind_sockets
 from tornado.web import Application, HTTPError, RequestHandler
 
@@ -40,19 +48,33 @@ from .telemetry import HttpTelemetry
 from .web_config import RELOAD_SECONDS, Authenticator, LiveWebConfig
 
 log = structlog.get_logger(__name__)
+_T = TypeVar("_T")
 
-#: connections served at once; more are closed at once (the file-descriptor limit is raised to fit)
+#: connections open at once (the file-descriptor limit is raised to fit); a new one past it
+#: closes the connection that has waited longest for a request
 MAX_CONNECTIONS = 1000
 #: listen backlog: a burst of Prometheus replicas and dashboards reconnecting at once
 BACKLOG = 1024
-#: Tornado uses one timeout for "headers of the next request", which is both the keep-alive idle
-#: time and the slow-header (slowloris) limit; above the common 60 s scrape interval so
-#: Prometheus keeps its connection
+#: a kept-alive connection may wait this long for its next request: above the common 60 s scrape
+#: interval, so Prometheus keeps its connection
 IDLE_TIMEOUT = 65.0
+#: a request's head (TLS handshake and request line included on a new connection) must be in
+#: this long after the connection opened or the request's first byte came; Prometheus sends its
+#: few hundred bytes at once
+HEADER_TIMEOUT = 5.0
 #: GET and HEAD carry no body: a few KiB, read within a few seconds
 BODY_TIMEOUT = 10.0
 MAX_BODY_SIZE = 4096
+#: request line (414 past it), then the header fields (431 past them)
+MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_SIZE = 16 * 1024
+#: after a refusal, what the client still sends is read (up to this much, for up to this long)
+#: before closing, so that the close does not reset the connection before the answer is read
+LINGER_BYTES = 256 * 1024
+LINGER_SECONDS = 1.0
+#: bcrypt checks waiting for the one worker, past which a new one is answered 503: at cost 10
+#: (50-100 ms a check) the last waits 3-6 s, within Prometheus' default 10 s scrape timeout
+BCRYPT_QUEUE = 64
 #: how long ``stop`` waits for in-flight requests
 SHUTDOWN_GRACE = 5.0
 #: file descriptors kept free for the poller's sockets, logs and config files
@@ -169,7 +191,7 @@ class _Context:
     auth: Authenticator
     telemetry: HttpTelemetry
     render_pool: ThreadPoolExecutor
-    bcrypt_pool: ThreadPoolExecutor
+    checks: _Checks
     in_flight: int = 0
 
     def chunks(self, fmt: Format, gzipped: bool) -> Sequence[bytes]:
@@ -179,6 +201,75 @@ class _Context:
     def body(self, fmt: Format) -> bytes:
         """/metrics bytes without compression, joined."""
         return b"".join(self.chunks(fmt, False))
+
+
+_Login = tuple[Mapping[str, bytes], str, str]  # users, user, password
+_Waiting = tuple["asyncio.Future[bool | None]", Callable[[], bool], _Login]  # result, gone, login
+
+
+class _Checks:
+    """bcrypt checks for the IOLoop: one at a time in one worker thread, first come first served.
+
+    A remembered result answers at once (:meth:`Authenticator.known`). A check waits only while
+    its client is connected: one whose client has gone is dropped unchecked, so a storm stops
+    costing CPU once its clients go. At most ``limit`` wait, which bounds a login's wait to
+    ``limit`` checks; past it a new one is answered 503 at once. First come first served because
+    clients cannot be told apart: newest first would starve a login as soon as wrong passwords
+    arrive faster than they are checked.
+    """
+
+    def __init__(self, auth: Authenticator, limit: int) -> None:
+        self._auth = auth
+        self._limit = limit
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="http-bcrypt")
+        self._waiting: deque[_Waiting] = deque()
+        self._running = False
+
+    async def check(self, login: _Login, gone: Callable[[], bool]) -> bool | None:
+        """Whether the credentials are good; ``None`` when not checked (queue full, or gone)."""
+        known = self._auth.known(*login)
+        if known is not None:
+            return known
+        if len(self._waiting) >= self._limit:
+            self._waiting = deque(w for w in self._waiting if not _dropped(w))
+            if len(self._waiting) >= self._limit:
+                return None
+        future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((future, gone, login))
+        self._next()
+        return await future
+
+    def _next(self) -> None:
+        while self._waiting and not self._running:
+            waiting = self._waiting.popleft()
+            if _dropped(waiting):
+                continue
+            future, _, login = waiting
+            self._running = True
+            job = asyncio.get_running_loop().run_in_executor(self._pool, self._auth.check, *login)
+            job.add_done_callback(functools.partial(self._done, future))
+
+    def _done(self, future: asyncio.Future[bool | None], job: asyncio.Future[bool]) -> None:
+        self._running = False
+        if not future.done():
+            error = job.exception()
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(job.result())
+        self._next()
+
+    def shutdown(self) -> None:
+        """Stop the worker (a check running finishes on its own)."""
+        self._pool.shutdown(wait=False)
+
+
+def _dropped(waiting: _Waiting) -> bool:
+    """Whether a waiting check is to be skipped: its request ended, or its client has gone."""
+    future, gone, _ = waiting
+    if not future.done() and gone():
+        future.set_result(None)
+    return future.done()
 
 
 def _basic_credentials(header: str | None) -> tuple[str, str] | None:
@@ -226,16 +317,14 @@ class _Handler(RequestHandler):
         if self.public or not config.users:
             return
         credentials = _basic_credentials(self.request.headers.get("Authorization"))
-        ok = False
+        ok: bool | None = False
         if credentials is not None:
-            user, password = credentials
-            ok = self.context.auth.cached(config.users, user, password) or (
-                # bcrypt off the IOLoop and one at a time: a flood of wrong passwords costs
-                # one core and never delays a scrape
-                await IOLoop.current().run_in_executor(
-                    self.context.bcrypt_pool, self.context.auth.check, config.users, user, password
-                )
-            )
+            stream = self.request.connection.stream  # type: ignore[union-attr]
+            # bcrypt off the IOLoop, one at a time: a flood of wrong passwords costs one core
+            # at most and never delays a scrape
+            ok = await self.context.checks.check((config.users, *credentials), stream.closed)
+        if ok is None:
+            raise HTTPError(503)  # too many logins waiting (or the client has gone)
         if not ok:
             self.context.telemetry.auth_failures.inc()
             log.debug("http.auth_failed", path=self.request.path)  # never user or password
@@ -251,6 +340,8 @@ class _Handler(RequestHandler):
             self.set_header("Allow", ALLOW)
         if status_code == 401:
             self.set_header("WWW-Authenticate", f'Basic realm="{REALM}"')
+        if status_code == 503:
+            self.set_header("Retry-After", "1")
         self._send(f"{status_code} {self._reason}\n".encode())
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
@@ -344,16 +435,255 @@ class _NotFound(_Handler):
 # --------------------------------------------------------------------------- server
 
 
+#: RFC 9110 token characters: a request line starts with a method
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_OTHER_VERSION = re.compile(r"HTTP/[02-9]\.[0-9]\Z")
+#: empty lines tolerated before a request line (RFC 9112 section 2.2)
+_EMPTY_LINES = 4
+
+
+@dataclass(frozen=True)
+class _Peer:
+    """What Tornado's request objects read from a connection's context."""
+
+    remote_ip: str
+    protocol: str
+
+    def __str__(self) -> str:
+        return self.remote_ip
+
+
+class _HeadFirst:
+    """A connection's stream with the request head already read put back in front.
+
+    Tornado's :class:`HTTP1Connection` reads the head with one ``read_until_regex``; this hands
+    it the head :class:`_Connection` read, and everything else (body, writes) goes to the stream.
+    """
+
+    def __init__(self, stream: IOStream, head: bytes) -> None:
+        self._stream = stream
+        self._head: bytes | None = head
+
+    def read_until_regex(self, regex: bytes, max_bytes: int | None = None) -> Awaitable[bytes]:
+        if self._head is None:
+            return self._stream.read_until_regex(regex, max_bytes)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future.set_result(self._head)
+        self._head = None
+        return future
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _Received(httputil.HTTPMessageDelegate):
+    """Passes a request on, telling its connection once the request is in (head and body)."""
+
+    def __init__(self, inner: httputil.HTTPMessageDelegate, received: Callable[[], None]) -> None:
+        self._inner = inner
+        self._received = received
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        return self._inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self._inner.data_received(chunk)
+
+    def finish(self) -> None:
+        self._received()
+        self._inner.finish()
+
+    def on_connection_close(self) -> None:
+        self._inner.on_connection_close()
+
+
+class _Refused(Exception):
+    """A request head that breaks a rule, answered with ``code`` and closed."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class _Connection(HTTP1ServerConnection):
+    """One client connection: each request's head is read here, the rest by Tornado.
+
+    Tornado waits for a head up to one timeout (the keep-alive idle time) and closes an oversized
+    one without a word. Here a new connection has :data:`HEADER_TIMEOUT` for its first head, a
+    kept-alive one :data:`IDLE_TIMEOUT` for the next request's first byte and then
+    :data:`HEADER_TIMEOUT` for the rest; a head that breaks a rule gets its status at once
+    (400 garbage or HTTP/0.9, 414 request line, 431 header fields, 505 HTTP version, 408 a head
+    begun but not finished in time), a connection that never sent a byte is closed silently.
+    Until a request is in, the connection is the server's to close when it needs the room.
+    """
+
+    def __init__(self, server: _CappedServer, stream: IOStream, address: Any) -> None:
+        peer = _Peer(
+            str(address[0]) if isinstance(address, tuple) and address else "",
+            "https" if isinstance(stream, SSLIOStream) else "http",
+        )
+        super().__init__(stream, server.conn_params, peer)
+        self._server = server
+        self._task: asyncio.Future[None] | None = None
+
+    def start_serving(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
+        self._task = asyncio.ensure_future(self._serve(delegate))
+
+    async def close(self) -> None:
+        self.stream.close()
+        if self._task is not None:
+            await asyncio.wait([self._task])
+
+    async def _serve(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
+        server = self._server
+        deadline: float | None = IOLoop.current().time() + server.header_timeout
+        try:
+            while True:
+                server.waiting(self)
+                head = await self._head(deadline)
+                if head is None:
+                    return
+                conn = HTTP1Connection(
+                    cast(IOStream, _HeadFirst(self.stream, head)), False, self.params, self.context
+                )
+                request = _Received(
+                    delegate.start_request(self, conn), lambda: server.settled(self)
+                )
+                if not await conn.read_response(request):
+                    return
+                deadline = None  # kept alive: the next head has the idle time to begin
+        except (StreamClosedError, asyncio.CancelledError):
+            return
+        except Exception as exc:  # a bug here must not take the IOLoop down
+            log.error("http.connection_failed", error=repr(exc))
+        finally:
+            self.stream.close()
+            server.settled(self)
+            delegate.on_close(self)
+
+    async def _head(self, deadline: float | None) -> bytes | None:
+        """The next request's head, or ``None`` once the connection was answered and closed."""
+        server, stream, now = self._server, self.stream, IOLoop.current().time
+        began = False  # a byte of this head arrived
+        try:
+            first = await self._within(
+                stream.read_bytes(1), deadline or now() + server.idle_timeout
+            )
+            began = True
+            deadline = deadline or now() + server.header_timeout
+            for _ in range(_EMPTY_LINES):
+                if first not in (b"\r", b"\n"):
+                    break
+                first = await self._within(stream.read_bytes(1), deadline)
+            if first[0] not in _TCHAR:  # binary, a TLS hello on the plain port: no request
+                raise _Refused(400)
+            line = first + await self._within(stream.read_until_regex(server.line_end), deadline)
+            if not line.endswith(b"\n"):
+                raise _Refused(414)
+            text = line.decode("latin-1").rstrip("\r\n")
+            try:
+                httputil.parse_request_start_line(text)
+            except httputil.HTTPInputError:  # HTTP/0.9 (no version), garbage, HTTP/2's preface
+                parts = text.split(" ")
+                other_version = len(parts) == 3 and _OTHER_VERSION.match(parts[2])
+                raise _Refused(505 if other_version else 400) from None
+            fields = await self._within(stream.read_until_regex(server.fields_end), deadline)
+            if not (fields in (b"\n", b"\r\n") or fields.endswith((b"\n\n", b"\n\r\n"))):
+                raise _Refused(431)
+        except TimeoutError:
+            if not began:
+                stream.close()  # nothing asked, nothing to answer
+                return None
+            await self._refuse(408, drain=False)  # the timed-out read is still pending
+            return None
+        except _Refused as refused:
+            await self._refuse(refused.code, drain=True)
+            return None
+        return line + fields
+
+    @staticmethod
+    async def _within(step: Awaitable[_T], deadline: float) -> _T:
+        done: _T = await gen.with_timeout(deadline, step, quiet_exceptions=StreamClosedError)
+        return done
+
+    async def _refuse(self, code: int, drain: bool) -> None:
+        """Answer ``code`` and close; ``drain``: first read what the client still sends."""
+        reason = HTTPStatus(code).phrase
+        body = f"{code} {reason}\n".encode()
+        head = (
+            f"HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        log.debug("http.refused", code=code)
+        self._server.telemetry.requests.labels("other", str(code)).inc()
+        until = IOLoop.current().time() + LINGER_SECONDS
+        read = 0
+        with contextlib.suppress(TimeoutError, StreamClosedError, OSError):
+            await self._within(self.stream.write(head.encode() + body), until)
+            if drain:
+                # closing with unread bytes resets the connection, and the reset can destroy the
+                # answer before the client reads it (RFC 9112 section 9.6): end our side (TCP
+                # only, under TLS too), then read until the client closes, bounded
+                socket.socket.shutdown(self.stream.socket, socket.SHUT_WR)
+                while read < LINGER_BYTES:
+                    step = self.stream.read_bytes(65536, partial=True)
+                    read += len(await self._within(step, until))
+        self.stream.close()
+
+
 class _CappedServer(HTTPServer):
-    """Closes connections over the cap at once instead of queueing them."""
+    """Reads request heads with :class:`_Connection`; at the cap it closes the longest-waiting.
+
+    "Waiting" is a connection without a request in: idle between requests, or with a head (or
+    a body) begun and not finished. A connection whose request is in is never closed for room;
+    when every connection is at work a new one is closed at once.
+    """
 
     max_connections = MAX_CONNECTIONS
+    header_timeout = HEADER_TIMEOUT
+    idle_timeout = IDLE_TIMEOUT
+    telemetry: HttpTelemetry
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        super().initialize(*args, **kwargs)
+        # the request line, or MAX_REQUEST_LINE bytes of one; the header fields through their
+        # blank line, or max_header_size bytes of them (the first byte is read on its own)
+        self.line_end = rb"\n|\A[^\n]{%d}" % (MAX_REQUEST_LINE - 1)
+        self.fields_end = rb"\A\r?\n|\n\r?\n|\A(?:(?!\n\r?\n)[\s\S]){%d}" % (
+            self.conn_params.max_header_size
+        )
+        # oldest first; a dict keeps insertion order and removes in O(1)
+        self._waiting: dict[_Connection, None] = {}
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         if len(self._connections) >= self.max_connections:
-            stream.close()
-            return
-        super().handle_stream(stream, address)
+            if not self._waiting:
+                stream.close()
+                return
+            oldest = next(iter(self._waiting))
+            self.settled(oldest)
+            self._connections.discard(oldest)
+            oldest.stream.close()
+        conn = _Connection(self, stream, address)
+        self._connections.add(conn)
+        conn.start_serving(self)
+
+    def waiting(self, conn: _Connection) -> None:
+        """``conn`` waits for a request (again): the newest of those the cap may close."""
+        self._waiting.pop(conn, None)
+        self._waiting[conn] = None
+
+    def settled(self, conn: _Connection) -> None:
+        """``conn`` has its request in (it is answered, not closed for room), or is closed."""
+        self._waiting.pop(conn, None)
+
+    def on_close(self, server_conn: object) -> None:
+        # a connection closed for room has left the set already
+        self._connections.discard(cast(HTTP1ServerConnection, server_conn))
 
 
 class _ToStructlog(logging.Handler):
@@ -447,23 +777,26 @@ class HttpServer:
         web_config: LiveWebConfig | None = None,
         max_connections: int = MAX_CONNECTIONS,
         idle_timeout: float = IDLE_TIMEOUT,
+        header_timeout: float = HEADER_TIMEOUT,
         body_timeout: float = BODY_TIMEOUT,
         max_header_size: int = MAX_HEADER_SIZE,
+        bcrypt_queue: int = BCRYPT_QUEUE,
     ) -> None:
         _quiet_tornado()
         self.registry = CollectorRegistry()
         self.web = web_config or LiveWebConfig.from_file(None)
         self.max_connections = _fit_fd_limit(max_connections)
-        self._timeouts = (idle_timeout, body_timeout, max_header_size)
+        self._timeouts = (idle_timeout, header_timeout, body_timeout, max_header_size)
+        auth = Authenticator()
         self._context = _Context(
             source,
             LivePart(self.registry),
             status,
             self.web,
-            Authenticator(),
+            auth,
             HttpTelemetry(self.registry),
             ThreadPoolExecutor(1, thread_name_prefix="http-render"),
-            ThreadPoolExecutor(1, thread_name_prefix="http-bcrypt"),
+            _Checks(auth, bcrypt_queue),
         )
         self._sockets = bind(address, port)
         self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
@@ -514,7 +847,7 @@ class HttpServer:
         loop.close(all_fds=False)
 
     async def _setup(self) -> None:
-        idle, body_timeout, header_size = self._timeouts
+        idle, header_timeout, body_timeout, header_size = self._timeouts
         app = Application(
             [
                 (r"/metrics", _Metrics, {"context": self._context}),
@@ -537,6 +870,8 @@ class HttpServer:
             decompress_request=False,
         )
         server.max_connections = self.max_connections
+        server.idle_timeout, server.header_timeout = idle, header_timeout
+        server.telemetry = self._context.telemetry
         server.add_sockets(self._sockets)
         self._server = server
         if self.web.config.path is not None:
@@ -574,4 +909,4 @@ class HttpServer:
         self._thread.join(grace + 5)
         self._loop = None
         self._context.render_pool.shutdown(wait=False)
-        self._context.bcrypt_pool.shutdown(wait=False)
+        self._context.checks.shutdown()

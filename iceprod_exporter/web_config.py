@@ -98,6 +98,9 @@ _BCRYPT = re.compile(rb"^\$2[abxy]?\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}
 _FAKE_HASH = b"$2y$10$QOauhQNbBCuQDKes6eFzPeMqBSjb7Mr5DUmpZ/VcEd00UAV/LDeSi"
 #: successful checks remembered (bcrypt costs ~50-100 ms at cost 10); as exporter-toolkit's cache
 AUTH_CACHE_SIZE = 100
+#: failed checks remembered: a client that keeps sending one wrong password (a scraper with a
+#: stale one, a fleet of them) costs one check, not one a request
+FAILED_CACHE_SIZE = 1000
 #: how often the files are checked for a change (cert-manager rotations, edits)
 RELOAD_SECONDS = 1.0
 
@@ -393,27 +396,31 @@ def _users(value: Any, fail: Any) -> dict[str, bytes]:
 
 
 class Authenticator:
-    """Checks basic-auth credentials against bcrypt hashes, caching successful checks.
+    """Checks basic-auth credentials against bcrypt hashes, remembering the results.
 
     The cache key is a SHA-256 of user, hash and password (never the password itself), so a
-    changed hash invalidates it. Checks are slow on purpose (bcrypt); the caller runs them off
-    its event loop, one at a time like exporter-toolkit, so a flood of wrong passwords costs one
-    core at most.
+    changed hash invalidates it; successes and failures are kept apart, each bounded. Checks are
+    slow on purpose (bcrypt); the caller runs them off its event loop, one at a time like
+    exporter-toolkit, so a flood of wrong passwords costs one core at most.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ok: dict[bytes, None] = {}
+        self._known: dict[bool, dict[bytes, None]] = {True: {}, False: {}}
 
-    def cached(self, users: Mapping[str, bytes], user: str, password: str) -> bool:
-        """True if these credentials were checked good before (no bcrypt)."""
-        return self._key(users, user, password) in self._ok
+    def known(self, users: Mapping[str, bytes], user: str, password: str) -> bool | None:
+        """The result of an earlier check of these credentials, if remembered (no bcrypt)."""
+        key = self._key(users, user, password)
+        for ok, keys in self._known.items():
+            if key in keys:
+                return ok
+        return None
 
     def check(self, users: Mapping[str, bytes], user: str, password: str) -> bool:
-        """Whether ``user`` / ``password`` match (slow when not cached)."""
-        key = self._key(users, user, password)
-        if key in self._ok:
-            return True
+        """Whether ``user`` / ``password`` match (slow when not remembered)."""
+        remembered = self.known(users, user, password)
+        if remembered is not None:
+            return remembered
         hashed = users.get(user)
         with self._lock:
             try:
@@ -421,10 +428,10 @@ class Authenticator:
             except ValueError:
                 ok = False
         ok = ok and hashed is not None
-        if ok:
-            if len(self._ok) >= AUTH_CACHE_SIZE:
-                self._ok.pop(next(iter(self._ok)))  # oldest first
-            self._ok[key] = None
+        keys = self._known[ok]
+        if len(keys) >= (AUTH_CACHE_SIZE if ok else FAILED_CACHE_SIZE):
+            keys.pop(next(iter(keys)))  # oldest first
+        keys[self._key(users, user, password)] = None
         return ok
 
     @staticmethod

@@ -10,14 +10,17 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from typing import Any
 import bcrypt
 
 from .debian import ToolError, apt_install, refuse_in_unit_tier
+from .support import wait_for
 
 
 def need(binary: str, package: str) -> str:
@@ -157,6 +161,59 @@ def peer_certificate(host: str, port: int, pki: Pki) -> bytes:
         der = tls.getpeercert(binary_form=True)
         assert der is not None
         return der
+
+
+# --------------------------------------------------------------------------- demo
+
+
+DEMO = """
+import sys
+from iceprod_exporter.cli import main
+sys.exit(main(["demo", "--port", "0", "--listen-address", "127.0.0.1", "--datasets", "20",
+               "--poll-interval", "2", "--log-format", "json", "--log-level", "debug"]))
+"""
+
+
+@dataclass(frozen=True)
+class Demo:
+    """A running ``iceprod-exporter demo``: the exporter, its serving process and its log."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def serving_pid(self) -> int:
+        """The serving process, the exporter's one child."""
+        (child,) = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return int(child)
+
+
+@contextlib.contextmanager
+def demo(directory: Path, open_files: int) -> Iterator[Demo]:
+    """``iceprod-exporter demo`` on a free port, ready, with ``open_files`` as its file limit."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+    log = directory / "demo.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", DEMO], stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit
+        )
+    try:
+        port = wait_for(lambda: _demo_port(log), 60, "demo port", diagnose=log.read_text)
+        wait_for(lambda: request("127.0.0.1", port, "/readyz").status == 200, 60, "demo ready")
+        yield Demo(proc, port, log)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+def _demo_port(log: Path) -> int | None:
+    for line in log.read_text().splitlines():
+        if "open http://localhost:" in line:
+            return int(line.split("open http://localhost:")[1].split("/")[0])
+    return None
 
 
 # --------------------------------------------------------------------------- chromium

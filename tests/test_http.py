@@ -9,11 +9,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import os
-import resource
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +31,7 @@ from .http_support import (
     bcrypt_hash,
     browse,
     client_context,
+    demo,
     make_cert,
     make_pki,
     peer_certificate,
@@ -201,97 +199,50 @@ def test_stop_waits_for_a_slow_reader_then_closes(polled: Exporter) -> None:
 # --------------------------------------------------------------------------- bounded clients
 
 
-@pytest.mark.integration  # 1.5 s: the idle timeout
-def test_connections_over_the_cap_are_closed_and_idle_ones_time_out(polled: Exporter) -> None:
-    server = serve(polled, max_connections=20, idle_timeout=1.5)
-    try:
-        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(20)]
-        wait_for(lambda: server.connections == 20, 5, "20 connections")
-        extra = socket.create_connection(("127.0.0.1", server.port))
-        extra.settimeout(3)
-        assert extra.recv(10) == b"", "over the cap: closed at once"
-        started = time.monotonic()
-        for sock in held:
-            sock.settimeout(5)
-            assert sock.recv(10) == b""
-        assert time.monotonic() - started < 4, "idle connections time out"
-        assert request("127.0.0.1", server.port, "/healthz").status == 200
-    finally:
-        server.stop()
-
-
-IDLE_SCRIPT = """
-import sys
-from iceprod_exporter.cli import main
-sys.exit(main(["demo", "--port", "0", "--listen-address", "127.0.0.1", "--datasets", "20",
-               "--poll-interval", "2", "--log-format", "json", "--log-level", "debug"]))
-"""
-
-
-def _limit_files() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
-
-
 @pytest.mark.integration  # 5 s: 500 connections
 def test_hundreds_of_idle_and_half_sent_connections_do_not_delay_scrapes(
     tmp_path: Path,
 ) -> None:
-    log = tmp_path / "demo.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", IDLE_SCRIPT],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_limit_files,
-        )
     held: list[socket.socket] = []
-    try:
-        port = wait_for(lambda: _demo_port(log), 60, "demo port", diagnose=log.read_text)
-        wait_for(lambda: request("127.0.0.1", port, "/readyz").status == 200, 60, "demo ready")
-        for i in range(500):
-            sock = socket.create_connection(("127.0.0.1", port))
-            if i % 3 == 1:  # a request that never ends its headers (slowloris)
-                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-            elif i % 3 == 2:  # a body that never comes
-                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\nab")
-            held.append(sock)
-        # garbage, a TLS hello to a plain port, oversized headers: answered or closed, no trace
-        for junk in (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", b"BLAH\r\n\r\n",
-                     b"GET / HTTP/1.1\r\nX: " + b"a" * 40_000 + b"\r\n\r\n"):  # fmt: skip
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-                s.sendall(junk)
-                s.shutdown(socket.SHUT_WR)
-                s.recv(1000)
-        slowest = 0.0
-        for _ in range(30):
-            started = time.monotonic()
-            r = request("127.0.0.1", port, headers={"Accept-Encoding": "gzip"}, timeout=5)
-            slowest = max(slowest, time.monotonic() - started)
-            assert r.status == 200
-            time.sleep(0.05)
-        assert slowest < 1.0, f"slowest scrape {slowest:.2f}s with 500 bad connections"
-        assert proc.poll() is None
-        # the connections are held by the serving process, the exporter's one child
-        (child,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        fds = len(os.listdir(f"/proc/{child}/fd"))
-        assert 500 <= fds < 1024
-        time.sleep(0.5)
-        # read before shutdown: what clients caused, not how the process ends
-        text = log.read_text()
-    finally:
-        for sock in held:
-            sock.close()
-        proc.terminate()
-        proc.wait(20)
+    with demo(tmp_path, open_files=1024) as exporter:
+        port = exporter.port
+        try:
+            for i in range(500):
+                sock = socket.create_connection(("127.0.0.1", port))
+                if i % 3 == 1:  # a request that never ends its headers (slowloris)
+                    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                elif i % 3 == 2:  # a body that never comes
+                    sock.sendall(
+                        b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\nab"
+                    )
+                held.append(sock)
+            # the connections are held by the serving process (until the header deadline)
+            fds = len(os.listdir(f"/proc/{exporter.serving_pid()}/fd"))
+            assert 500 <= fds < 1024
+            # garbage, a TLS hello to a plain port, oversized headers: answered, no trace
+            for junk in (b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03", b"BLAH\r\n\r\n",
+                         b"GET / HTTP/1.1\r\nX: " + b"a" * 40_000 + b"\r\n\r\n"):  # fmt: skip
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.sendall(junk)
+                    s.shutdown(socket.SHUT_WR)
+                    assert s.recv(1000).startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 431 ")), junk
+            slowest = 0.0
+            for _ in range(30):
+                started = time.monotonic()
+                r = request("127.0.0.1", port, headers={"Accept-Encoding": "gzip"}, timeout=5)
+                slowest = max(slowest, time.monotonic() - started)
+                assert r.status == 200
+                time.sleep(0.05)
+            assert slowest < 1.0, f"slowest scrape {slowest:.2f}s with 500 bad connections"
+            assert exporter.proc.poll() is None
+            time.sleep(0.5)
+            # read before shutdown: what clients caused, not how the process ends
+            text = exporter.log.read_text()
+        finally:
+            for sock in held:
+                sock.close()
     assert "Traceback" not in text, text[-3000:]
     assert '"level": "error"' not in text, text[-3000:]
-
-
-def _demo_port(log: Path) -> int | None:
-    for line in log.read_text().splitlines():
-        if "open http://localhost:" in line:
-            return int(line.split("open http://localhost:")[1].split("/")[0])
-    return None
 
 
 # --------------------------------------------------------------------------- TLS and auth

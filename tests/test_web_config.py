@@ -121,16 +121,20 @@ def test_empty_file_means_no_tls_and_no_auth(tmp_path: Path) -> None:
     assert config.tls is None and not config.users
 
 
-def test_authenticator_caches_only_successes() -> None:
+def test_authenticator_remembers_successes_and_failures_per_hash() -> None:
     users = {"alice": HASH.encode()}
     auth = Authenticator()
-    assert not auth.cached(users, "alice", "secret-password-1")
+    assert auth.known(users, "alice", "secret-password-1") is None
     assert auth.check(users, "alice", "secret-password-1")
-    assert auth.cached(users, "alice", "secret-password-1")
+    assert auth.known(users, "alice", "secret-password-1") is True
+    assert auth.known(users, "alice", "wrong") is None
     assert not auth.check(users, "alice", "wrong")
-    assert not auth.cached(users, "alice", "wrong")
+    assert auth.known(users, "alice", "wrong") is False
     assert not auth.check(users, "mallory", "fakepassword"), "the timing hash is no login"
-    assert not auth.cached({"alice": bcrypt_hash("other").encode()}, "alice", "secret-password-1")
+    assert auth.known(users, "mallory", "fakepassword") is False
+    other = {"alice": bcrypt_hash("other").encode()}
+    assert auth.known(other, "alice", "secret-password-1") is None, "a new hash, a new check"
+    assert auth.known(other, "alice", "wrong") is None
 
 
 def test_the_daemon_refuses_a_bad_web_config_with_one_line(tmp_path: Path) -> None:

@@ -1,0 +1,481 @@
+"""Hostile and careless clients over real sockets: bad heads, the connection cap, bcrypt storms.
+
+Nothing a client sends or withholds may keep Prometheus from its scrape: heads are read under a
+deadline and size limits and get their status, the connection cap closes the longest-waiting
+connection to make room, and bcrypt checks wait in a short newest-first queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import resource
+import select
+import selectors
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from iceprod_exporter.collector import Format
+from iceprod_exporter.server import HttpServer, Status, _Checks
+from iceprod_exporter.web_config import Authenticator, LiveWebConfig
+
+from .http_support import demo, request
+from .support import wait_for
+
+BODY = b"iceprod_up 1\n"
+PASSWORD = "scrape-pass-0xBEEF"
+
+
+class Fixed:
+    """A metrics source with fixed bytes; identity bodies wait while ``hold`` is clear."""
+
+    def __init__(self) -> None:
+        self.hold = threading.Event()
+        self.hold.set()
+
+    def is_prepared(self) -> bool:
+        return True
+
+    def prepare(self) -> None:
+        pass
+
+    def chunks(self, fmt: Format, gzipped: bool = False) -> Sequence[bytes]:
+        self.hold.wait(10)
+        return (BODY,)
+
+
+def ok() -> Status:
+    return Status(True, "ok", True, "ok")
+
+
+@contextlib.contextmanager
+def serving(source: Fixed | None = None, **kwargs: object) -> Iterator[HttpServer]:
+    server = HttpServer(source or Fixed(), ok, "127.0.0.1", 0, **kwargs)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(grace=1)
+
+
+def exchange(port: int, data: bytes, timeout: float = 5) -> tuple[bytes, float]:
+    """Send ``data`` on a new connection; everything the server sends until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        started = time.monotonic()
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received, time.monotonic() - started
+
+
+def status_of(response: bytes) -> int:
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            assert int(value) == len(body), response[:200]
+    return int(lines[0].split(b" ")[1])
+
+
+def still_open(socks: Sequence[socket.socket]) -> list[bool]:
+    """Which of ``socks`` the server keeps open (it sends nothing on them but its close)."""
+    readable, _, _ = select.select(socks, [], [], 0.05)
+    return [s not in readable for s in socks]
+
+
+# --------------------------------------------------------------------------- request heads
+
+
+TLS_HELLO = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + os.urandom(32)
+HEADS = {
+    "60 KB query string": (b"GET /metrics?q=" + b"a" * 60_000 + b" HTTP/1.1\r\n\r\n", 414),
+    "60 KB method": (b"A" * 60_000 + b" /metrics HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+    "55 KB Accept-Encoding": (
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept-Encoding: " + b"g" * 55_000 + b"\r\n\r\n",
+        431,
+    ),
+    "2,000 small headers": (
+        b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(2000)) + b"\r\n",
+        431,
+    ),
+    "garbage": (b"BLAH\r\n\r\n", 400),
+    "HTTP/0.9": (b"GET /metrics\r\n", 400),
+    "TLS hello on the plain port": (TLS_HELLO, 400),
+    "binary": (b"\x00\xff\xfe\r\n\r\n", 400),
+    "HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
+    "a header line without a colon": (b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400),
+}
+
+
+@pytest.mark.parametrize("case", HEADS)
+def test_a_bad_head_gets_its_status_at_once(case: str) -> None:
+    data, status = HEADS[case]
+    with serving() as server:
+        response, took = exchange(server.port, data)
+        assert status_of(response) == status, response[:100]
+        assert took < 0.5, f"{case}: answered after {took:.2f}s"
+        assert b"\r\nConnection: close\r\n" in response or status == 400
+        if len(data) > 1000:  # read under the limits, the rest drained: no reset, nothing kept
+            wait_for(lambda: server.connections == 0, 2, "closed", interval=0.01)
+        assert request("127.0.0.1", server.port, "/healthz").status == 200
+        if case != "a header line without a colon":  # Tornado's own answer, counted as it goes
+            counted = server.registry.get_sample_value(
+                "iceprod_exporter_http_requests_total", {"handler": "other", "code": str(status)}
+            )
+            assert counted == 1
+
+
+def test_a_head_cut_off_before_its_blank_line_gets_408_at_the_deadline() -> None:
+    with serving(header_timeout=0.2) as server:
+        response, took = exchange(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        assert status_of(response) == 408
+        assert 0.15 < took < 0.6
+
+
+def test_a_connection_that_sends_nothing_is_closed_silently_at_the_deadline() -> None:
+    with serving(header_timeout=0.2) as server:
+        response, took = exchange(server.port, b"")
+        assert response == b"" and 0.15 < took < 0.6
+
+
+def test_a_kept_alive_connection_waits_the_idle_time_then_the_header_deadline() -> None:
+    with serving(header_timeout=0.1, idle_timeout=5) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        with sock:
+            for _ in range(2):  # the second request after longer than the header deadline
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+                time.sleep(0.15)
+            # a request begun: the header deadline runs from its first byte
+            sock.sendall(b"G")
+            started = time.monotonic()
+            sock.settimeout(2)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 408 ")
+            assert 0.08 < time.monotonic() - started < 0.5
+
+
+def test_leading_empty_lines_are_ignored() -> None:
+    with serving() as server:
+        response, _ = exchange(server.port, b"\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n")
+        assert status_of(response) == 200
+
+
+# --------------------------------------------------------------------------- connection cap
+
+
+def test_at_the_cap_the_longest_waiting_connection_makes_room() -> None:
+    with serving(max_connections=5) as server:
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        # half-sent ones count as waiting too
+        held.append(socket.create_connection(("127.0.0.1", server.port)))
+        held[-1].sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        try:
+            wait_for(lambda: server.connections == 5, 5, "5 connections", interval=0.01)
+            assert request("127.0.0.1", server.port, timeout=2).status == 200
+            assert still_open(held) == [False, True, True, True, True]
+            wait_for(lambda: server.connections == 4, 5, "the scrape's connection closed", 0.01)
+            held.append(socket.create_connection(("127.0.0.1", server.port)))
+            wait_for(lambda: server.connections == 5, 5, "5 connections again", interval=0.01)
+            # a kept-alive connection that was just served is the newest waiting one
+            held[1].sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert held[1].recv(65536).startswith(b"HTTP/1.1 200 OK")
+            assert request("127.0.0.1", server.port, timeout=2).status == 200
+            assert still_open(held[1:]) == [True, False, True, True, True]
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_a_connection_with_its_request_in_is_never_closed_for_room() -> None:
+    source = Fixed()
+    with serving(source, max_connections=2) as server:
+        source.hold.clear()  # identity bodies wait: both requests stay in
+        busy = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        try:
+            for sock in busy:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: server.connections == 2, 5, "2 connections", interval=0.01)
+            time.sleep(0.1)  # both requests read
+            extra = socket.create_connection(("127.0.0.1", server.port), timeout=3)
+            with extra:
+                assert extra.recv(10) == b"", "every connection at work: the new one is closed"
+            source.hold.set()
+            for sock in busy:
+                sock.settimeout(5)
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        finally:
+            source.hold.set()
+            for sock in busy:
+                sock.close()
+
+
+# --------------------------------------------------------------------------- bcrypt queue
+
+
+class GatedAuth(Authenticator):
+    """Checks that wait for the test and record their order; "good" is the password."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Semaphore(0)
+        self.order: list[str] = []
+
+    def check(self, users: Mapping[str, bytes], user: str, password: str) -> bool:
+        if self.known(users, user, password) is None:
+            self.gate.acquire(timeout=5)
+            self.order.append(password)
+        return super().check(users, user, password)
+
+
+def test_bcrypt_checks_first_come_bounded_skipping_the_gone_and_the_known() -> None:
+    users = {"u": bcrypt.hashpw(b"good", bcrypt.gensalt(4))}
+
+    async def scenario() -> tuple[list[bool | None], list[str]]:
+        auth = GatedAuth()
+        checks = _Checks(auth, limit=3)
+        gone: set[str] = set()
+        tasks = []
+        for password in ("p1", "p2", "p3", "p4", "p5", "good"):
+            login = (users, "u", password)
+            gone_yet = partial(set.__contains__, gone, password)
+            tasks.append(asyncio.ensure_future(checks.check(login, gone_yet)))
+            await asyncio.sleep(0.01)  # p1 runs; p2, p3, p4 wait; p5 finds the queue full
+            if password == "p5":
+                gone.add("p2")  # makes room for "good"
+            if password == "good":
+                gone.add("p3")  # skipped at its turn
+        for _ in range(6):
+            auth.gate.release()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        again = await checks.check((users, "u", "p1"), lambda: False)  # remembered: no check
+        checks.shutdown()
+        return [*results, again], auth.order
+
+    results, order = asyncio.run(scenario())
+    assert order == ["p1", "p4", "good"]
+    assert results == [False, None, None, False, None, True, False]
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+#: (a client waits for its answer up to, a new wrong password each time, the login comes
+#: after, and is answered within)
+STORMS = {
+    "impatient clients": (1.0, True, 2.0, 2.0),  # gone after 1 s: skipped, first come first
+    "patient clients": (30.0, True, 2.0, 10.0),  # 50 waiting: the login waits its turn
+    # one wrong password a client: once each was checked (50 checks), they cost nothing
+    "a stale password": (30.0, False, 7.0, 0.5),
+}
+
+
+@pytest.mark.integration  # 5-12 s each: a bcrypt storm of 50 clients
+@pytest.mark.parametrize("storm", STORMS)
+def test_a_bcrypt_storm_neither_starves_a_login_nor_outlives_its_clients(
+    tmp_path: Path, storm: str
+) -> None:
+    patience, new_passwords, login_after, login_within = STORMS[storm]
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()  # ~0.1 s a check
+    path = tmp_path / "web.yml"
+    path.write_text(f"basic_auth_users:\n  prometheus: {hashed}\n")
+    with serving(web_config=LiveWebConfig.from_file(path)) as server:
+        port, stop = server.port, threading.Event()
+        sent = [0]
+
+        async def attacker(n: int) -> None:
+            while True:
+                sent[0] += 1
+                password = f"wrong-{n}-{sent[0]}" if new_passwords else f"wrong-{n}"
+                auth = _b64(f"prometheus:{password}")
+                try:
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    continue
+                try:
+                    writer.write(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}"
+                                 "\r\n\r\n".encode())  # fmt: skip
+                    with contextlib.suppress(asyncio.TimeoutError, OSError):
+                        await asyncio.wait_for(reader.read(1000), patience)
+                finally:
+                    writer.close()
+
+        async def attackers() -> None:
+            tasks = [asyncio.ensure_future(attacker(n)) for n in range(50)]
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            for task in tasks:  # every client hangs up at once
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        thread = threading.Thread(target=asyncio.run, args=(attackers(),))
+        thread.start()
+        try:
+            time.sleep(login_after)  # the storm is on: the queue holds what it can
+            headers = {"Authorization": "Basic " + _b64(f"prometheus:{PASSWORD}")}
+            started = time.monotonic()
+            first = request("127.0.0.1", port, headers=headers, timeout=15)
+            login = time.monotonic() - started
+            assert first.status == 200
+            time.sleep(1)
+        finally:
+            stop.set()
+            thread.join(10)
+        time.sleep(0.2)  # the check running when the clients went
+        cpu = time.process_time()
+        time.sleep(2)
+        after = time.process_time() - cpu
+        checked = server.registry.get_sample_value("iceprod_exporter_http_auth_failures_total")
+        dropped = server.registry.get_sample_value(
+            "iceprod_exporter_http_requests_total", {"handler": "/metrics", "code": "503"}
+        )
+        print(
+            f"\nbcrypt storm of 50 clients, {storm}: {sent[0]} wrong logins sent, "
+            f"{checked:.0f} refused, {dropped or 0:.0f} dropped unchecked (gone or queue full); "
+            f"first login during it {login * 1000:.0f} ms; CPU in the 2 s after it {after:.2f} s"
+        )
+        assert login < login_within, f"a correct first login took {login:.2f}s during the storm"
+        assert after < 0.3, f"{after:.2f}s of CPU in the 2 s after the storm"
+
+
+# --------------------------------------------------------------------------- 2,000 bad clients
+
+
+SLOW_START = b"GET /metrics HTTP/1.1\r\nX: a"
+
+
+class Crowd:
+    """``slow`` connections dripping a never-ending head and ``idle`` ones sending nothing.
+
+    One thread, non-blocking sockets. Every half second each slow one sends one more byte of its
+    head, as a slowloris does; connections the server closed are opened again, up to 200 every
+    0.1 s (2,000 a second), for as long as the crowd runs (at most ``seconds``).
+    """
+
+    def __init__(self, port: int, slow: int, idle: int, seconds: float) -> None:
+        self.port, self.kinds = port, ["slow"] * slow + ["idle"] * idle
+        self.until = time.monotonic() + seconds
+        self.stop = threading.Event()
+        self.closed_by_server = 0
+        self.opened = 0
+        self._thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> Crowd:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(30)
+
+    def _connect(self, sel: selectors.BaseSelector, kind: str) -> None:
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", self.port))
+        sel.register(sock, selectors.EVENT_READ, kind)
+        self.opened += 1
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        for kind in self.kinds:
+            self._connect(sel, kind)
+        begun: set[socket.socket] = set()  # slow ones that sent their request line
+        closed: list[str] = []  # the kinds to open again
+        next_drip = next_reopen = time.monotonic()
+        try:
+            while not self.stop.is_set() and time.monotonic() < self.until:
+                for key, _ in sel.select(0.05):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    try:
+                        gone = sock.recv(4096) == b""
+                    except BlockingIOError:
+                        gone = False
+                    except OSError:
+                        gone = True
+                    if gone:
+                        self.closed_by_server += 1
+                        sel.unregister(sock)
+                        begun.discard(sock)
+                        sock.close()
+                        closed.append(str(key.data))
+                if time.monotonic() >= next_reopen:
+                    next_reopen += 0.1
+                    for kind in closed[:200]:
+                        self._connect(sel, kind)
+                    del closed[:200]
+                if time.monotonic() >= next_drip:
+                    next_drip += 0.5
+                    for key in list(sel.get_map().values()):
+                        sock = key.fileobj
+                        assert isinstance(sock, socket.socket)
+                        if key.data == "slow":
+                            with contextlib.suppress(OSError):
+                                sock.send(b"a" if sock in begun else SLOW_START)
+                                begun.add(sock)
+        finally:
+            for key in list(sel.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+            sel.close()
+
+
+@pytest.mark.integration  # about 10 s: 2,000 connections against the real serving process
+def test_prometheus_is_served_past_1000_slow_and_1000_idle_connections(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))  # 2,000 client sockets
+    try:
+        with demo(tmp_path, open_files=4096) as exporter:  # room for the whole cap of 1,000
+            with Crowd(exporter.port, slow=1000, idle=1000, seconds=60) as crowd:
+                wait_for(lambda: crowd.opened >= 2000, 20, "2,000 crowd connections")
+                time.sleep(1)  # the cap is reached: every new connection makes room
+                latencies, statuses = scrapes(exporter.port, 30)
+                closed = crowd.closed_by_server
+            print(
+                f"\n1,000 slow + 1,000 idle connections: {statuses.count(200)}/30 scrapes "
+                f"answered; {summary(latencies)}; the server closed {closed} crowd connections"
+            )
+            assert statuses == [200] * 30, statuses
+            assert max(latencies) < 1.0
+            assert exporter.proc.poll() is None
+            text = exporter.log.read_text()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert "Traceback" not in text, text[-3000:]
+    assert '"level": "error"' not in text, text[-3000:]
+
+
+def scrapes(port: int, count: int) -> tuple[list[float], list[int | str]]:
+    """``count`` gzip scrapes on new connections, 0.1 s apart: latencies and statuses."""
+    latencies: list[float] = []
+    statuses: list[int | str] = []
+    for _ in range(count):
+        started = time.monotonic()
+        try:
+            r = request("127.0.0.1", port, headers={"Accept-Encoding": "gzip"}, timeout=1)
+            statuses.append(r.status)
+        except OSError as exc:
+            statuses.append(repr(exc))
+        latencies.append(time.monotonic() - started)
+        time.sleep(0.1)
+    return latencies, statuses
+
+
+def summary(latencies: list[float]) -> str:
+    """p50, p99 and max in milliseconds."""
+    p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]
+    return (
+        f"p50 {statistics.median(latencies) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
+        f"max {max(latencies) * 1000:.1f} ms"
+    )
