@@ -270,8 +270,7 @@ class TokenManager:
     Grants are at least ``min_interval`` seconds apart, and a failed one is retried with
     backoff (up to ``backoff_max``: the daemon uses the poll interval, so a healed issuer is
     asked again within one), so no issuer, nor IceProd answering 401, gets more than one grant
-    a second.
-    A grant that is cancelled (shutdown, a poll's deadline) releases the lock with it.
+    a second. A grant runs as a task of its own on the event loop; shutdown cancels it.
     """
 
     def __init__(
@@ -288,7 +287,7 @@ class TokenManager:
         self._min_interval = min_interval
         self._backoff_max = backoff_max
         self._token: Token | None = None
-        self._lock = asyncio.Lock()
+        self._granting: asyncio.Future[None] | None = None
         self.last_error: TokenError | None = None
         self._failures = 0
         self._retry_at = 0.0
@@ -320,19 +319,16 @@ class TokenManager:
         """
         if self._is_fresh():
             return
-        async with self._lock:
-            if self._is_fresh():
-                return  # another request refreshed while this one waited
-            if self.last_error is None or self._clock() >= self._retry_at:
-                try:
-                    await self._refresh()
-                    return
-                except TokenError:
-                    pass  # counted and logged; fall back to the current token if it still works
-            if self._usable():
-                return
-            assert self.last_error is not None
-            raise self.last_error
+        grant = self._granting
+        if grant is None or grant.done() or grant.get_loop() is not asyncio.get_running_loop():
+            backing_off = self.last_error is not None and self._clock() < self._retry_at
+            grant = self._granting = None if backing_off else asyncio.ensure_future(self._refresh())
+        if grant is not None:
+            # the grant is a task of its own, bounded by token_timeout: a caller whose deadline
+            # comes first stops waiting for it, and the grant still ends for the next caller
+            await asyncio.shield(grant)
+        if not self._usable():
+            raise self.last_error or TokenError(Reason.TOKEN, "no access token available")
 
     def _usable(self) -> bool:
         token = self._token
@@ -353,11 +349,10 @@ class TokenManager:
             expires_at = _expiry(value, lifetime, started, self._clock())
         except TokenError as exc:
             self._fail(exc)
-            raise
+            return
         except Exception as exc:  # a grant must never take the poller down
-            error = TokenError(Reason.BAD_RESPONSE, f"token request: {type(exc).__name__}")
-            self._fail(error)
-            raise error from None
+            self._fail(TokenError(Reason.BAD_RESPONSE, f"token request: {type(exc).__name__}"))
+            return
         self._token = Token(value, expires_at, issued_at=started)
         self.last_error = None
         self._failures = 0

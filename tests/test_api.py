@@ -272,7 +272,7 @@ def test_a_hang_ends_at_the_timeout_and_frees_its_slot(server: ScriptedServer) -
     assert set(reasons) == {"timeout", "deadline"}
     assert reasons.count(Reason.DEADLINE) >= 2, "queued past the deadline: failed, never sent"
     assert server.max_in_flight <= 2, "two slots: never more sockets than that"
-    assert took < 0.8
+    assert took < 1.2
     wait_for(lambda: server.in_flight == 0, 2, "the server to see every socket closed")
     assert threading.active_count() == threads, "no thread waits on the hung server"
 

@@ -136,7 +136,7 @@ def test_a_call_ends_at_its_timeout_whatever_the_server_does(
     started = time.monotonic()
     [error] = run_calls(api_client(server.url, registry, timeout=0.3))
     assert isinstance(error, ApiError) and error.reason == Reason.TIMEOUT
-    assert time.monotonic() - started < 0.6, "the timeout is a deadline, not per read"
+    assert time.monotonic() - started < 1.2, "the timeout is a deadline, not per read (3 s)"
     wait_for(lambda: server.hung_up == 1 and server.in_flight == 0, 2, "the socket closed")
     assert threading.active_count() == threads, "no thread is left waiting on the server"
     assert failures(registry, "timeout") == 1
