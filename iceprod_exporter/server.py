@@ -65,6 +65,9 @@ HEADER_TIMEOUT = 5.0
 #: GET and HEAD carry no body: a few KiB, read within a few seconds
 BODY_TIMEOUT = 10.0
 MAX_BODY_SIZE = 4096
+#: at the cap with every connection's request in, one whose answer has taken this long (a client
+#: that does not read it) is closed to make room
+BUSY_GRACE = 5.0
 #: request line (414 past it), then the header fields (431 past them)
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_SIZE = 16 * 1024
@@ -518,7 +521,7 @@ class _Connection(HTTP1ServerConnection):
     :data:`HEADER_TIMEOUT` for the rest; a head that breaks a rule gets its status at once
     (400 garbage or HTTP/0.9, 414 request line, 431 header fields, 505 HTTP version, 408 a head
     begun but not finished in time), a connection that never sent a byte is closed silently.
-    Until a request is in, the connection is the server's to close when it needs the room.
+    It tells the server when it waits for a request and when one is in (:class:`_CappedServer`).
     """
 
     def __init__(self, server: _CappedServer, stream: IOStream, address: Any) -> None:
@@ -550,9 +553,7 @@ class _Connection(HTTP1ServerConnection):
                 conn = HTTP1Connection(
                     cast(IOStream, _HeadFirst(self.stream, head)), False, self.params, self.context
                 )
-                request = _Received(
-                    delegate.start_request(self, conn), lambda: server.settled(self)
-                )
+                request = _Received(delegate.start_request(self, conn), lambda: server.busy(self))
                 if not await conn.read_response(request):
                     return
                 deadline = None  # kept alive: the next head has the idle time to begin
@@ -562,7 +563,7 @@ class _Connection(HTTP1ServerConnection):
             log.error("http.connection_failed", error=repr(exc))
         finally:
             self.stream.close()
-            server.settled(self)
+            server.gone(self)
             delegate.on_close(self)
 
     async def _head(self, deadline: float | None) -> bytes | None:
@@ -636,16 +637,18 @@ class _Connection(HTTP1ServerConnection):
 
 
 class _CappedServer(HTTPServer):
-    """Reads request heads with :class:`_Connection`; at the cap it closes the longest-waiting.
+    """Reads request heads with :class:`_Connection`; at the cap it closes one to make room.
 
-    "Waiting" is a connection without a request in: idle between requests, or with a head (or
-    a body) begun and not finished. A connection whose request is in is never closed for room;
-    when every connection is at work a new one is closed at once.
+    It closes the connection that has waited longest without a request in (idle between
+    requests, or with a head or body begun and not finished). If every connection has its
+    request in, it closes the one whose answer has taken longest, past :data:`BUSY_GRACE` (a
+    client that does not read its answer); else the new connection is closed at once.
     """
 
     max_connections = MAX_CONNECTIONS
     header_timeout = HEADER_TIMEOUT
     idle_timeout = IDLE_TIMEOUT
+    busy_grace = BUSY_GRACE
     telemetry: HttpTelemetry
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
@@ -656,30 +659,40 @@ class _CappedServer(HTTPServer):
         self.fields_end = rb"\A\r?\n|\n\r?\n|\A(?:(?!\n\r?\n)[\s\S]){%d}" % (
             self.conn_params.max_header_size
         )
-        # oldest first; a dict keeps insertion order and removes in O(1)
+        # oldest first (dicts keep insertion order and remove in O(1)); busy: since when
         self._waiting: dict[_Connection, None] = {}
+        self._busy: dict[_Connection, float] = {}
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         if len(self._connections) >= self.max_connections:
-            if not self._waiting:
-                stream.close()
-                return
-            oldest = next(iter(self._waiting))
-            self.settled(oldest)
-            self._connections.discard(oldest)
-            oldest.stream.close()
+            room = next(iter(self._waiting), None)
+            if room is None:
+                busiest = next(iter(self._busy.items()), None)
+                if busiest is None or IOLoop.current().time() - busiest[1] < self.busy_grace:
+                    stream.close()
+                    return
+                room = busiest[0]
+            self.gone(room)
+            self._connections.discard(room)
+            room.stream.close()
         conn = _Connection(self, stream, address)
         self._connections.add(conn)
         conn.start_serving(self)
 
     def waiting(self, conn: _Connection) -> None:
         """``conn`` waits for a request (again): the newest of those the cap may close."""
-        self._waiting.pop(conn, None)
+        self.gone(conn)
         self._waiting[conn] = None
 
-    def settled(self, conn: _Connection) -> None:
-        """``conn`` has its request in (it is answered, not closed for room), or is closed."""
+    def busy(self, conn: _Connection) -> None:
+        """``conn`` has its request in: it is answered, closed for room only past the grace."""
+        self.gone(conn)
+        self._busy[conn] = IOLoop.current().time()
+
+    def gone(self, conn: _Connection) -> None:
+        """``conn`` is closed."""
         self._waiting.pop(conn, None)
+        self._busy.pop(conn, None)
 
     def on_close(self, server_conn: object) -> None:
         # a connection closed for room has left the set already
@@ -781,12 +794,13 @@ class HttpServer:
         body_timeout: float = BODY_TIMEOUT,
         max_header_size: int = MAX_HEADER_SIZE,
         bcrypt_queue: int = BCRYPT_QUEUE,
+        busy_grace: float = BUSY_GRACE,
     ) -> None:
         _quiet_tornado()
         self.registry = CollectorRegistry()
         self.web = web_config or LiveWebConfig.from_file(None)
         self.max_connections = _fit_fd_limit(max_connections)
-        self._timeouts = (idle_timeout, header_timeout, body_timeout, max_header_size)
+        self._timeouts = (idle_timeout, header_timeout, body_timeout, max_header_size, busy_grace)
         auth = Authenticator()
         self._context = _Context(
             source,
@@ -847,7 +861,7 @@ class HttpServer:
         loop.close(all_fds=False)
 
     async def _setup(self) -> None:
-        idle, header_timeout, body_timeout, header_size = self._timeouts
+        idle, header_timeout, body_timeout, header_size, busy_grace = self._timeouts
         app = Application(
             [
                 (r"/metrics", _Metrics, {"context": self._context}),
@@ -871,6 +885,7 @@ class HttpServer:
         )
         server.max_connections = self.max_connections
         server.idle_timeout, server.header_timeout = idle, header_timeout
+        server.busy_grace = busy_grace
         server.telemetry = self._context.telemetry
         server.add_sockets(self._sockets)
         self._server = server
