@@ -114,11 +114,6 @@ def _retry_after(response: Response) -> float | None:
         return max(0.0, parsed.timestamp() - time.time())
 
 
-def decode_json(body: bytes) -> Any:
-    """IceProd's JSON with the standard decoder (rest-tools' warns once per ``__jsonclass__``)."""
-    return json.loads(body) if body else None
-
-
 class ApiClient:
     """GETs IceProd routes by endpoint template; the only place that talks to the API."""
 
@@ -271,7 +266,8 @@ class ApiClient:
                     _retry_after(response),
                 )
             try:
-                body = decode_json(response.body)
+                # the standard decoder: rest-tools' logs a traceback per ``__jsonclass__`` object
+                body = json.loads(response.body) if response.body else None
             except ValueError:
                 raise self._failed(template, Reason.BAD_RESPONSE, "not JSON") from None
             self._oversized(template, False)
