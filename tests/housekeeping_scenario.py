@@ -1,0 +1,183 @@
+"""IceProd states that show each housekeeping symptom, and healthy ones, for the real server.
+
+Every dataset is seeded through the real REST API (``real_iceprod.seed``) and then given a
+valid config, as a submitted dataset has: IceProd's ``dataset_completion`` suspends a
+processing dataset without one and stops there. The crons of IceProd never run unless a test
+runs them, so a seeded symptom stays until then, as when the cron has stopped.
+
+The rules are the mixin's, rendered from :data:`FAST`: the same expressions with ``for:`` and
+the materialization window in seconds, and a buffer batch of 2 jobs instead of 1000 so that a
+dataset with "enough" processing jobs takes three requests to seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import requests
+
+from grafana.mixin import generate
+from grafana.mixin.config import DEFAULT
+
+from .real_iceprod.scenario import Dataset, Grid, Job, Scenario, T, TaskDef
+from .real_iceprod.seed import SeededScenario
+
+#: the mixin's rules with the waits of a test: the expressions are the shipped ones
+FAST = dataclasses.replace(
+    DEFAULT,
+    housekeeping_for="2s",
+    queue_tasks_for="2s",
+    materialization_window="5s",
+    buffer_batch_size=2,
+)
+#: alert -> the IceProd cron whose symptom it watches
+HOUSEKEEPING = {
+    "IceProdDatasetCompletionOverdue": "dataset_completion",
+    "IceProdJobCompletionOverdue": "job_completion",
+    "IceProdDatasetCleanupOverdue": "dataset_cleanup",
+    "IceProdTaskQueueingStalled": "queue_tasks",
+    "IceProdMaterializationStalled": "buffer_jobs_tasks",
+}
+#: the crons a test runs, in the order IceProd's schedule would have them catch up
+CRONS = ("job_completion", "dataset_completion", "dataset_cleanup", "queue_tasks")
+
+MAIN = TaskDef("main")
+PHOTON = TaskDef("photon", gpu=1)
+
+
+def _dataset(
+    key: str,
+    jobs_submitted: int,
+    *jobs: Job,
+    status: str = "processing",
+    task_defs: tuple[TaskDef, ...] = (MAIN,),
+    truncated: bool = False,
+    always_active: bool = False,
+    auth_groups_read: tuple[str, ...] | None = None,
+) -> Dataset:
+    """A dataset of simprod/alice described by its key."""
+    return Dataset(
+        key=key,
+        description=key,
+        group="simprod",
+        username="alice",
+        status=status,
+        jobs_submitted=jobs_submitted,
+        task_defs=task_defs,
+        jobs=jobs,
+        truncated=truncated,
+        always_active=always_active,
+        auth_groups_read=auth_groups_read,
+    )
+
+
+def _job(status: str, task: str) -> Job:
+    return Job(status, (T(task),))
+
+
+SCENARIO = Scenario(
+    datasets=(
+        # dataset_completion: every job materialized and complete, still processing
+        _dataset("done", 2, _job("complete", "complete"), _job("complete", "complete")),
+        # ... truncated after 2 of 5 jobs: completed on those
+        _dataset(
+            "done_truncated",
+            5,
+            _job("complete", "complete"),
+            _job("complete", "complete"),
+            truncated=True,
+        ),
+        # healthy for dataset_completion: a job still to materialize (and none processing, so
+        # buffer_jobs_tasks would materialize it: a symptom of that cron); always active
+        _dataset("unfinished", 3, _job("complete", "complete"), _job("complete", "complete")),
+        _dataset("always", 1, _job("complete", "complete"), always_active=True),
+        # job_completion: jobs processing, every task complete
+        _dataset("stuck_jobs", 2, _job("processing", "complete"), _job("processing", "complete")),
+        # healthy: a job processing its task (plain users may not read this one)
+        _dataset("running", 1, _job("processing", "processing"), auth_groups_read=()),
+        # dataset_cleanup: suspended with a task waiting and a job processing
+        _dataset("halted", 1, _job("processing", "waiting"), status="suspended"),
+        # healthy: suspended and cleaned up; in errors with its task failed
+        _dataset("halted_clean", 1, _job("suspended", "suspended"), status="suspended"),
+        _dataset("in_errors", 1, _job("errors", "failed"), status="errors"),
+        # queue_tasks: the only GPU task of IceProd idle (CPU tasks are waiting and running)
+        _dataset("gpu_idle", 1, _job("processing", "idle"), task_defs=(PHOTON,)),
+        # buffer_jobs_tasks: 1 of 10 jobs materialized, fewer processing than the batch of 2
+        _dataset("unbuffered", 10, _job("processing", "queued")),
+        # healthy: 2 processing jobs and waiting tasks: materialize.py leaves it alone
+        _dataset("full", 10, _job("processing", "waiting"), _job("processing", "waiting")),
+        # progress and time to completion: truncated after 3 of 10 jobs, one complete
+        _dataset(
+            "truncated_running",
+            10,
+            _job("complete", "complete"),
+            _job("processing", "processing"),
+            _job("processing", "waiting"),
+            truncated=True,
+        ),
+        _dataset("finished", 1, _job("complete", "complete"), status="complete"),
+    ),
+    # seed_scenario insists on two grid registrations; IceProd 3 ignores /grids and so does
+    # the exporter
+    grids=(
+        Grid("grid1.example.org", {"condor": "x"}, "3.2.43"),
+        Grid("grid2.example.org", {"condor": "y"}, "3.2.43"),
+    ),
+)
+
+#: (alert, dataset key, or resource kind for IceProd-wide alerts) firing before the crons ran
+SYMPTOMS = frozenset(
+    {
+        ("IceProdDatasetCompletionOverdue", "done"),
+        ("IceProdDatasetCompletionOverdue", "done_truncated"),
+        ("IceProdJobCompletionOverdue", "stuck_jobs"),
+        ("IceProdDatasetCleanupOverdue", "halted"),
+        ("IceProdTaskQueueingStalled", "gpu"),
+        ("IceProdMaterializationStalled", "unbuffered"),
+        ("IceProdMaterializationStalled", "unfinished"),
+    }
+)
+#: ... and after them: materialization needs IceProd's materialization service, not a cron
+AFTER_CRONS = frozenset(
+    {
+        ("IceProdMaterializationStalled", "unbuffered"),
+        ("IceProdMaterializationStalled", "unfinished"),
+    }
+)
+#: dataset key -> status once the crons ran (the datasets they change)
+STATUS_AFTER_CRONS = {
+    "done": "complete",
+    "done_truncated": "complete",
+    "stuck_jobs": "complete",  # job_completion completes its jobs, then dataset_completion it
+    "unfinished": "processing",
+    "always": "processing",
+    "truncated_running": "processing",
+}
+
+
+def add_configs(api_url: str, token: str, seeded: SeededScenario) -> None:
+    """PUT a valid config (one task per task name) for every seeded dataset."""
+    session = requests.Session()
+    session.headers["Authorization"] = "Bearer " + token
+    for dataset in SCENARIO.datasets:
+        config = {
+            "version": 3.2,
+            "description": dataset.description,
+            "options": {},
+            "steering": {"parameters": {}},
+            "tasks": [{"name": t.name, "trays": [{"modules": [{}]}]} for t in dataset.task_defs],
+        }
+        dataset_id = seeded.datasets[dataset.key].dataset_id
+        answer = session.put(f"{api_url}/config/{dataset_id}", json=config, timeout=30)
+        assert answer.status_code == 200, f"PUT /config/{dataset_id}: {answer.text[:300]}"
+
+
+def fast_rules(directory: Path) -> list[Path]:
+    """The rule files rendered from :data:`FAST` into ``directory``."""
+    paths = []
+    for name, text in generate.rule_files(FAST).items():
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths
