@@ -543,11 +543,12 @@ class _Connection(HTTP1ServerConnection):
 
     async def _serve(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
         server = self._server
-        deadline: float | None = IOLoop.current().time() + server.header_timeout
+        first_deadline = IOLoop.current().time() + server.header_timeout
+        kept = False  # a request was answered: the next head has the idle time to begin
         try:
             while True:
-                server.waiting(self)
-                head = await self._head(deadline)
+                server.waiting(self, kept)
+                head = await self._head(None if kept else first_deadline)
                 if head is None:
                     return
                 conn = HTTP1Connection(
@@ -556,7 +557,7 @@ class _Connection(HTTP1ServerConnection):
                 request = _Received(delegate.start_request(self, conn), lambda: server.busy(self))
                 if not await conn.read_response(request):
                     return
-                deadline = None  # kept alive: the next head has the idle time to begin
+                kept = True
         except (StreamClosedError, asyncio.CancelledError):
             return
         except Exception as exc:  # a bug here must not take the IOLoop down
@@ -567,7 +568,11 @@ class _Connection(HTTP1ServerConnection):
             delegate.on_close(self)
 
     async def _head(self, deadline: float | None) -> bytes | None:
-        """The next request's head, or ``None`` once the connection was answered and closed."""
+        """The next request's head, or ``None`` once the connection was answered and closed.
+
+        ``deadline`` for the whole head; ``None``: the idle time for its first byte, then the
+        header timeout from that byte.
+        """
         server, stream, now = self._server, self.stream, IOLoop.current().time
         began = False  # a byte of this head arrived
         try:
@@ -639,10 +644,12 @@ class _Connection(HTTP1ServerConnection):
 class _CappedServer(HTTPServer):
     """Reads request heads with :class:`_Connection`; at the cap it closes one to make room.
 
-    It closes the connection that has waited longest without a request in (idle between
-    requests, or with a head or body begun and not finished). If every connection has its
-    request in, it closes the one whose answer has taken longest, past :data:`BUSY_GRACE` (a
-    client that does not read its answer); else the new connection is closed at once.
+    It closes the connection that has waited longest without a request in (idle, or with a head
+    or body begun and not finished), first among those that never had a request answered, then
+    among kept-alive ones (Prometheus' connection between scrapes is one of those, and is kept
+    while a crowd of new ones churns). If every connection has its request in, it closes the one
+    whose answer has taken longest, past :data:`BUSY_GRACE` (a client that does not read its
+    answer); else the new connection is closed at once.
     """
 
     max_connections = MAX_CONNECTIONS
@@ -660,12 +667,13 @@ class _CappedServer(HTTPServer):
             self.conn_params.max_header_size
         )
         # oldest first (dicts keep insertion order and remove in O(1)); busy: since when
-        self._waiting: dict[_Connection, None] = {}
+        self._new: dict[_Connection, None] = {}
+        self._kept: dict[_Connection, None] = {}
         self._busy: dict[_Connection, float] = {}
 
     def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
         if len(self._connections) >= self.max_connections:
-            room = next(iter(self._waiting), None)
+            room = next(iter(self._new), None) or next(iter(self._kept), None)
             if room is None:
                 busiest = next(iter(self._busy.items()), None)
                 if busiest is None or IOLoop.current().time() - busiest[1] < self.busy_grace:
@@ -679,10 +687,10 @@ class _CappedServer(HTTPServer):
         self._connections.add(conn)
         conn.start_serving(self)
 
-    def waiting(self, conn: _Connection) -> None:
-        """``conn`` waits for a request (again): the newest of those the cap may close."""
+    def waiting(self, conn: _Connection, kept: bool) -> None:
+        """``conn`` waits for a request (``kept``: after answering one): the newest waiting."""
         self.gone(conn)
-        self._waiting[conn] = None
+        (self._kept if kept else self._new)[conn] = None
 
     def busy(self, conn: _Connection) -> None:
         """``conn`` has its request in: it is answered, closed for room only past the grace."""
@@ -691,7 +699,8 @@ class _CappedServer(HTTPServer):
 
     def gone(self, conn: _Connection) -> None:
         """``conn`` is closed."""
-        self._waiting.pop(conn, None)
+        self._new.pop(conn, None)
+        self._kept.pop(conn, None)
         self._busy.pop(conn, None)
 
     def on_close(self, server_conn: object) -> None:

@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import resource
+import selectors
 import shutil
 import signal
 import socket
@@ -18,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -214,6 +216,88 @@ def _demo_port(log: Path) -> int | None:
         if "open http://localhost:" in line:
             return int(line.split("open http://localhost:")[1].split("/")[0])
     return None
+
+
+# --------------------------------------------------------------------------- crowds
+
+
+SLOW_START = b"GET /metrics HTTP/1.1\r\nX: a"
+
+
+class Crowd:
+    """``slow`` connections dripping a never-ending head and ``idle`` ones sending nothing.
+
+    One thread, non-blocking sockets. Every half second each slow one sends one more byte of its
+    head, as a slowloris does; connections the server closed are opened again, ``reopen`` a
+    second at most (in tenths), for as long as the crowd runs (at most ``seconds``).
+    """
+
+    def __init__(self, port: int, slow: int, idle: int, seconds: float, reopen: int = 1000) -> None:
+        self.port, self.kinds = port, ["slow"] * slow + ["idle"] * idle
+        self.batch = reopen // 10
+        self.until = time.monotonic() + seconds
+        self.stop = threading.Event()
+        self.closed_by_server = 0
+        self.opened = 0
+        self._thread = threading.Thread(target=self._run)
+
+    def __enter__(self) -> Crowd:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(30)
+
+    def _connect(self, sel: selectors.BaseSelector, kind: str) -> None:
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", self.port))
+        sel.register(sock, selectors.EVENT_READ, kind)
+        self.opened += 1
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        for kind in self.kinds:
+            self._connect(sel, kind)
+        begun: set[socket.socket] = set()  # slow ones that sent their request line
+        closed: list[str] = []  # the kinds to open again
+        next_drip = next_reopen = time.monotonic()
+        try:
+            while not self.stop.is_set() and time.monotonic() < self.until:
+                for key, _ in sel.select(0.05):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    try:
+                        gone = sock.recv(4096) == b""
+                    except BlockingIOError:
+                        gone = False
+                    except OSError:
+                        gone = True
+                    if gone:
+                        self.closed_by_server += 1
+                        sel.unregister(sock)
+                        begun.discard(sock)
+                        sock.close()
+                        closed.append(str(key.data))
+                if time.monotonic() >= next_reopen:
+                    next_reopen += 0.1
+                    for kind in closed[: self.batch]:
+                        self._connect(sel, kind)
+                    del closed[: self.batch]
+                if time.monotonic() >= next_drip:
+                    next_drip += 0.5
+                    for key in list(sel.get_map().values()):
+                        sock = key.fileobj
+                        assert isinstance(sock, socket.socket)
+                        if key.data == "slow":
+                            with contextlib.suppress(OSError):
+                                sock.send(b"a" if sock in begun else SLOW_START)
+                                begun.add(sock)
+        finally:
+            for key in list(sel.get_map().values()):
+                key.fileobj.close()  # type: ignore[union-attr]
+            sel.close()
 
 
 # --------------------------------------------------------------------------- chromium
