@@ -573,12 +573,13 @@ _CONDOR_VALUES = {
 #: series of the other IceProd exporters the mixin reads (names as scraped: a counter of
 #: prometheus_client gets ``_total``): (name, kind, labels, known label values)
 OTHER_EXPORTERS: tuple[tuple[str, Kind, frozenset[str], Mapping[str, frozenset[str]]], ...] = (
-    # prometheus_client Info("iceprod") of every IceProd server; type="grid" on the grid daemon
+    # prometheus_client Info("iceprod") of every IceProd server (the services server says
+    # "api" too); the grid daemon's carries these labels
     (
         "iceprod_info",
         Kind.GAUGE,
         frozenset({"name", "type", "queue_type", "version", "exclusive"}),
-        {"type": frozenset({"api", "grid", "cron", "website", "services", "credentials"})},
+        {"type": frozenset({"api", "grid", "cron", "website", "credentials"})},
     ),
     ("iceprod_grid_tasks", Kind.GAUGE, GRID_LABELS, {}),
     (

@@ -17,6 +17,7 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from grafana.mixin import alerts, config, generate
 from grafana.mixin.rules import Alert
@@ -31,7 +32,9 @@ from .monitoring_support import (
     RULE_FILES,
     RULE_TEST_FILES,
     TARGET_LABELS,
+    OtherExporters,
     check_expression,
+    exporter_metrics,
     known_metrics,
     load_dashboards,
     load_rules,
@@ -39,8 +42,12 @@ from .monitoring_support import (
     replica_problems,
     run_tool,
     scan,
+    scraped_metrics,
+    substitute,
+    targets,
     tool_version,
 )
+from .support import http_get
 
 ALERTS = PROMETHEUS_DIR / "alerts.yaml"
 RECORDING = PROMETHEUS_DIR / "recording.yaml"
@@ -77,6 +84,8 @@ ROLLING_UPDATE = "a replica is replaced during a rolling update"
 JOINS = "other IceProd exporters on our labels"
 _LABEL_RE = re.compile(r'(\w+)="([^"]*)"')
 SEVERITIES = {"critical", "warning"}
+#: values for the dashboards' variables when their queries are only parsed
+VARIABLES = {"dataset": "1", "task_name": ".*", "instance": ".*", "group": ".*", "username": ".*"}
 
 
 def _alerts() -> list[dict[str, Any]]:
@@ -524,3 +533,38 @@ def test_joins_read_the_other_exporters_real_names_and_labels() -> None:
             assert set(labels) - TARGET_LABELS == GRID_LABELS | {"dataset", "task", "success"}
     tested = " ".join(check["expr"] for check in case["promql_expr_test"])
     assert all(r in tested for r in records if r.startswith("dataset_task:"))
+
+
+def test_the_other_exporters_stand_in_serves_what_the_contract_knows() -> None:
+    """OtherExporters (the end-to-end stand-in) and OTHER_EXPORTERS describe the same series."""
+    others = OtherExporters("20001", "generate")
+    try:
+        served: dict[str, set[str]] = {}
+        for path in ("/grid", "/condor-history"):
+            status, body = http_get(f"http://{others.target}{path}")
+            assert status == 200, path
+            for family in text_string_to_metric_families(body.decode()):
+                for sample in family.samples:
+                    served.setdefault(sample.name, set()).update(sample.labels)
+    finally:
+        others.stop()
+    known = scraped_metrics()
+    for name, labels in served.items():
+        if name.endswith("_created"):  # prometheus_client's, read by nothing
+            continue
+        assert name in known, name
+        assert labels <= known[name].labels, (name, labels - known[name].labels)
+    # every series of theirs the mixin reads is served, so the end-to-end test has data
+    theirs = set(known) - set(exporter_metrics()) - {"up"}
+    read = {
+        s.name
+        for path in RULE_FILES
+        for rule in load_rules(path)
+        for s in scan(rule["expr"]).selectors
+        if s.name in theirs
+    }
+    for board in load_dashboards().values():
+        for _, target in targets(board):
+            expr = substitute(target["expr"], VARIABLES)
+            read |= {s.name for s in scan(expr).selectors if s.name in theirs}
+    assert read and read <= set(served), read - set(served)
