@@ -186,9 +186,10 @@ def build(cfg: Config) -> models.Dashboard:
         timeseries_panel(
             "Permission denied by endpoint",
             "403 answers in the last poll, by endpoint template and exporter instance: routes "
-            "the token may not read. A permission problem, not an outage: /grids needs the "
-            "iceprod-system role (or admin group), per-dataset routes need read access to the "
-            "dataset. IceProdExporterPermissionDenied fires when a route keeps answering 403 "
+            "the token may not read. A permission problem, not an outage: /task_counts/status "
+            "(the IceProd-wide backlog by resource kind) needs the iceprod-system role (or "
+            "admin group), per-dataset routes need read access to the dataset. "
+            "IceProdExporterPermissionDenied fires when a route keeps answering 403 "
             f"for {spoken(cfg.permission_denied_for)}.",
             query(
                 f"max by (instance, endpoint) (iceprod_exporter_permission_denied{{{I_}}})",
