@@ -7,8 +7,9 @@ The daemon runs this server in a process of its own (:mod:`~iceprod_exporter.ser
 scrapes never compete with polling for the interpreter.
 Misbehaving clients are bounded: each request's head is read here (:class:`_Connection`) under a
 deadline and size limits and answered 400/408/414/431/505 when it breaks them; at the connection
-cap the connection that has waited longest for a request is closed to make room; bcrypt checks
-wait in a short newest-first queue (:class:`_Checks`). None of them gets a traceback into the log.
+cap the connection that has waited longest for a request is closed to make room
+(:class:`_CappedServer`); bcrypt checks wait in a bounded first-come queue that drops those whose
+client has gone (:class:`_Checks`). None of them gets a traceback into the log.
 """
 
 from __future__ import annotations
