@@ -194,8 +194,9 @@ def build(cfg: Config) -> models.Dashboard:
             "them; every dataset whatever its status (iceprod_active_tasks, read by shard 0; "
             "empty when the exporter's token may not read /task_counts/status). Waiting tasks "
             "of one kind with none queued or processing for "
-            f"{spoken(cfg.resource_starved_for)} fire IceProdResourceStarved; idle ones with "
-            f"nothing else for {spoken(cfg.queue_tasks_for)} IceProdTaskQueueingStalled.",
+            f"{spoken(cfg.resource_starved_for)} fire IceProdResourceStarved; idle ones with none "
+            "of their kind waiting, queued or processing for "
+            f"{spoken(cfg.queue_tasks_for)} fire IceProdTaskQueueingStalled.",
             query("iceprod:active_tasks:sum_by_resource_status", "{{resource}} {{status}}"),
             width=24,
         ),
@@ -251,10 +252,11 @@ def build(cfg: Config) -> models.Dashboard:
         timeseries_panel(
             "Resets and failures per site",
             "Tasks per hour each grid reported back to IceProd: reset (a transient error: the "
-            "task goes back to waiting with failures + 1 and 1.5 times the resources it used; "
-            "never counted as failed), failed (an error IceProd does not retry: needs a "
-            "person) and complete. A reset storm shows here long before anything fails. From "
-            "the grid daemons' iceprod_grid_task_{reset,failure,success} call histograms.",
+            "task goes back to waiting with failures + 1 and its memory, disk and time raised to "
+            "1.5 times what it used; never counted as failed), failed (an error IceProd does "
+            "not retry: needs a person) and complete. A reset storm shows here although no "
+            "task turns failed. From the grid daemons' iceprod_grid_task_{reset,failure,"
+            "success} call histograms.",
             *(
                 query(
                     f"sum by (site) (rate(iceprod_grid_task_{outcome}_count{{{grid}}}"
