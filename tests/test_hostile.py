@@ -482,6 +482,7 @@ def watch(daemon: Daemon, seconds: float) -> list[tuple[int, int, float]]:
 
 
 @pytest.mark.integration  # seconds of a real daemon (HOSTILE_DRIP_SECONDS of drip)
+@pytest.mark.timeout(DRIP_SECONDS + 120)
 def test_daemon_through_a_drip_stays_bounded_recovers_and_stops_on_sigterm(
     upstreams: tuple[ScriptedServer, OIDCIssuer], tmp_path: Path
 ) -> None:
