@@ -698,6 +698,11 @@ class _CappedServer(HTTPServer):
         self.gone(conn)
         self._busy[conn] = IOLoop.current().time()
 
+    @property
+    def answering(self) -> int:
+        """Connections with a request in."""
+        return len(self._busy)
+
     def gone(self, conn: _Connection) -> None:
         """``conn`` is closed."""
         self._new.pop(conn, None)
@@ -848,6 +853,11 @@ class HttpServer:
     def connections(self) -> int:
         """Connections open now."""
         return len(self._server._connections) if self._server else 0
+
+    @property
+    def answering(self) -> int:
+        """Connections with a request in, being answered now."""
+        return self._server.answering if self._server else 0
 
     def start(self) -> None:
         """Start serving (returns once the IOLoop accepts connections)."""

@@ -127,12 +127,13 @@ def test_a_bad_head_gets_its_status_at_once(case: str) -> None:
     with serving() as server:
         response, took = exchange(server.port, data)
         assert status_of(response) == status, response[:100]
-        assert took < 0.5, f"{case}: answered after {took:.2f}s"
-        assert b"\r\nConnection: close\r\n" in response or status == 400
+        assert took < 1.0, f"{case}: answered after {took:.2f}s"
+        tornados = case == "a header line without a colon"  # its own bare answer, after the head
+        assert tornados or b"\r\nConnection: close\r\n" in response
         if len(data) > 1000:  # read under the limits, the rest drained: no reset, nothing kept
             wait_for(lambda: server.connections == 0, 2, "closed", interval=0.01)
         assert request("127.0.0.1", server.port, "/healthz").status == 200
-        if case != "a header line without a colon":  # Tornado's own answer, counted as it goes
+        if not tornados:
             counted = server.registry.get_sample_value(
                 "iceprod_exporter_http_requests_total", {"handler": "other", "code": str(status)}
             )
@@ -143,13 +144,13 @@ def test_a_head_cut_off_before_its_blank_line_gets_408_at_the_deadline() -> None
     with serving(header_timeout=0.2) as server:
         response, took = exchange(server.port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         assert status_of(response) == 408
-        assert 0.15 < took < 0.6
+        assert 0.15 < took < 1.0
 
 
 def test_a_connection_that_sends_nothing_is_closed_silently_at_the_deadline() -> None:
     with serving(header_timeout=0.2) as server:
         response, took = exchange(server.port, b"")
-        assert response == b"" and 0.15 < took < 0.6
+        assert response == b"" and 0.15 < took < 1.0
 
 
 def test_a_kept_alive_connection_waits_the_idle_time_then_the_header_deadline() -> None:
@@ -165,7 +166,7 @@ def test_a_kept_alive_connection_waits_the_idle_time_then_the_header_deadline() 
             started = time.monotonic()
             sock.settimeout(2)
             assert sock.recv(65536).startswith(b"HTTP/1.1 408 ")
-            assert 0.08 < time.monotonic() - started < 0.5
+            assert 0.08 < time.monotonic() - started < 1.0
 
 
 def test_leading_empty_lines_are_ignored() -> None:
@@ -197,7 +198,7 @@ def test_over_tls_a_bad_head_gets_its_status_and_a_silent_client_is_closed(pki: 
         assert status_of(received) == 414
         # connected, never began its handshake: closed at the header deadline
         response, took = exchange(server.port, b"")
-        assert response == b"" and 0.25 < took < 0.8
+        assert response == b"" and 0.25 < took < 1.5
         r = request("localhost", server.port, "/healthz", context=client_context(pki))
         assert r.status == 200
 
@@ -248,10 +249,10 @@ def test_a_connection_with_its_request_in_is_closed_for_room_only_past_the_grace
         source.hold.clear()  # identity bodies wait: both requests stay in
         busy = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
         try:
-            for sock in busy:
-                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            wait_for(lambda: server.connections == 2, 5, "2 connections", interval=0.01)
-            time.sleep(0.1)  # both requests read
+            busy[0].sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: server.answering == 1, 5, "the first request in", 0.01)
+            busy[1].sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: server.answering == 2, 5, "the second request in", 0.01)
             extra = socket.create_connection(("127.0.0.1", server.port), timeout=3)
             with extra:
                 assert extra.recv(10) == b"", "every answer under way: the new one is closed"
