@@ -6,8 +6,7 @@ processing dataset without one and stops there. The crons of IceProd never run u
 runs them, so a seeded symptom stays until then, as when the cron has stopped.
 
 The rules are the mixin's, rendered from :data:`FAST`: the same expressions with ``for:`` and
-the materialization window in seconds, and a buffer batch of 2 jobs instead of 1000 so that a
-dataset with "enough" processing jobs takes three requests to seed.
+the materialization window in seconds.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ FAST = dataclasses.replace(
     housekeeping_for="2s",
     queue_tasks_for="2s",
     materialization_window="5s",
-    buffer_batch_size=2,
 )
 #: alert -> the IceProd cron whose symptom it watches
 HOUSEKEEPING = {
@@ -103,10 +101,11 @@ SCENARIO = Scenario(
         _dataset("in_errors", 1, _job("errors", "failed"), status="errors"),
         # queue_tasks: the only GPU task of IceProd idle (CPU tasks are waiting and running)
         _dataset("gpu_idle", 1, _job("processing", "idle"), task_defs=(PHOTON,)),
-        # buffer_jobs_tasks: 1 of 10 jobs materialized, fewer processing than the batch of 2
+        # buffer_jobs_tasks: 1 of 10 jobs materialized
         _dataset("unbuffered", 10, _job("processing", "queued")),
-        # healthy: 2 processing jobs and waiting tasks: materialize.py leaves it alone
-        _dataset("full", 10, _job("processing", "waiting"), _job("processing", "waiting")),
+        # healthy: suspended with jobs to materialize (buffer_jobs_tasks asks for processing
+        # datasets only)
+        _dataset("paused", 10, _job("suspended", "suspended"), status="suspended"),
         # progress and time to completion: truncated after 3 of 10 jobs, one complete
         _dataset(
             "truncated_running",

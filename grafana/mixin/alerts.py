@@ -583,12 +583,6 @@ def _housekeeping_alerts(cfg: Config) -> Group:
                     "  dataset:dataset_jobs:sum\n"
                     "  < on (dataset) max by (dataset) (iceprod_dataset_jobs_submitted)\n"
                     ")\n"
-                    "and on (dataset)\n"
-                    "(\n"
-                    f"  ({processing_jobs} < {cfg.buffer_batch_size})\n"
-                    "  or on (dataset) (sum by (dataset) (dataset:dataset_tasks:sum_by_status"
-                    '{status="waiting"}) == 0)\n'
-                    ")\n"
                     f"unless on (dataset) {TRUNCATED}\n"
                     f"and on (dataset) ({PROCESSING})",
                     cfg,
@@ -601,18 +595,21 @@ def _housekeeping_alerts(cfg: Config) -> Group:
                     f"Dataset {_dataset(cfg)} is processing and not truncated, has",
                     '{{ $value | printf "%.0f" }} jobs materialized of',
                     _count('max(iceprod_dataset_jobs_submitted{dataset="%s"})'),
-                    f"submitted, and the count has not changed in {spoken(seconds(window) * 2)}",
-                    "although buffer_jobs_tasks materializes more whenever a dataset has no",
-                    f"waiting task or fewer than {cfg.buffer_batch_size} processing jobs.",
+                    f"submitted, and the count has not changed in {spoken(seconds(window) * 2)},",
+                    "although every run of buffer_jobs_tasks has IceProd's materialization",
+                    "service materialize up to 1000 more jobs of each processing dataset.",
                     stopped.format("buffer_jobs_tasks"),
-                    "its log (a config whose task count differs from tasks_per_job fails every",
-                    "run).",
+                    "its log, and the materialization service's (a config whose task count",
+                    "differs from tasks_per_job fails every run).",
                 ),
                 board,
                 "The materialized job count of a processing, not truncated dataset stays flat "
-                "while jobs remain to materialize and materialize.py would buffer some (no "
-                "waiting task, or fewer processing jobs than buffer_batch_size): a flat count is "
-                "normal otherwise. Flat over materialization_window, and `for:` as long.",
+                "while jobs remain to materialize. buffer_jobs_tasks requests a materialization "
+                "of every processing dataset on each run, and the service then buffers it "
+                "whatever its waiting tasks and processing jobs (materialize.py run_once with "
+                "only_dataset; its throttle applies only without, which no caller uses in "
+                "3.2.43). Truncated datasets are left out: their owners asked for no more jobs. "
+                "Flat over materialization_window, and `for:` as long.",
                 {"cron": "buffer_jobs_tasks"},
             ),
         ),

@@ -88,11 +88,8 @@ class Config:
     housekeeping_for: str = "1h"
     #: idle tasks of one kind, nothing waiting, queued or processing: queue_tasks is not running
     queue_tasks_for: str = "1h"
-    #: buffer_jobs_tasks' jobs per dataset and run (its ``num``, 1000 by default): materialize.py
-    #: buffers a dataset only while it has no waiting task or fewer processing jobs than this
-    buffer_batch_size: int = 1000
-    #: the materialized job count stays flat this long while buffering is due (the window of
-    #: the comparison; the alert's ``for:`` is as long, so it fires after twice this)
+    #: the materialized job count stays flat this long while jobs remain to materialize (the
+    #: window of the comparison; the alert's ``for:`` is as long, so it fires after twice this)
     materialization_window: str = "1h"
 
     # --- grids: the grid daemons' own metrics (iceprod.server, ``PROMETHEUS`` enabled)

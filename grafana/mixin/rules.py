@@ -89,7 +89,7 @@ def flagged(metric: str) -> str:
     return f"(max by (dataset) ({metric}) == 1)"
 
 
-#: datasets IceProd materializes no further jobs for and completes on the jobs they have
+#: datasets IceProd completes on the jobs they have (their owners asked for no more)
 TRUNCATED = flagged("iceprod_dataset_truncated")
 #: datasets IceProd never completes: no planned total, no progress, no time to completion
 ALWAYS_ACTIVE = flagged("iceprod_dataset_always_active")
@@ -206,8 +206,9 @@ def groups(cfg: Config) -> list[Group]:
                     "dataset:dataset_jobs_planned:sum",
                     _planned("iceprod_dataset_jobs_submitted", "dataset:dataset_jobs:sum"),
                     "Jobs the dataset works towards: jobs_submitted, or the materialized jobs "
-                    "once it is truncated (IceProd materializes no more and completes it on "
-                    "those). No series for an always-active dataset: IceProd never completes it.",
+                    "once it is truncated (dataset_completion completes it as soon as "
+                    "those are complete). No series for an always-active dataset: IceProd never "
+                    "completes it.",
                 ),
                 Record(
                     "dataset:dataset_tasks_planned:sum",

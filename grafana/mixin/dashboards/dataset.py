@@ -101,7 +101,7 @@ def build(cfg: Config) -> models.Dashboard:
             "Jobs not materialized",
             "Jobs the dataset plans that IceProd's materialization has not created yet: "
             "jobs_submitted (as IceProd holds it now) minus the materialized jobs, and 0 once "
-            "the dataset is truncated (those jobs will never exist).",
+            "the dataset is truncated (IceProd completes it without them).",
             query(
                 f"dataset:dataset_jobs_planned:sum{{{D}}} - dataset:dataset_jobs:sum{{{D}}}\n"
                 "or\n"
@@ -113,8 +113,8 @@ def build(cfg: Config) -> models.Dashboard:
         ).color_mode(common_models.BigValueColorMode.NONE),
         stat_panel(
             "Truncated / always active",
-            "Truncated: IceProd materializes no further jobs and completes the dataset once "
-            "the jobs it has are complete, so its progress counts those only. Always active: "
+            "Truncated: IceProd completes the dataset as soon as the jobs it has are complete, "
+            "so its progress counts those only. Always active: "
             "IceProd never completes it, so it has no progress or time to completion.",
             query(f"max(iceprod_dataset_truncated{{{D}}})", "truncated"),
             query(f"max(iceprod_dataset_always_active{{{D}}})", "always active"),
