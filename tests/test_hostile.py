@@ -17,7 +17,6 @@ import logging
 import os
 import signal
 import subprocess
-import threading
 import time
 import tracemalloc
 import warnings
@@ -50,7 +49,7 @@ from iceprod_exporter.simulator import (
 )
 from iceprod_exporter.telemetry import Telemetry
 
-from .scripted_http import Reply, ScriptedServer
+from .scripted_http import Reply, ScriptedServer, threads_outside_servers
 from .support import free_port, http_get, samples, start_exporter, wait_for
 
 ROUTE = "/datasets/d1/job_counts/status"
@@ -132,13 +131,13 @@ def test_a_call_ends_at_its_timeout_whatever_the_server_does(
 ) -> None:
     server.script[ROUTE] = [reply]
     registry = CollectorRegistry()
-    threads = threading.active_count()
+    threads = threads_outside_servers()
     started = time.monotonic()
     [error] = run_calls(api_client(server.url, registry, timeout=0.3))
     assert isinstance(error, ApiError) and error.reason == Reason.TIMEOUT
     assert time.monotonic() - started < 1.2, "the timeout is a deadline, not per read (3 s)"
     wait_for(lambda: server.hung_up == 1 and server.in_flight == 0, 2, "the socket closed")
-    assert threading.active_count() == threads, "no thread is left waiting on the server"
+    assert threads_outside_servers() == threads, "no thread is left waiting on the server"
     assert failures(registry, "timeout") == 1
 
 
