@@ -17,7 +17,7 @@ from prometheus_client import disable_created_metrics
 from pydantic import SecretStr
 
 from . import __version__, config, logs, reference
-from .auth import write_private
+from .auth import OpenIDProvider, TokenError, write_private
 from .config import ConfigError, Settings
 
 EXIT_CONFIG = 2
@@ -181,6 +181,11 @@ def _login(settings: Settings) -> int:
 
     if settings.refresh_token_file is None:
         raise ConfigError("refresh_token_file: required for login")
+    # rest-tools' device flow follows redirects, secret and all: vet the realm as the daemon does
+    try:
+        asyncio.run(OpenIDProvider(settings.oauth_url, settings.token_timeout).token_endpoint())
+    except TokenError as exc:
+        raise ConfigError(f"oauth_url: {exc}") from None
     secret = config.read_secret(
         settings.oauth_client_secret, settings.oauth_client_secret_file, "oauth_client_secret"
     )

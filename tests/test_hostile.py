@@ -285,6 +285,23 @@ def test_a_token_that_could_end_a_header_line_is_refused(server: ScriptedServer)
     assert grant_against(server).reason == Reason.BAD_RESPONSE
 
 
+def test_login_refuses_a_realm_whose_discovery_points_elsewhere(
+    server: ScriptedServer,
+    elsewhere: ScriptedServer,
+    tmp_path: Path,
+    log_stream: io.StringIO,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from iceprod_exporter.cli import main
+
+    other = elsewhere.url + REALM
+    server.script[DISCOVERY] = [discovery(other, other + "/token")]
+    argv = ["login", "--oauth-url", server.url + REALM, "--refresh-token-file", str(tmp_path / "t")]
+    assert main(argv) == 2  # log_stream: the CLI's log set-up is undone afterwards
+    assert "oauth_url: OpenID discovery: its issuer is not oauth_url" in capsys.readouterr().err
+    assert elsewhere.seen == [] and not (tmp_path / "t").exists()
+
+
 # --- tokens that are expired on arrival
 
 
