@@ -1,7 +1,9 @@
 """IceProd states that show each housekeeping symptom, and healthy ones, for the real server.
 
-Every dataset is seeded through the real REST API (``real_iceprod.seed``) and then given a
-valid config, as a submitted dataset has: IceProd's ``dataset_completion`` suspends a
+Every dataset is seeded through the real REST API (``real_iceprod.seed``, one dataset at a
+time: ``seed_scenario`` insists on the coverage of its own scenario, and this one must have no
+task waiting, queued or processing anywhere) and then given a valid config, as a submitted
+dataset has: IceProd's ``dataset_completion`` suspends a
 processing dataset without one and stops there. The crons of IceProd never run unless a test
 runs them, so a seeded symptom stays until then, as when the cron has stopped.
 
@@ -14,13 +16,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import requests
-
 from grafana.mixin import generate
 from grafana.mixin.config import DEFAULT
 
-from .real_iceprod.scenario import Dataset, Grid, Job, Scenario, T, TaskDef
-from .real_iceprod.seed import SeededScenario
+from .real_iceprod.scenario import Dataset, Job, T, TaskDef
+from .real_iceprod.seed import SeededDataset, _Api, _seed_dataset
 
 #: the mixin's rules with the waits of a test: the expressions are the shipped ones
 FAST = dataclasses.replace(
@@ -74,55 +74,47 @@ def _job(status: str, task: str) -> Job:
     return Job(status, (T(task),))
 
 
-SCENARIO = Scenario(
-    datasets=(
-        # dataset_completion: every job materialized and complete, still processing
-        _dataset("done", 2, _job("complete", "complete"), _job("complete", "complete")),
-        # ... truncated after 2 of 5 jobs: completed on those
-        _dataset(
-            "done_truncated",
-            5,
-            _job("complete", "complete"),
-            _job("complete", "complete"),
-            truncated=True,
-        ),
-        # healthy for dataset_completion: a job still to materialize (and none processing, so
-        # buffer_jobs_tasks would materialize it: a symptom of that cron); always active
-        _dataset("unfinished", 3, _job("complete", "complete"), _job("complete", "complete")),
-        _dataset("always", 1, _job("complete", "complete"), always_active=True),
-        # job_completion: jobs processing, every task complete
-        _dataset("stuck_jobs", 2, _job("processing", "complete"), _job("processing", "complete")),
-        # healthy: a job processing its task (plain users may not read this one)
-        _dataset("running", 1, _job("processing", "processing"), auth_groups_read=()),
-        # dataset_cleanup: suspended with a task waiting and a job processing
-        _dataset("halted", 1, _job("processing", "waiting"), status="suspended"),
-        # healthy: suspended and cleaned up; in errors with its task failed
-        _dataset("halted_clean", 1, _job("suspended", "suspended"), status="suspended"),
-        _dataset("in_errors", 1, _job("errors", "failed"), status="errors"),
-        # queue_tasks: the only GPU task of IceProd idle (CPU tasks are waiting and running)
-        _dataset("gpu_idle", 1, _job("processing", "idle"), task_defs=(PHOTON,)),
-        # buffer_jobs_tasks: 1 of 10 jobs materialized
-        _dataset("unbuffered", 10, _job("processing", "queued")),
-        # healthy: suspended with jobs to materialize (buffer_jobs_tasks asks for processing
-        # datasets only)
-        _dataset("paused", 10, _job("suspended", "suspended"), status="suspended"),
-        # progress and time to completion: truncated after 3 of 10 jobs, one complete
-        _dataset(
-            "truncated_running",
-            10,
-            _job("complete", "complete"),
-            _job("processing", "processing"),
-            _job("processing", "waiting"),
-            truncated=True,
-        ),
-        _dataset("finished", 1, _job("complete", "complete"), status="complete"),
+DATASETS = (
+    # dataset_completion: every job materialized and complete, still processing
+    _dataset("done", 2, _job("complete", "complete"), _job("complete", "complete")),
+    # ... truncated after 2 of 5 jobs: completed on those
+    _dataset(
+        "done_truncated",
+        5,
+        _job("complete", "complete"),
+        _job("complete", "complete"),
+        truncated=True,
     ),
-    # seed_scenario insists on two grid registrations; IceProd 3 ignores /grids and so does
-    # the exporter
-    grids=(
-        Grid("grid1.example.org", {"condor": "x"}, "3.2.43"),
-        Grid("grid2.example.org", {"condor": "y"}, "3.2.43"),
+    # healthy for dataset_completion: a job still to materialize (and none processing, so
+    # buffer_jobs_tasks would materialize it: a symptom of that cron); always active
+    _dataset("unfinished", 3, _job("complete", "complete"), _job("complete", "complete")),
+    _dataset("always", 1, _job("complete", "complete"), always_active=True),
+    # job_completion: jobs processing, every task complete
+    _dataset("stuck_jobs", 2, _job("processing", "complete"), _job("processing", "complete")),
+    # healthy: a job with a task to run (plain users may not read this one)
+    _dataset("running", 1, _job("processing", "idle"), auth_groups_read=()),
+    # dataset_cleanup: suspended with a job processing
+    _dataset("halted", 1, _job("processing", "suspended"), status="suspended"),
+    # healthy: suspended and cleaned up; in errors with its task failed
+    _dataset("halted_clean", 1, _job("suspended", "suspended"), status="suspended"),
+    _dataset("in_errors", 1, _job("errors", "failed"), status="errors"),
+    # queue_tasks: a GPU task idle, and every active task of IceProd idle
+    _dataset("gpu_idle", 1, _job("processing", "idle"), task_defs=(PHOTON,)),
+    # buffer_jobs_tasks: 1 of 10 jobs materialized
+    _dataset("unbuffered", 10, _job("processing", "idle")),
+    # healthy: suspended with jobs to materialize (buffer_jobs_tasks asks for processing
+    # datasets only)
+    _dataset("paused", 10, _job("suspended", "suspended"), status="suspended"),
+    # progress and time to completion: truncated after 3 of 10 jobs, one complete
+    _dataset(
+        "truncated_running",
+        10,
+        _job("complete", "complete"),
+        _job("processing", "idle"),
+        _job("processing", "idle"),
+        truncated=True,
     ),
+    _dataset("finished", 1, _job("complete", "complete"), status="complete"),
 )
 
 #: (alert, dataset key, or resource kind for IceProd-wide alerts) firing before the crons ran
@@ -133,6 +125,7 @@ SYMPTOMS = frozenset(
         ("IceProdJobCompletionOverdue", "stuck_jobs"),
         ("IceProdDatasetCleanupOverdue", "halted"),
         ("IceProdTaskQueueingStalled", "gpu"),
+        ("IceProdTaskQueueingStalled", "cpu"),
         ("IceProdMaterializationStalled", "unbuffered"),
         ("IceProdMaterializationStalled", "unfinished"),
     }
@@ -155,11 +148,12 @@ STATUS_AFTER_CRONS = {
 }
 
 
-def add_configs(api_url: str, token: str, seeded: SeededScenario) -> None:
-    """PUT a valid config (one task per task name) for every seeded dataset."""
-    session = requests.Session()
-    session.headers["Authorization"] = "Bearer " + token
-    for dataset in SCENARIO.datasets:
+def seed(api_url: str, token: str, admin_token: str) -> dict[str, SeededDataset]:
+    """Seed :data:`DATASETS` through the REST API, each with a valid config; by key."""
+    api = _Api(api_url, token)
+    seeded = {}
+    for dataset in DATASETS:
+        seeded[dataset.key] = _seed_dataset(api, dataset, admin_token)
         config = {
             "version": 3.2,
             "description": dataset.description,
@@ -167,9 +161,8 @@ def add_configs(api_url: str, token: str, seeded: SeededScenario) -> None:
             "steering": {"parameters": {}},
             "tasks": [{"name": t.name, "trays": [{"modules": [{}]}]} for t in dataset.task_defs],
         }
-        dataset_id = seeded.datasets[dataset.key].dataset_id
-        answer = session.put(f"{api_url}/config/{dataset_id}", json=config, timeout=30)
-        assert answer.status_code == 200, f"PUT /config/{dataset_id}: {answer.text[:300]}"
+        api.call("PUT", f"/config/{seeded[dataset.key].dataset_id}", config)
+    return seeded
 
 
 def fast_rules(directory: Path) -> list[Path]:

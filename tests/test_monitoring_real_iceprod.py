@@ -2,7 +2,7 @@
 
 The real REST server (tests/real_iceprod/README.md) is seeded through its API with datasets
 that show each housekeeping symptom and healthy ones beside them
-(``housekeeping_scenario.SCENARIO``); the exporter (its CLI, a subprocess) polls it every
+(``housekeeping_scenario.DATASETS``); the exporter (its CLI, a subprocess) polls it every
 second; a real Prometheus scrapes the exporter and evaluates the mixin's rules, rendered with
 waits of seconds (``housekeeping_scenario.FAST``). Everything listens on 127.0.0.1.
 
@@ -31,15 +31,14 @@ from .housekeeping_scenario import (
     AFTER_CRONS,
     CRONS,
     HOUSEKEEPING,
-    SCENARIO,
     STATUS_AFTER_CRONS,
     SYMPTOMS,
-    add_configs,
     fast_rules,
+    seed,
 )
 from .monitoring_support import EXPORTER_JOB, Server, prom_query, start_prometheus
 from .real_iceprod.harness import ADMIN_CLAIMS, SYSTEM_CLAIMS, RealIceProd, fetch_token
-from .real_iceprod.seed import SeededScenario, seed_scenario
+from .real_iceprod.seed import SeededDataset
 from .support import free_port, http_get, start_exporter, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -59,18 +58,18 @@ class Stack:
     """The seeded server, the exporter and Prometheus."""
 
     api: RealIceProd
-    seeded: SeededScenario
+    seeded: dict[str, SeededDataset]
     token: str
     exporter_log: Path
     prometheus: Server
 
     def number(self, key: str) -> str:
         """The dataset number (our ``dataset`` label) of a scenario key."""
-        return str(self.seeded.datasets[key].dataset)
+        return str(self.seeded[key].dataset)
 
     def query(self, expr: str, at: float | None = None) -> dict[str, float]:
         """Instant query: the value of each resulting series, by its dataset key (or "")."""
-        keys = {self.number(key): key for key in self.seeded.datasets}
+        keys = {self.number(key): key for key in self.seeded}
         return {
             keys.get(r["metric"].get("dataset", ""), ""): float(r["value"][1])
             for r in prom_query(self.prometheus.url, expr, at)
@@ -80,7 +79,7 @@ class Stack:
         """(alert, dataset key or resource) of every housekeeping alert firing now."""
         status, body = http_get(self.prometheus.url + "/api/v1/alerts")
         assert status == 200, body[:300]
-        keys = {self.number(key): key for key in self.seeded.datasets}
+        keys = {self.number(key): key for key in self.seeded}
         return frozenset(
             (
                 a["labels"]["alertname"],
@@ -92,7 +91,7 @@ class Stack:
 
     def status(self, key: str) -> str:
         """The dataset's status in IceProd."""
-        dataset_id = self.seeded.datasets[key].dataset_id
+        dataset_id = self.seeded[key].dataset_id
         answer = requests.get(
             f"{self.api.url}/datasets/{dataset_id}",
             headers={"Authorization": "Bearer " + self.token},
@@ -155,8 +154,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with RealIceProd(issuer.url, AUDIENCE, log_dir=workdir, prometheus=False) as api:
             token = fetch_token(issuer.url, CLIENT, SECRET)
             admin = fetch_token(issuer.url, ADMIN, ADMIN_SECRET)
-            seeded = seed_scenario(api.url, token, admin, SCENARIO)
-            add_configs(api.url, token, seeded)
+            seeded = seed(api.url, token, admin)
             exporter, target = _start_exporter(workdir, api, issuer)
             try:
                 prometheus = start_prometheus(_prometheus_config(workdir, target), workdir)
@@ -197,15 +195,16 @@ def test_progress_of_a_truncated_dataset_counts_the_jobs_it_has(stack: Stack) ->
         assert "always" not in stack.query(rule), f"{rule} of an always-active dataset"
     assert "always" in stack.query("dataset:dataset_jobs:sum"), "yet its jobs are counted"
 
-    # the processing task completes: one task left, at the rate of the last hour
-    seeded = stack.seeded.datasets["truncated_running"]
-    answer = requests.put(
-        f"{stack.api.url}/tasks/{seeded.task_ids[1][0]}/status",
-        json={"status": "complete"},
-        headers={"Authorization": "Bearer " + stack.token},
-        timeout=30,
-    )
-    assert answer.status_code == 200, answer.text
+    # a task runs and completes: one task left, at the rate of the last hour
+    seeded = stack.seeded["truncated_running"]
+    for status in ("waiting", "queued", "processing", "complete"):
+        answer = requests.put(
+            f"{stack.api.url}/tasks/{seeded.task_ids[1][0]}/status",
+            json={"status": status},
+            headers={"Authorization": "Bearer " + stack.token},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
     eta = "dataset:dataset_time_to_completion:seconds"
     wait_for(
         lambda: "truncated_running" in stack.query(eta),

@@ -486,6 +486,8 @@ def test_housekeeping_symptoms_follow_iceprods_crons() -> None:
     assert 'iceprod_dataset_status{status=~"suspended|errors"}' in cleanup
     queueing = rules["IceProdTaskQueueingStalled"]
     assert "sum by (resource)" in queueing and 'status=~"waiting|queued|processing"' in queueing
+    # IceProd-wide: a task waits idle for its dependencies, which may be of the other kind
+    assert "unless on ()\nsum(\n" in queueing
     buffering = rules["IceProdMaterializationStalled"]
     # buffer_jobs_tasks has every processing dataset materialized, whatever its waiting tasks
     # and processing jobs (run_once with only_dataset): no throttle in the expression

@@ -549,27 +549,31 @@ def _housekeeping_alerts(cfg: Config) -> Group:
                 "iceprod",
                 'sum by (resource) (iceprod:active_tasks:sum_by_resource_status{status="idle"})'
                 " > 0\n"
-                "unless on (resource)\n"
-                "sum by (resource) (\n"
+                "unless on ()\n"
+                "sum(\n"
                 "  iceprod:active_tasks:sum_by_resource_status"
                 '{status=~"waiting|queued|processing"}\n'
                 ") > 0",
                 cfg.queue_tasks_for,
                 "warning",
                 'IceProd has {{ $value | printf "%.0f" }} {{ $labels.resource }} tasks idle and '
-                "none waiting, queued or processing",
+                "nothing waiting, queued or processing",
                 _text(
                     '{{ $value | printf "%.0f" }} {{ $labels.resource }} tasks are idle in',
-                    "IceProd, but none of that kind has been waiting, queued or processing for",
-                    f"{spoken(cfg.queue_tasks_for)}: queue_tasks (run per resource kind with",
-                    "--gpus) moves idle tasks to waiting. IceProd's queue_tasks cron has not run",
-                    "for this kind: check that it runs and its log. (Idle tasks whose",
-                    "dependencies failed also stay idle: then the failed tasks need a person.)",
+                    "IceProd, but no task of any kind has been waiting, queued or processing for",
+                    f"{spoken(cfg.queue_tasks_for)}: queue_tasks moves idle tasks to waiting (CPU",
+                    "and GPU apart when run with --gpus). IceProd's queue_tasks cron has not run:",
+                    "check that it runs (for each kind, if run per kind) and its log. (Idle tasks",
+                    "whose dependencies failed also stay idle: then the failed tasks need a",
+                    "person.)",
                 ),
                 dashboard_url(cfg, cfg.overview_uid),
-                "Idle tasks of one kind exist but nothing of that kind is waiting, queued or "
-                "processing IceProd-wide: queue_tasks, which promotes idle tasks to waiting "
-                "CPU and GPU apart, is not running. From iceprod_active_tasks (shard 0).",
+                "Idle tasks exist but no task is waiting, queued or processing IceProd-wide: "
+                "queue_tasks, which promotes idle tasks to waiting, is not running; `resource` "
+                "names each kind with idle tasks. IceProd-wide, not per kind: queue_tasks leaves "
+                "a task idle until its dependencies are complete, and a GPU step between CPU "
+                "steps (or the reverse) waits idle while the other kind runs. From "
+                "iceprod_active_tasks (shard 0).",
                 {"cron": "queue_tasks"},
             ),
             Alert(

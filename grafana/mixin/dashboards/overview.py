@@ -194,8 +194,8 @@ def build(cfg: Config) -> models.Dashboard:
             "them; every dataset whatever its status (iceprod_active_tasks, read by shard 0; "
             "empty when the exporter's token may not read /task_counts/status). Waiting tasks "
             "of one kind with none queued or processing for "
-            f"{spoken(cfg.resource_starved_for)} fire IceProdResourceStarved; idle ones with none "
-            "of their kind waiting, queued or processing for "
+            f"{spoken(cfg.resource_starved_for)} fire IceProdResourceStarved; idle tasks while no "
+            "task at all is waiting, queued or processing for "
             f"{spoken(cfg.queue_tasks_for)} fire IceProdTaskQueueingStalled.",
             query("iceprod:active_tasks:sum_by_resource_status", "{{resource}} {{status}}"),
             width=24,
