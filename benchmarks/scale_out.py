@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -61,6 +62,8 @@ def main() -> None:
         settle_timeout=180.0,
     )
     workdir = ROOT / ".cache" / "bench" / f"scale-out-{args.datasets}"
+    # a TSDB left by an earlier run would bring its targets' series back for 5 minutes
+    shutil.rmtree(workdir, ignore_errors=True)
     started = time.monotonic()
     print(f"== {args.datasets:,} datasets (frozen world), {plan.shards} shards x "
           f"{len(plan.replicas)} replicas + 1 unsharded exporter, {os.cpu_count()} cores; poll "

@@ -224,6 +224,15 @@ def differing(left: Series, right: Series) -> list[SeriesKey]:
     ]
 
 
+def changed(before: Mapping[SeriesKey, float], after: Mapping[SeriesKey, float]) -> list[str]:
+    """The series that came, went or changed value between two instant queries."""
+    return [
+        f"{key[0]}{dict(key[1])}: {before.get(key)} -> {after.get(key)}"
+        for key in sorted(before.keys() | after.keys())
+        if key not in before or key not in after or not _same(before[key], after[key])
+    ]
+
+
 def _same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
 
@@ -269,6 +278,8 @@ class Deployment:
     replicas: list[Exporter]
     reference: Exporter
     prometheus: Server
+    #: the IceProd-wide recording rules (``iceprod:*``) of the rule files Prometheus loaded
+    recorded: frozenset[str]
     #: the reference's and each replica's series when the union was checked
     snapshot: dict[str, Series] = field(default_factory=dict)
 
@@ -282,12 +293,12 @@ class Deployment:
 
     def vector(self, expr: str) -> dict[SeriesKey, float]:
         """An instant query's result by (name, sorted labels)."""
-        return {
-            (r["metric"].get("__name__", ""), tuple(sorted(r["metric"].items()))): float(
-                r["value"][1]
-            )
-            for r in self.query(expr)
-        }
+        found = {}
+        for result in self.query(expr):
+            labels = dict(result["metric"])
+            name = labels.pop("__name__", "")
+            found[(name, tuple(sorted(labels.items())))] = float(result["value"][1])
+        return found
 
     def count(self, selector: str) -> int:
         """How many series a selector finds now."""
@@ -301,6 +312,18 @@ class Deployment:
     def wait(self, condition: Callable[[], Any], what: str) -> Any:
         """Wait up to the plan's settle timeout, with scrape errors and logs on failure."""
         return wait_for(condition, self.plan.settle_timeout, what, 0.5, self.diagnose)
+
+    def totals_settled(self) -> bool:
+        """Whether every IceProd-wide rule has recorded, and nothing changed over two evaluations.
+
+        The ``deriv1h`` rules record nothing until their inputs have two samples, and at 10,000
+        datasets an evaluation of the per-dataset group can outlast the interval (Prometheus
+        then skips one), so the first results take a while.
+        """
+        before = self.vector(TOTALS)
+        self.evaluations()
+        after = self.vector(TOTALS)
+        return {name for name, _ in after} >= self.recorded and not changed(before, after)
 
     def evaluations(self, count: int = 2) -> None:
         """Let Prometheus scrape and evaluate its rules ``count`` more times."""
@@ -425,7 +448,16 @@ def deploy(plan: Plan, workdir: Path) -> Iterator[Deployment]:
         )
         prometheus = start_prometheus(_prometheus_config(workdir, plan, replicas), workdir)
         cleanup.callback(prometheus.stop)
-        deployment = Deployment(plan, workdir, api_url, simulator, replicas, reference, prometheus)
+        recorded = frozenset(
+            rule["record"]
+            for path in RULE_FILES  # the copies Prometheus loaded
+            for group in yaml.safe_load((workdir / path.name).read_text())["groups"]
+            for rule in group["rules"]
+            if rule.get("record", "").startswith("iceprod:")
+        )
+        deployment = Deployment(
+            plan, workdir, api_url, simulator, replicas, reference, prometheus, recorded
+        )
         count = len(replicas)
         deployment.wait(
             lambda: (
@@ -434,7 +466,9 @@ def deploy(plan: Plan, workdir: Path) -> Iterator[Deployment]:
             ),
             "Prometheus to scrape every replica's datasets",
         )
-        deployment.evaluations()
+        deployment.wait(
+            deployment.totals_settled, f"every one of {sorted(recorded)} recorded and settled"
+        )
         yield deployment
 
 
@@ -518,17 +552,15 @@ def check_replica_kill(dep: Deployment, shard: int = 0) -> Finding:
     dep.evaluations()
     after = dep.vector(TOTALS)
     wide_after = dep.vector("max without (instance, pod) (iceprod_datasets)")
-    changed = [
-        k for k in before.keys() | after.keys() if not _same(before.get(k, -1), after.get(k, -2))
-    ]
+    moved = changed(before, after)
     finding.lines.append(
         f"{len(before)} recorded IceProd-wide series (iceprod:*) before and after: "
-        f"{len(changed)} changed; iceprod_datasets by status unchanged: {wide_before == wide_after}"
+        f"{len(moved)} changed; iceprod_datasets by status unchanged: {wide_before == wide_after}"
     )
     if not before:
         finding.problems.append("no iceprod:* series recorded before the kill")
-    if changed:
-        finding.problems.append(f"changed: {sorted(changed)[:5]}")
+    if moved:
+        finding.problems.append(f"changed: {moved[:5]}")
     if wide_before != wide_after or not wide_before:
         finding.problems.append(f"iceprod_datasets {wide_before} became {wide_after}")
     victim.start(dep.api_url, dep.plan)
