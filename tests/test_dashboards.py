@@ -334,7 +334,7 @@ def test_grid_panels_read_the_grid_daemons_own_series() -> None:
         "iceprod_grid_task_success_count",
     ]
     assert all(s.function == "rate" for s in outcomes)
-    assert all(e.startswith("sum by (site) (") for e in resets)
+    assert all(e.startswith("sum by (site, gpu) (") for e in resets)
     # nothing reads the dead /grids series any more
     for text in generate.rendered().values():
         assert "iceprod_grid_info" not in text and "last_update_timestamp" not in text

@@ -207,16 +207,17 @@ def build(cfg: Config) -> models.Dashboard:
             f"IceProd's grid daemons (Prometheus job {cfg.grid_job}): whether they can be "
             "scraped (IceProdGridDown fires after "
             f"{spoken(cfg.grid_down_for)}), their site, queue type and version "
-            '(iceprod_info{type="grid"}), the tasks IceProd has queued or processing at the '
-            "site (iceprod_grid_tasks), and the site's HTCondor jobs idle and running "
-            "(iceprod_grid_queue_num). In IceProd 3 /grids is never updated: these are the "
-            "daemons' own metrics.",
+            '(iceprod_info{type="grid"}), the GPUs its site requirements ask for (the gpu '
+            "label of its metrics: 0 on a CPU grid), the tasks IceProd has queued or "
+            "processing at the site (iceprod_grid_tasks), and the site's HTCondor jobs idle "
+            "and running (iceprod_grid_queue_num). In IceProd 3 /grids is never updated: these "
+            "are the daemons' own metrics.",
             table_query(f"max by (instance) (up{{{grid}}})"),
             table_query(
                 "max by (instance, name, queue_type, version) "
                 f'(iceprod_info{{{grid}, type="grid"}})'
             ),
-            table_query(f"sum by (instance) (iceprod_grid_tasks{{{grid}}})"),
+            table_query(f"sum by (instance, gpu) (iceprod_grid_tasks{{{grid}}})"),
             table_query(f'sum by (instance) (iceprod_grid_queue_num{{{grid}, status="idle"}})'),
             table_query(
                 f'sum by (instance) (iceprod_grid_queue_num{{{grid}, status="processing"}})'
@@ -228,9 +229,10 @@ def build(cfg: Config) -> models.Dashboard:
         .with_transformation(
             organize(
                 exclude=("Time", "Value #B"),
-                order=("instance", "name", "queue_type", "version", "Value #A"),
+                order=("instance", "name", "queue_type", "version", "gpu", "Value #A"),
                 rename={
                     "name": "site",
+                    "gpu": "GPUs",
                     "queue_type": "queue type",
                     "Value #A": "Up",
                     "Value #C": "IceProd tasks on the site",
@@ -245,9 +247,13 @@ def build(cfg: Config) -> models.Dashboard:
             "Jobs of each grid daemon's HTCondor pool by status (iceprod_grid_queue_num), and "
             "the tasks IceProd has queued or processing there (iceprod_grid_tasks).",
             query(
-                f"sum by (site, status) (iceprod_grid_queue_num{{{grid}}})", "{{site}} {{status}}"
+                f"sum by (site, gpu, status) (iceprod_grid_queue_num{{{grid}}})",
+                "{{site}} gpu={{gpu}} {{status}}",
             ),
-            query(f"sum by (site) (iceprod_grid_tasks{{{grid}}})", "{{site}} IceProd tasks"),
+            query(
+                f"sum by (site, gpu) (iceprod_grid_tasks{{{grid}}})",
+                "{{site}} gpu={{gpu}} IceProd tasks",
+            ),
         ),
         timeseries_panel(
             "Resets and failures per site",
@@ -259,9 +265,9 @@ def build(cfg: Config) -> models.Dashboard:
             "success} call histograms.",
             *(
                 query(
-                    f"sum by (site) (rate(iceprod_grid_task_{outcome}_count{{{grid}}}"
+                    f"sum by (site, gpu) (rate(iceprod_grid_task_{outcome}_count{{{grid}}}"
                     "[$__rate_interval])) * 3600",
-                    f"{{{{site}}}} {legend}",
+                    f"{{{{site}}}} gpu={{{{gpu}}}} {legend}",
                 )
                 for outcome, legend in (
                     ("reset", "reset"),
