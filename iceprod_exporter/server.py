@@ -212,40 +212,68 @@ _Waiting = tuple["asyncio.Future[bool | None]", Callable[[], bool], _Login]  # r
 
 
 class _Checks:
-    """bcrypt checks for the IOLoop: one at a time in one worker thread, first come first served.
+    """bcrypt checks for the IOLoop: one at a time in one worker thread, in turn by client address.
 
     A remembered result answers at once (:meth:`Authenticator.known`). A check waits only while
     its client is connected: one whose client has gone is dropped unchecked, so a storm stops
-    costing CPU once its clients go. At most ``limit`` wait, which bounds a login's wait to
-    ``limit`` checks; past it a new one is answered 503 at once. First come first served because
-    clients cannot be told apart: newest first would starve a login as soon as wrong passwords
-    arrive faster than they are checked.
+    costing CPU once its clients go. Waiting checks are queued per client address, first come
+    first served, and the addresses take turns: a login from Prometheus' host waits for one check
+    per other address with checks waiting, however many one host queues; from a host it shares
+    with the storm, for the checks queued before it (newest first would starve it as soon as
+    wrong passwords arrive faster than they are checked). At most ``limit`` wait: past that, and
+    once the gone are dropped, a new check takes the place of the newest of the address with
+    the most waiting, or is answered 503 if that address is its own.
     """
 
     def __init__(self, auth: Authenticator, limit: int) -> None:
         self._auth = auth
         self._limit = limit
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="http-bcrypt")
-        self._waiting: deque[_Waiting] = deque()
+        self._waiting: dict[str, deque[_Waiting]] = {}  # in turn order
+        self._count = 0
         self._running = False
 
-    async def check(self, login: _Login, gone: Callable[[], bool]) -> bool | None:
+    async def check(self, login: _Login, peer: str, gone: Callable[[], bool]) -> bool | None:
         """Whether the credentials are good; ``None`` when not checked (queue full, or gone)."""
         known = self._auth.known(*login)
         if known is not None:
             return known
-        if len(self._waiting) >= self._limit:
-            self._waiting = deque(w for w in self._waiting if not _dropped(w))
-            if len(self._waiting) >= self._limit:
-                return None
+        if self._count >= self._limit and not self._make_room(peer):
+            return None
         future: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((future, gone, login))
+        self._waiting.setdefault(peer, deque()).append((future, gone, login))
+        self._count += 1
         self._next()
         return await future
 
+    def _make_room(self, peer: str) -> bool:
+        for address, queue in list(self._waiting.items()):
+            kept = deque(w for w in queue if not _dropped(w))
+            self._count -= len(queue) - len(kept)
+            if kept:
+                self._waiting[address] = kept
+            else:
+                del self._waiting[address]
+        if self._count < self._limit:
+            return True
+        busiest = max(self._waiting, key=lambda address: len(self._waiting[address]))
+        if busiest == peer:
+            return False
+        queue = self._waiting[busiest]
+        queue.pop()[0].set_result(None)
+        self._count -= 1
+        if not queue:
+            del self._waiting[busiest]
+        return True
+
     def _next(self) -> None:
         while self._waiting and not self._running:
-            waiting = self._waiting.popleft()
+            peer = next(iter(self._waiting))
+            queue = self._waiting.pop(peer)
+            waiting = queue.popleft()
+            self._count -= 1
+            if queue:
+                self._waiting[peer] = queue  # behind the other addresses
             if _dropped(waiting):
                 continue
             future, _, login = waiting
@@ -326,7 +354,9 @@ class _Handler(RequestHandler):
             stream = self.request.connection.stream  # type: ignore[union-attr]
             # bcrypt off the IOLoop, one at a time: a flood of wrong passwords costs one core
             # at most and never delays a scrape
-            ok = await self.context.checks.check((config.users, *credentials), stream.closed)
+            login = (config.users, *credentials)
+            peer = self.request.remote_ip or ""
+            ok = await self.context.checks.check(login, peer, stream.closed)
         if ok is None:
             raise HTTPError(503)  # too many logins waiting (or the client has gone)
         if not ok:

@@ -20,6 +20,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -287,55 +288,102 @@ class GatedAuth(Authenticator):
         return super().check(users, user, password)
 
 
-def test_bcrypt_checks_first_come_bounded_skipping_the_gone_and_the_known() -> None:
+def run_checks(
+    limit: int, logins: Sequence[tuple[str, str, str]]
+) -> tuple[list[bool | None], list[str]]:
+    """(peer, password, then hangs up) logins 10 ms apart, the first checked at once, then all.
+
+    The results in the order of ``logins``, and the passwords in the order they were checked.
+    """
     users = {"u": bcrypt.hashpw(b"good", bcrypt.gensalt(4))}
 
-    async def scenario() -> tuple[list[bool | None], list[str]]:
-        auth = GatedAuth()
-        checks = _Checks(auth, limit=3)
+    async def scenario() -> list[bool | None]:
+        checks = _Checks(auth, limit)
         gone: set[str] = set()
         tasks = []
-        for password in ("p1", "p2", "p3", "p4", "p5", "good"):
-            login = (users, "u", password)
+        for peer, password, hangs_up in logins:
             gone_yet = partial(set.__contains__, gone, password)
-            tasks.append(asyncio.ensure_future(checks.check(login, gone_yet)))
-            await asyncio.sleep(0.01)  # p1 runs; p2, p3, p4 wait; p5 finds the queue full
-            if password == "p5":
-                gone.add("p2")  # makes room for "good"
-            if password == "good":
-                gone.add("p3")  # skipped at its turn
-        for _ in range(6):
+            login = (users, "u", password)
+            tasks.append(asyncio.ensure_future(checks.check(login, peer, gone_yet)))
+            await asyncio.sleep(0.01)
+            gone.add(hangs_up)
+        for _ in logins:
             auth.gate.release()
         results = await asyncio.wait_for(asyncio.gather(*tasks), 5)
-        again = await checks.check((users, "u", "p1"), lambda: False)  # remembered: no check
+        again = await checks.check((users, "u", "p1"), "a", lambda: False)  # no check
         checks.shutdown()
-        return [*results, again], auth.order
+        return [*results, again]
 
-    results, order = asyncio.run(scenario())
+    auth = GatedAuth()
+    return asyncio.run(scenario()), auth.order
+
+
+def test_bcrypt_checks_first_come_bounded_skipping_the_gone_and_the_known() -> None:
+    results, order = run_checks(
+        3,
+        [
+            ("a", "p1", ""),  # checked at once
+            ("a", "p2", ""),
+            ("a", "p3", ""),
+            ("a", "p4", ""),
+            ("a", "p5", "p2"),  # three waiting, all its address's: 503; then p2 hangs up
+            ("a", "good", "p3"),  # room, once p2 is dropped; then p3 hangs up: skipped
+        ],
+    )
     assert order == ["p1", "p4", "good"]
-    assert results == [False, None, None, False, None, True, False]
+    assert results == [False, None, None, False, None, True, False]  # p1 again: remembered
+
+
+def test_bcrypt_checks_take_turns_by_client_address() -> None:
+    results, order = run_checks(
+        3,
+        [
+            ("a", "p1", ""),
+            ("a", "p2", ""),
+            ("a", "p3", ""),
+            ("a", "p4", ""),
+            ("b", "good", ""),  # full: a's newest (p4) makes room for it
+            ("c", "q1", ""),  # full: a's newest again (p3); c's turn comes after b's
+        ],
+    )
+    # one check of each other address before "good": p2, a's turn being first
+    assert order == ["p1", "p2", "good", "q1"]
+    assert results == [False, False, None, None, True, False, False]
 
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-#: (a client waits for its answer up to, a new wrong password each time, the login comes 2 s
-#: into the storm and once this many clients had an answer, and is answered within)
+@dataclass(frozen=True)
+class Storm:
+    """50 clients sending wrong passwords, and when the correct first login comes."""
+
+    patience: float  # a client waits for its answer up to
+    new_passwords: bool  # a new wrong password each time, else one per client
+    host: str = "127.0.0.1"  # the clients' address; the login comes from 127.0.0.1
+    answered_before: int = 0  # the login comes 2 s in and once this many clients had an answer
+    login_within: float = 1.0
+
+
 STORMS = {
-    "impatient clients": (1.0, True, 0, 2.0),  # gone after 1 s: skipped, first come first
-    "patient clients": (30.0, True, 0, 10.0),  # 50 waiting: the login waits its turn
+    # gone after 1 s: skipped; the login waits for the checks queued before it
+    "impatient clients": Storm(1.0, True, login_within=2.0),
+    # 50 waiting on the login's own host: it waits its turn, 50 checks
+    "patient clients": Storm(30.0, True, login_within=10.0),
+    # from another host: the login waits one check, addresses taking turns
+    "patient clients elsewhere": Storm(30.0, True, host="127.0.0.2"),
     # one wrong password a client: once each was checked (50 checks), they cost nothing
-    "a stale password": (30.0, False, 50, 1.0),
+    "a stale password": Storm(30.0, False, answered_before=50),
 }
 
 
-@pytest.mark.integration  # 5-12 s each: a bcrypt storm of 50 clients
+@pytest.mark.integration  # 5-15 s each: a bcrypt storm of 50 clients
 @pytest.mark.parametrize("storm", STORMS)
 def test_a_bcrypt_storm_neither_starves_a_login_nor_outlives_its_clients(
     tmp_path: Path, storm: str
 ) -> None:
-    patience, new_passwords, answered_before, login_within = STORMS[storm]
+    spec = STORMS[storm]
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(10)).decode()  # ~0.1 s a check
     path = tmp_path / "web.yml"
     path.write_text(f"basic_auth_users:\n  prometheus: {hashed}\n")
@@ -347,17 +395,19 @@ def test_a_bcrypt_storm_neither_starves_a_login_nor_outlives_its_clients(
         async def attacker(n: int) -> None:
             while True:
                 sent[0] += 1
-                password = f"wrong-{n}-{sent[0]}" if new_passwords else f"wrong-{n}"
+                password = f"wrong-{n}-{sent[0]}" if spec.new_passwords else f"wrong-{n}"
                 auth = _b64(f"prometheus:{password}")
                 try:
-                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", port, local_addr=(spec.host, 0)
+                    )
                 except OSError:
                     continue
                 try:
                     writer.write(f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}"
                                  "\r\n\r\n".encode())  # fmt: skip
                     with contextlib.suppress(asyncio.TimeoutError, OSError):
-                        if await asyncio.wait_for(reader.read(1000), patience):
+                        if await asyncio.wait_for(reader.read(1000), spec.patience):
                             answered.add(n)
                 finally:
                     writer.close()
@@ -374,7 +424,7 @@ def test_a_bcrypt_storm_neither_starves_a_login_nor_outlives_its_clients(
         thread.start()
         try:
             time.sleep(2)  # the storm is on: the queue holds what it can
-            wait_for(lambda: len(answered) >= answered_before, 60, "the clients answered")
+            wait_for(lambda: len(answered) >= spec.answered_before, 60, "the clients answered")
             headers = {"Authorization": "Basic " + _b64(f"prometheus:{PASSWORD}")}
             started = time.monotonic()
             first = request("127.0.0.1", port, headers=headers, timeout=15)
@@ -397,7 +447,7 @@ def test_a_bcrypt_storm_neither_starves_a_login_nor_outlives_its_clients(
             f"{checked:.0f} refused, {dropped or 0:.0f} dropped unchecked (gone or queue full); "
             f"first login during it {login * 1000:.0f} ms; CPU in the 2 s after it {after:.2f} s"
         )
-        assert login < login_within, f"a correct first login took {login:.2f}s during the storm"
+        assert login < spec.login_within, f"a correct first login took {login:.2f}s in the storm"
         assert after < 0.3, f"{after:.2f}s of CPU in the 2 s after the storm"
 
 
