@@ -3,9 +3,9 @@
 Every dataset is seeded through the real REST API (``real_iceprod.seed``, one dataset at a
 time: ``seed_scenario`` insists on the coverage of its own scenario, and this one must have no
 task waiting, queued or processing anywhere) and then given a valid config, as a submitted
-dataset has: IceProd's ``dataset_completion`` suspends a
-processing dataset without one and stops there. The crons of IceProd never run unless a test
-runs them, so a seeded symptom stays until then, as when the cron has stopped.
+dataset has: IceProd's ``dataset_completion`` suspends a processing dataset without one and
+stops there. The crons of IceProd never run unless a test runs them, so a seeded symptom stays
+until then, as when the cron has stopped.
 
 The rules are the mixin's, rendered from :data:`FAST`: the same expressions with ``for:`` and
 the materialization window in seconds.

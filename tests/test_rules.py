@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from grafana.mixin import alerts, config, generate
 from grafana.mixin.rules import Alert
 
+from .housekeeping_scenario import HOUSEKEEPING
 from .monitoring_support import (
     CONDOR_LABELS,
     DASHBOARD_DIR,
@@ -52,14 +53,6 @@ from .support import http_get
 ALERTS = PROMETHEUS_DIR / "alerts.yaml"
 RECORDING = PROMETHEUS_DIR / "recording.yaml"
 ALERTMANAGER = PROMETHEUS_DIR / "alertmanager.yml"
-#: one alert per housekeeping cron of IceProd's scheduled_tasks: alert -> cron
-HOUSEKEEPING = {
-    "IceProdDatasetCompletionOverdue": "dataset_completion",
-    "IceProdJobCompletionOverdue": "job_completion",
-    "IceProdDatasetCleanupOverdue": "dataset_cleanup",
-    "IceProdTaskQueueingStalled": "queue_tasks",
-    "IceProdMaterializationStalled": "buffer_jobs_tasks",
-}
 REQUIRED_ALERTS = {
     "IceProdExporterDown",
     "IceProdAPIDown",
