@@ -293,8 +293,9 @@ SPECS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "iceprod_dataset_truncated",
         Kind.GAUGE,
-        "1 if the dataset is truncated: IceProd materializes no further jobs and completes it "
-        "once the jobs it has are complete. From GET /datasets." + CACHED,
+        "1 if the dataset is truncated: IceProd's dataset_completion completes it once every job "
+        "materialized so far is complete, without waiting for the rest of jobs_submitted. "
+        "From GET /datasets." + CACHED,
         _D,
         sampler=_per_dataset(lambda d: 1.0 if d.truncated else 0.0),
     ),
@@ -311,7 +312,8 @@ SPECS: tuple[MetricSpec, ...] = (
         Kind.GAUGE,
         "The dataset's job total as IceProd holds it now (PUT /datasets/{dataset_id}/"
         "jobs_submitted rewrites it); minus the sum of iceprod_dataset_jobs it gives the jobs "
-        "not yet materialized, unless the dataset is truncated. From GET /datasets." + CACHED,
+        "not yet materialized (a truncated dataset may complete before they are). "
+        "From GET /datasets." + CACHED,
         _D,
         sampler=_per_dataset(lambda d: d.jobs_submitted),
     ),

@@ -115,7 +115,7 @@ class Dataset:
     #: None when IceProd's value could not be exposed (see parse.py)
     jobs_submitted: int | None = 0
     tasks_submitted: int | None = 0
-    #: no further jobs are materialized; IceProd completes it on the jobs it has
+    #: IceProd completes it once the jobs materialized so far are complete
     truncated: bool = False
     #: IceProd never completes it (dataset_completion skips it)
     always_active: bool = False

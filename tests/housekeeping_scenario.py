@@ -20,7 +20,7 @@ from grafana.mixin import generate
 from grafana.mixin.config import DEFAULT
 
 from .real_iceprod.scenario import Dataset, Job, T, TaskDef
-from .real_iceprod.seed import SeededDataset, _Api, _seed_dataset
+from .real_iceprod.seed import Api, SeededDataset, seed_dataset
 
 #: the mixin's rules with the waits of a test: the expressions are the shipped ones
 FAST = dataclasses.replace(
@@ -150,10 +150,10 @@ STATUS_AFTER_CRONS = {
 
 def seed(api_url: str, token: str, admin_token: str) -> dict[str, SeededDataset]:
     """Seed :data:`DATASETS` through the REST API, each with a valid config; by key."""
-    api = _Api(api_url, token)
+    api = Api(api_url, token)
     seeded = {}
     for dataset in DATASETS:
-        seeded[dataset.key] = _seed_dataset(api, dataset, admin_token)
+        seeded[dataset.key] = seed_dataset(api, dataset, admin_token)
         config = {
             "version": 3.2,
             "description": dataset.description,

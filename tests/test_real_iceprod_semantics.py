@@ -7,6 +7,9 @@ texts and the mixin rely on are IceProd's, not our reading of its code:
 - a truncated dataset whose materialized jobs are complete is completed by the cron, although
   ``jobs_submitted`` says more jobs were to come; an always-active one never is; a dataset
   with jobs still to materialize is left processing;
+- truncation does not stop materialization in 3.2.43: asked for one dataset, as
+  ``buffer_jobs_tasks`` asks for every processing one, it materializes a truncated dataset too
+  (so the help texts say only what dataset_completion does with it);
 - ``?gpu=true|false`` splits the IceProd-wide active tasks by ``requirements.gpu >= 1``, as
   the exporter's ``iceprod_active_tasks`` reports them;
 - a reset (a transient error) sends a task back to ``waiting`` with ``failures`` + 1 and its
@@ -124,6 +127,10 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
                 "truncated": _dataset(call, "truncated", 5, (_done("level2"), _done("level2"))),
                 # every materialized job complete, but one job still to materialize
                 "unfinished": _dataset(call, "unfinished", 3, (_done("gen"), _done("gen"))),
+                # truncated with 1 of 3 jobs materialized, that one still running
+                "truncated_running": _dataset(
+                    call, "truncated running", 3, ((("level2", 0, "processing"),),)
+                ),
                 # every job materialized and complete, but IceProd never completes it
                 "always": _dataset(
                     call, "always", 2, (_done("online"), _done("online")), always_active=True
@@ -139,7 +146,8 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
                     ),
                 ),
             }
-            call("POST", f"/datasets/{ids['truncated']}/dataset_actions/truncate")
+            for key in ("truncated", "truncated_running"):
+                call("POST", f"/datasets/{ids[key]}/dataset_actions/truncate")
             numbers = {
                 key: str(call("GET", f"/datasets/{dataset_id}")["dataset"])
                 for key, dataset_id in ids.items()
@@ -200,6 +208,7 @@ def test_dataset_completion_completes_a_truncated_dataset_on_its_materialized_jo
     }
     assert status == {
         "truncated": "complete",  # on the 2 jobs it has, not the 5 submitted
+        "truncated_running": "processing",  # its one job is not complete yet
         "unfinished": "processing",  # a job is still to materialize
         "always": "processing",  # skipped: always-active datasets never complete
         "mixed": "processing",
@@ -223,10 +232,11 @@ def test_active_tasks_by_resource_are_iceprods_gpu_split(seeded: Seeded) -> None
         answer = seeded.call("GET", f"/task_counts/status?gpu={gpu}")
         for status in ("idle", "waiting", "queued", "processing"):
             assert got[(resource, status)] == answer.get(status, 0), (resource, status)
-    # ... and that aggregation splits on requirements.gpu >= 1 (the seeded tasks of "mixed")
+    # ... and that aggregation splits on requirements.gpu >= 1 (the seeded tasks of "mixed",
+    # and the one running task of "truncated_running")
     assert got[("gpu", "waiting")] == 1 and got[("gpu", "queued")] == 1
     assert got[("gpu", "processing")] == 1 and got[("gpu", "idle")] == 1
-    assert got[("cpu", "idle")] == 1 and got[("cpu", "processing")] == 1
+    assert got[("cpu", "idle")] == 1 and got[("cpu", "processing")] == 2
 
 
 def test_a_reset_goes_back_to_waiting_and_only_a_failure_is_failed(seeded: Seeded) -> None:
@@ -261,3 +271,22 @@ def test_a_reset_goes_back_to_waiting_and_only_a_failure_is_failed(seeded: Seede
 
     assert tasks_of("gpu", "waiting") == 2 and tasks_of("gpu", "failed") == 0
     assert tasks_of("cpu", "failed") == 1 and tasks_of("cpu", "processing") == 0
+
+
+def test_a_truncated_dataset_is_still_materialized_when_asked_for_by_id(seeded: Seeded) -> None:
+    """Last in the module: it adds a job (and an idle task) to the IceProd-wide counts."""
+    dataset_id = seeded.ids["truncated_running"]
+    assert seeded.call("GET", f"/datasets/{dataset_id}")["truncated"] is True
+    before = sum(seeded.call("GET", f"/datasets/{dataset_id}/job_counts/status").values())
+    argv = ["-m", "iceprod.services.actions.materialization.materialize", dataset_id, "-n", "1"]
+    log = seeded.api.run_iceprod(argv, CLIENT, SECRET, 120, "materialize", stderr=True)
+    after = seeded.call("GET", f"/datasets/{dataset_id}/job_counts/status")
+    assert before == 1 and sum(after.values()) == 2, log[-2000:]
+    samples = exporter_once(seeded)
+    number = seeded.numbers["truncated_running"]
+    jobs = sum(
+        v
+        for (name, lbl), v in samples.items()
+        if name == "iceprod_dataset_jobs" and dict(lbl)["dataset"] == number
+    )
+    assert jobs == 2 and samples[("iceprod_dataset_truncated", (("dataset", number),))] == 1

@@ -242,7 +242,7 @@ class RealIceProd(Service):
         self, client_id: str, client_secret: str, timeout: float = 120.0
     ) -> str:
         """Run IceProd's dataset_monitor once against this server; return its metrics text."""
-        return self._run_in_venv(
+        return self.run_iceprod(
             [str(DATASET_MONITOR_MAIN)], client_id, client_secret, timeout, "dataset_monitor"
         )
 
@@ -255,9 +255,9 @@ class RealIceProd(Service):
         swallowed, as the cron does without it. Returns what it logged.
         """
         module = ["-m", f"iceprod.scheduled_tasks.{name}", "--debug", "--log-level", "info"]
-        return self._run_in_venv(module, client_id, client_secret, timeout, name, stderr=True)
+        return self.run_iceprod(module, client_id, client_secret, timeout, name, stderr=True)
 
-    def _run_in_venv(
+    def run_iceprod(
         self,
         argv: list[str],
         client_id: str,

@@ -64,7 +64,7 @@ class SeededScenario:
     requests: int = 0
 
 
-class _Api:
+class Api:
     """Minimal JSON client that fails loudly, naming the route."""
 
     def __init__(self, url: str, token: Token, timeout: float = 30.0) -> None:
@@ -86,7 +86,7 @@ class _Api:
         return r.json() if r.content else None
 
 
-def _move_task(api: _Api, dataset_id: str, task: Task, task_id: str) -> None:
+def _move_task(api: Api, dataset_id: str, task: Task, task_id: str) -> None:
     """Walk one idle task to its final status, then record its walltimes."""
     for status in TASK_PATHS[task.status]:
         if status == "queued" and task.site:
@@ -174,7 +174,7 @@ def dataset_post_body(ds: Dataset) -> dict[str, Any]:
     return body
 
 
-def _seed_dataset(api: _Api, ds: Dataset, admin_token: Token) -> SeededDataset:
+def seed_dataset(api: Api, ds: Dataset, admin_token: Token) -> SeededDataset:
     dataset_id = api.call("POST", "/datasets", dataset_post_body(ds))["result"]
     base = f"/datasets/{dataset_id}"
     if ds.initial_jobs_submitted is not None:
@@ -216,8 +216,8 @@ def seed_scenario(
 ) -> SeededScenario:
     """Seed ``scenario`` into a fresh server; raises SeedError on any failed call."""
     validate(scenario)
-    api = _Api(api_url, system_token)
-    datasets = {ds.key: _seed_dataset(api, ds, admin_token) for ds in scenario.datasets}
+    api = Api(api_url, system_token)
+    datasets = {ds.key: seed_dataset(api, ds, admin_token) for ds in scenario.datasets}
     grids: dict[str, str] = {}
     for grid in scenario.grids:
         grid_id = api.call(
