@@ -72,7 +72,7 @@ bench-scrape: $(VENV)/.installed  ## scrape latency, 50 scrapers, 1,000 idle con
 soak: $(VENV)/.installed  ## 10 minutes on a moving IceProd of 1,000 datasets: memory, grace period
 	$(PY) benchmarks/soak.py $(ARGS)
 
-scale-out: $(VENV)/.installed  ## 3 shards x 2 replicas on 10,000 datasets, a real Prometheus with the shipped rules: the union, a replica down, a shard down (~6 min)
+scale-out: $(VENV)/.installed  ## 3 shards x 2 replicas on 10,000 datasets, a real Prometheus with the shipped rules: the union, a replica down, a shard down (~5 min)
 	$(PY) benchmarks/scale_out.py $(ARGS)
 
 clean:

@@ -52,6 +52,7 @@ from .monitoring_support import (
     PER_INSTANCE,
     RULE_FILES,
     Server,
+    assert_loopback_only,
     prom_query,
     start_prometheus,
 )
@@ -145,6 +146,7 @@ class Exporter:
             return False
         if self.ready_after is None:
             self.ready_after = time.monotonic() - self.started
+            assert_loopback_only(self.proc, self.name)
         return True
 
     def kill(self) -> None:
@@ -403,6 +405,7 @@ def _start_simulator(plan: Plan, workdir: Path) -> tuple[subprocess.Popen[bytes]
     try:
         # building 10,000 datasets takes about 10 s of CPU
         wait_for(healthy, 60 + plan.datasets / 50, "the simulated IceProd", 0.25)
+        assert_loopback_only(proc, "the simulated IceProd")
     except BaseException:
         proc.kill()
         proc.wait(10)
@@ -437,6 +440,7 @@ def deploy(plan: Plan, workdir: Path) -> Iterator[Deployment]:
             exporter.start(api_url, plan)
 
         def all_ready() -> bool:
+            # a list, not a generator: each one notes the moment it got ready
             return all([e.ready() for e in [reference, *replicas]])
 
         wait_for(
