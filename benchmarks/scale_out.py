@@ -40,7 +40,8 @@ def _mib(pid: int) -> str:
 
 def _row(exporter: Exporter) -> str:
     first = exporter.first_poll()
-    pid = exporter.proc.pid if exporter.proc else 0
+    assert exporter.proc is not None  # deploy() started it
+    pid = exporter.proc.pid
     return (
         f"  {exporter.name:<22} {exporter.ready_after or 0:>7.1f} s {first['duration']:>7.1f} s "
         f"{first['requests']:>9,} {first['datasets']:>8,}   {_mib(pid)}"
