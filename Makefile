@@ -15,7 +15,7 @@ PYTHON ?= $(shell for p in $$HOME/.pyenv/versions/3.12*/bin/python python3.12 \
 	$$HOME/.pyenv/versions/3.11*/bin/python python3.11; do \
 	$$p -c 'import sys; assert sys.version_info >= (3, 11)' >/dev/null 2>&1 && { echo $$p; break; }; done)
 
-.PHONY: demo check unit test drift lint docs generate bench bench-defaults bench-scrape soak scale-out clean
+.PHONY: demo check unit test drift lint docs generate bench bench-defaults bench-scrape soak soak-hostile scale-out clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python >= 3.11 not found"; exit 1; }
@@ -71,6 +71,9 @@ bench-scrape: $(VENV)/.installed  ## scrape latency, 50 scrapers, 1,000 idle con
 
 soak: $(VENV)/.installed  ## 10 minutes on a moving IceProd of 1,000 datasets: memory, grace period
 	$(PY) benchmarks/soak.py $(ARGS)
+
+soak-hostile: $(VENV)/.installed  ## 5 minutes of an IceProd dripping a byte every 0.5 s: threads, sockets, memory, recovery, SIGTERM
+	HOSTILE_DRIP_SECONDS=300 $(PY) -m pytest -q tests/test_hostile.py -k test_daemon_through_a_drip
 
 scale-out: $(VENV)/.installed  ## 3 shards x 2 replicas on 10,000 datasets, a real Prometheus with the shipped rules: the union, a replica down, a shard down (~5 min)
 	$(PY) benchmarks/scale_out.py $(ARGS)
