@@ -143,7 +143,7 @@ class ApiClient:
         self.sent = 0  # requests sent so far, retries included (for the poll summary)
         self._slots = asyncio.Semaphore(concurrency)
         self._limiter = RateLimiter(rate_limit, sleep=sleep)
-        self._http = Transport(max_body=max_response_size, max_idle=concurrency)
+        self._http = Transport(max_body=max_response_size, connections=concurrency)
         self._too_large: set[str] = set()  # templates whose last answer was over the cap
 
     def close(self) -> None:

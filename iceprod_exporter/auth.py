@@ -102,7 +102,7 @@ class OpenIDProvider:
     def __init__(self, realm_url: str, timeout: float) -> None:
         self.realm_url = realm_url.rstrip("/")
         self.timeout = timeout
-        self._http = Transport(max_body=AUTH_MAX_BODY, max_idle=0)
+        self._http = Transport(max_body=AUTH_MAX_BODY, connections=0)
         self._token_endpoint: str | None = None
 
     async def token_endpoint(self) -> str:

@@ -1,19 +1,22 @@
-"""Outbound HTTP/1.1 with hard bounds, on the event loop: every call ends by its deadline.
+"""Outbound HTTP with hard bounds: every call ends by its deadline, whatever the server does.
 
-A small client on asyncio streams, because the bounds are the point:
+aiohttp speaks HTTP (framing, keep-alive, TLS); this module adds the bounds the exporter needs:
 
 * **a total deadline.** The whole call (connect, TLS, request, headers, body, redirects) runs
   under one ``asyncio.timeout``; when it ends, or the call is cancelled (a poll's deadline,
-  shutdown), the socket is aborted. No thread, so nothing is left waiting on a server that
-  drips a byte every 0.5 s, stops after the headers or sends an endless chunked body.
+  shutdown), aiohttp closes the connection instead of pooling it. No thread, so nothing is left
+  waiting on a server that drips a byte every 0.5 s, stops after the headers or sends an
+  endless chunked body.
 * **a body cap, after decompression.** A ``Content-Length`` over it is refused before the body
-  is read; chunked, read-to-close and gzip bodies are counted as they arrive (gzip inflated in
-  bounded steps) and abandoned at the cap. Headers are capped at :data:`MAX_HEAD` bytes.
-* **redirects by rule.** A caller allows a number of same-origin hops (the API) or none (token
-  and discovery requests); any other redirect fails with reason ``redirect``, so no credential
-  is ever sent to an origin it was not configured for.
-* **keep-alive.** Idle connections are kept per origin (up to ``max_idle``, for
-  :data:`IDLE_SECONDS`), which is most of what a steady poll saves in CPU against a connection
+  is read; other bodies are counted as they arrive and abandoned at the cap. aiohttp's own
+  decompression is off: gzip is inflated here in bounded steps, so a gzip bomb stops at the
+  cap too. Header lines and their number are capped (:data:`MAX_HEADER_LINE`,
+  :data:`MAX_HEADERS`).
+* **redirects by rule.** aiohttp follows none; a caller allows a number of same-origin hops (the
+  API) or none (token and discovery requests), and any other redirect fails with reason
+  ``redirect``, so no credential is ever sent to an origin it was not configured for.
+* **keep-alive.** Up to ``connections`` connections per origin, idle ones kept for
+  :data:`IDLE_SECONDS`, which is most of what a steady poll saves in CPU against a connection
   per request.
 """
 
@@ -25,19 +28,22 @@ import os
 import ssl
 import urllib.parse
 import zlib
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+
+import aiohttp
+import certifi
 
 from .labels import Reason
 
-#: bytes of a status line plus headers, and of one chunk-size or trailer line, at most
-MAX_HEAD = 64 * 1024
+#: bytes of the status line or of one header line, at most; and header lines, at most
+MAX_HEADER_LINE = 8190
+MAX_HEADERS = 128
 #: an idle connection older than this is closed rather than reused (servers drop idle ones)
 IDLE_SECONDS = 30.0
-#: bytes read or inflated per step
+#: bytes inflated per step
 STEP = 64 * 1024
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_NO_BODY = frozenset({204, 304})
 
 Origin = tuple[str, str, int]
 
@@ -52,7 +58,7 @@ class TransportError(Exception):
 
 @dataclass(frozen=True)
 class Response:
-    """A complete answer: status, headers (names in lower case) and the decompressed body."""
+    """A complete answer: status, headers (names case-insensitive) and the decompressed body."""
 
     status: int
     headers: Mapping[str, str]
@@ -80,7 +86,7 @@ class _TooLarge(Exception):
 
 
 class _Body:
-    """Collects a body up to ``limit`` bytes after decompression (gzip, member by member)."""
+    """Collects a body up to ``limit`` bytes, received and after decompression (gzip members)."""
 
     def __init__(self, limit: int, encoding: str) -> None:
         if encoding not in ("", "identity", "gzip", "x-gzip"):
@@ -89,8 +95,12 @@ class _Body:
         self._inflate = zlib.decompressobj(wbits=31) if "gzip" in encoding else None
         self._chunks: list[bytes] = []
         self._size = 0
+        self._received = 0  # an endless stream of empty gzip members is bounded too
 
     def feed(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > self._limit:
+            raise _TooLarge
         if self._inflate is None:
             self._keep(data)
             return
@@ -113,44 +123,30 @@ class _Body:
         return b"".join(self._chunks)
 
 
-class _Connection:
-    """One socket: its streams and when it went idle."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.loop = asyncio.get_running_loop()
-        self.idle_since = 0.0
-        self.answered = False  # an answer has begun on it since it was taken
-
-    def usable(self, loop: asyncio.AbstractEventLoop) -> bool:
-        return (
-            loop is self.loop
-            and loop.time() - self.idle_since < IDLE_SECONDS
-            and not self.reader.at_eof()
-            and not self.writer.is_closing()
-        )
-
-    def abort(self) -> None:
-        if not self.loop.is_closed():  # else the loop's end closed the socket already
-            self.writer.transport.abort()
-
-
 class Transport:
-    """HTTP/1.1 calls bounded in time and size; ``max_idle`` kept-alive sockets per origin."""
+    """HTTP calls bounded in time and size, on at most ``connections`` per origin.
 
-    def __init__(self, *, max_body: int, max_idle: int) -> None:
+    ``connections`` 0 opens a connection per call and keeps none (token and discovery requests:
+    rare, and their owner never has to close anything).
+    """
+
+    def __init__(self, *, max_body: int, connections: int) -> None:
         self.max_body = max_body
-        self._max_idle = max_idle
-        self._idle: dict[Origin, list[_Connection]] = {}
+        self._connections = connections
+        self._pool: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._tls: ssl.SSLContext | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # held until done (asyncio keeps weak refs)
 
     def close(self) -> None:
-        """Close the idle sockets (a call in flight ends by its own deadline)."""
-        for connections in self._idle.values():
-            for connection in connections:
-                connection.abort()
-        self._idle.clear()
+        """Close the pooled connections on the loop's next turn (a call in flight then fails)."""
+        pool, loop, self._pool = self._pool, self._loop, None
+        if pool is not None and loop is not None and not loop.is_closed():
+            # aiohttp closes only in a coroutine; asyncio.run runs a task made before it ends
+            closing = loop.create_task(pool.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        # else nothing is pooled, or the loop's end dropped its sockets already
 
     async def fetch(
         self,
@@ -169,9 +165,9 @@ class Transport:
         """
         start = url
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout), self._session() as session:
                 for _ in range(redirects + 1):
-                    response = await self._exchange(url, method, headers or {}, body)
+                    response = await self._exchange(session, url, method, headers, body)
                     if response.status not in REDIRECTS:
                         return response
                     location = response.headers.get("location", "")
@@ -182,7 +178,7 @@ class Transport:
                             f"HTTP {response.status} to another origin, not followed",
                         )
                 raise TransportError(Reason.REDIRECT, f"more than {redirects} redirects")
-        except TimeoutError:
+        except TimeoutError:  # aiohttp's own (connect, read) timeouts are TimeoutErrors too
             raise TransportError(
                 Reason.TIMEOUT, f"no complete answer within {timeout:.1f}s"
             ) from None
@@ -190,128 +186,81 @@ class Transport:
             raise TransportError(
                 Reason.TOO_LARGE, f"body over {self.max_body} bytes, abandoned"
             ) from None
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise TransportError(
-                Reason.CONNECTION, f"connection lost ({type(exc).__name__})"
-            ) from None
-        except OSError as exc:  # refused, unreachable, DNS, TLS
-            raise TransportError(Reason.CONNECTION, type(exc).__name__) from None
-        except (ValueError, asyncio.LimitOverrunError, zlib.error) as exc:
+        except aiohttp.ClientResponseError as exc:  # a head or chunk framing aiohttp refused
+            first = exc.message.partition("\n")[0]
+            raise TransportError(Reason.BAD_RESPONSE, f"malformed answer: {first[:120]}") from None
+        except (aiohttp.ClientError, OSError) as exc:  # refused, reset, cut short, DNS, TLS
+            raise TransportError(Reason.CONNECTION, _cause(exc)) from None
+        except (ValueError, zlib.error) as exc:
             raise TransportError(
                 Reason.BAD_RESPONSE, f"malformed answer: {str(exc)[:120]}"
             ) from None
 
-    async def _exchange(
-        self, url: str, method: str, headers: Mapping[str, str], body: bytes | None
-    ) -> Response:
-        where = origin(url)
-        connection = self._pooled(where)
-        if connection is not None:
-            try:
-                return await self._on(connection, where, url, method, headers, body)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                if connection.answered or method != "GET":
-                    raise  # the answer had begun: not a stale socket
-            # the server closed the idle socket as it was reused: once more, on a new one
-        return await self._on(await self._connect(where), where, url, method, headers, body)
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """The pooled session of the running loop, or one for this call only."""
+        if not self._connections:
+            async with self._new_session(aiohttp.TCPConnector(force_close=True)) as session:
+                yield session
+            return
+        loop = asyncio.get_running_loop()
+        if self._pool is None or self._loop is not loop:
+            self.close()
+            connector = aiohttp.TCPConnector(
+                limit_per_host=self._connections, keepalive_timeout=IDLE_SECONDS
+            )
+            self._pool, self._loop = self._new_session(connector), loop
+        yield self._pool
 
-    async def _on(
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=connector,
+            # the bodies are inflated by _Body, within the cap; only gzip is understood there
+            auto_decompress=False,
+            headers={"Accept-Encoding": "gzip"},
+            cookie_jar=aiohttp.DummyCookieJar(),  # none kept: a hostile server could fill a jar
+            max_line_size=MAX_HEADER_LINE,
+            max_field_size=MAX_HEADER_LINE,
+            max_headers=MAX_HEADERS,
+        )
+
+    async def _exchange(
         self,
-        connection: _Connection,
-        where: Origin,
+        session: aiohttp.ClientSession,
         url: str,
         method: str,
-        headers: Mapping[str, str],
+        headers: Mapping[str, str] | None,
         body: bytes | None,
     ) -> Response:
-        try:
-            connection.writer.write(_request(url, method, headers, body))
-            response, keep = await self._read(connection, method)
-        except BaseException:
-            connection.abort()
-            raise
-        if keep:
-            self._park(where, connection)
-        else:
-            connection.abort()
-        return response
-
-    def _pooled(self, where: Origin) -> _Connection | None:
-        connections = self._idle.get(where, [])
-        loop = asyncio.get_running_loop()
-        while connections:
-            connection = connections.pop()
-            if connection.usable(loop):
-                connection.answered = False
-                return connection
-            connection.abort()
-        return None
-
-    def _park(self, where: Origin, connection: _Connection) -> None:
-        connections = self._idle.setdefault(where, [])
-        if len(connections) >= self._max_idle:
-            connection.abort()
-            return
-        connection.idle_since = asyncio.get_running_loop().time()
-        connections.append(connection)
-
-    async def _connect(self, where: Origin) -> _Connection:
-        scheme, host, port = where
-        tls = None
-        if scheme == "https":
-            if self._tls is None:
-                self._tls = tls_context()
-            tls = self._tls
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=tls, server_hostname=host if tls else None, limit=MAX_HEAD
-        )
-        return _Connection(reader, writer)
-
-    async def _read(self, connection: _Connection, method: str) -> tuple[Response, bool]:
-        reader = connection.reader
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            connection.answered = True
-            version, status, headers = _parse_head(head)
-            if not 100 <= status < 200:
-                break
-        collected = _Body(self.max_body, headers.get("content-encoding", "").strip().lower())
-        keep = version == "HTTP/1.1" and "close" not in headers.get("connection", "").lower()
-        if method == "HEAD" or status in _NO_BODY:
-            pass
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            await self._chunked(reader, collected)
-        elif "content-length" in headers:
-            await self._sized(reader, collected, _length(headers["content-length"]))
-        else:
-            keep = False  # the body ends when the server closes
-            while data := await reader.read(STEP):
+        async with session.request(
+            method,
+            url,
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+            ssl=self._trust() if origin(url)[0] == "https" else True,
+        ) as answer:
+            length = answer.content_length
+            if length is not None and length > self.max_body:
+                raise _TooLarge  # leaving unread closes the connection
+            collected = _Body(
+                self.max_body, answer.headers.get("Content-Encoding", "").strip().lower()
+            )
+            async for data in answer.content.iter_any():
                 collected.feed(data)
-        return Response(status, headers, collected.value()), keep
+            return Response(answer.status, answer.headers, collected.value())
 
-    async def _sized(self, reader: asyncio.StreamReader, body: _Body, length: int) -> None:
-        if length > self.max_body:
-            raise _TooLarge
-        while length:
-            data = await reader.readexactly(min(length, STEP))
-            body.feed(data)
-            length -= len(data)
+    def _trust(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = tls_context()
+        return self._tls
 
-    async def _chunked(self, reader: asyncio.StreamReader, body: _Body) -> None:
-        received = 0
-        while True:
-            line = await reader.readuntil(b"\r\n")
-            size = int(line.split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass  # trailers, not used
-                return
-            received += size
-            if received > self.max_body:  # the raw bytes alone are over the cap
-                raise _TooLarge
-            await self._sized(reader, body, size)
-            if await reader.readexactly(2) != b"\r\n":
-                raise ValueError("chunk not followed by CRLF")
+
+def _cause(exc: BaseException) -> str:
+    """The kind of failure, without the URL or headers aiohttp's messages may hold."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return type(exc).__name__
 
 
 def tls_context() -> ssl.SSLContext:
@@ -323,50 +272,5 @@ def tls_context() -> ssl.SSLContext:
     bundle = os.environ.get("REQUESTS_CA_BUNDLE")
     context = ssl.create_default_context(cafile=bundle or None)
     if not bundle and not context.cert_store_stats()["x509_ca"]:
-        with contextlib.suppress(ImportError):
-            import certifi  # requests' dependency
-
-            context.load_verify_locations(certifi.where())
+        context.load_verify_locations(certifi.where())
     return context
-
-
-def _request(url: str, method: str, headers: Mapping[str, str], body: bytes | None) -> bytes:
-    parts = urllib.parse.urlsplit(url)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host = parts.netloc.rpartition("@")[2]
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: gzip"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    if body is not None:
-        lines.append(f"Content-Length: {len(body)}")
-    if any(c in line for line in lines for c in "\r\n\0"):
-        raise ValueError("a request line or header holds a line break")
-    return "\r\n".join(lines).encode("latin-1") + b"\r\n\r\n" + (body or b"")
-
-
-def _parse_head(head: bytes) -> tuple[str, int, dict[str, str]]:
-    lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
-    code = rest[:3]
-    if not version.startswith("HTTP/1.") or not code.isdigit():
-        raise ValueError(f"not an HTTP/1.x status line: {lines[0][:60]!r}")
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if line:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise ValueError("a header line without a colon")
-            key, value = name.strip().lower(), value.strip()
-            if key not in headers:
-                headers[key] = value
-            elif key == "content-length":
-                if headers[key] != value:
-                    raise ValueError("conflicting Content-Length headers")
-            else:
-                headers[key] = f"{headers[key]}, {value}"
-    return version, int(code), headers
-
-
-def _length(value: str) -> int:
-    if not value.isdigit():
-        raise ValueError(f"Content-Length {value[:40]!r}")
-    return int(value)

@@ -1,12 +1,15 @@
-"""The bounded HTTP/1.1 client against real sockets: keep-alive, TLS, framing, malformed answers."""
+"""The bounded HTTP client (aiohttp) against real sockets: the bounds, keep-alive, TLS, errors."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import gzip
 import ipaddress
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -47,14 +50,14 @@ def fetch_all(
 
 def test_sequential_calls_share_one_connection(server: ScriptedServer) -> None:
     server.script["/a"] = [Reply(200, {"n": 1})]
-    answers = fetch_all(Transport(max_body=1024, max_idle=2), *[server.url + "/a"] * 5)
+    answers = fetch_all(Transport(max_body=1024, connections=2), *[server.url + "/a"] * 5)
     assert [a.body for a in answers if isinstance(a, Response)] == [b'{"n": 1}'] * 5
     assert server.connections == 1, "kept alive"
 
 
 def test_a_connection_the_server_dropped_is_not_reused(server: ScriptedServer) -> None:
     server.script["/a"] = [Reply(200, {"n": 1}, hang_up=True)]
-    answers = fetch_all(Transport(max_body=1024, max_idle=2), *[server.url + "/a"] * 3)
+    answers = fetch_all(Transport(max_body=1024, connections=2), *[server.url + "/a"] * 3)
     assert all(isinstance(a, Response) and a.status == 200 for a in answers)
     assert server.connections == 3
 
@@ -63,7 +66,7 @@ def test_finite_chunked_body_and_headers(server: ScriptedServer) -> None:
     server.script["/c"] = [
         Reply(201, chunks=lambda: iter([b'{"a":', b" 1}"]), headers={"Retry-After": "3"})
     ]
-    [answer] = fetch_all(Transport(max_body=1024, max_idle=1), server.url + "/c")
+    [answer] = fetch_all(Transport(max_body=1024, connections=1), server.url + "/c")
     assert isinstance(answer, Response)
     assert (answer.status, answer.body, answer.headers["retry-after"]) == (201, b'{"a": 1}', "3")
 
@@ -93,21 +96,144 @@ def test_malformed_answers_fail_with_a_reason(raw: bytes, reason: Reason) -> Non
 
         listener = await asyncio.start_server(answer, "127.0.0.1", 0)
         port = listener.sockets[0].getsockname()[1]
+        transport = Transport(max_body=1024, connections=1)
         try:
             with pytest.raises(TransportError) as err:
-                await Transport(max_body=1024, max_idle=1).fetch(
-                    f"http://127.0.0.1:{port}/", timeout=2.0
-                )
+                await transport.fetch(f"http://127.0.0.1:{port}/", timeout=2.0)
         finally:
+            transport.close()
             listener.close()
         return err.value
 
     assert asyncio.run(run()).reason == reason
 
 
+@dataclass
+class Seen:
+    """What a raw server saw: the request heads, and the connections the client closed."""
+
+    heads: list[bytes] = field(default_factory=list)
+    closed: int = 0
+
+
+@contextlib.asynccontextmanager
+async def raw_server(reply: bytes) -> AsyncIterator[tuple[str, Seen]]:
+    """Answers every request with ``reply`` on a kept-open connection; its URL and what it saw."""
+    seen = Seen()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                seen.heads.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write(reply)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            seen.closed += 1
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}/", seen
+    finally:
+        listener.close()
+
+
+async def closed_within(seen: Seen, count: int, seconds: float = 1.0) -> bool:
+    """True once the server saw ``count`` connections closed by the client, within ``seconds``."""
+    async with asyncio.timeout(seconds):
+        while seen.closed < count:
+            await asyncio.sleep(0.01)
+    return True
+
+
+def test_the_deadline_closes_the_socket_of_a_silent_answer() -> None:
+    async def run() -> None:
+        transport = Transport(max_body=1024, connections=1)
+        async with raw_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{") as (url, seen):
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(TransportError) as err:
+                await transport.fetch(url, timeout=0.2)
+            assert err.value.reason == Reason.TIMEOUT
+            assert asyncio.get_running_loop().time() - started < 0.5
+            assert await closed_within(seen, 1), "the socket is closed, not pooled"
+            transport.close()
+
+    asyncio.run(run())
+
+
+def test_a_content_length_over_the_cap_is_refused_before_the_body() -> None:
+    async def run() -> None:
+        transport = Transport(max_body=1024, connections=1)
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 2048\r\n\r\n"  # and no body ever
+        async with raw_server(head) as (url, seen):
+            with pytest.raises(TransportError) as err:
+                await transport.fetch(url, timeout=2.0)  # fails at once, not at the deadline
+            assert err.value.reason == Reason.TOO_LARGE
+            assert await closed_within(seen, 1, 0.5)
+            transport.close()
+
+    asyncio.run(run())
+
+
+def gzip_reply(body: bytes) -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "answer"),
+    [
+        (gzip.compress(b'{"a":') + gzip.compress(b" 1}"), b'{"a": 1}'),  # two members
+        (gzip.compress(bytes(1025)), Reason.TOO_LARGE),  # 1 KiB after inflating, 29 bytes sent
+    ],
+    ids=["members", "inflates-past-the-cap"],
+)
+def test_gzip_is_inflated_here_and_capped_after_inflating(
+    body: bytes, answer: bytes | Reason
+) -> None:
+    async def run() -> tuple[bytes | Reason, Seen]:
+        transport = Transport(max_body=1024, connections=1)
+        async with raw_server(gzip_reply(body)) as (url, seen):
+            try:
+                return (await transport.fetch(url, timeout=2.0)).body, seen
+            except TransportError as exc:
+                return exc.reason, seen
+            finally:
+                transport.close()
+
+    got, seen = asyncio.run(run())
+    assert got == answer
+    assert b"\r\naccept-encoding: gzip\r\n" in seen.heads[0].lower(), "only what is inflated here"
+
+
+def test_close_closes_the_kept_connections_and_keeps_no_cookie() -> None:
+    reply = b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def run() -> Seen:
+        transport = Transport(max_body=1024, connections=2)
+        async with raw_server(reply) as (url, seen):
+            for _ in range(3):  # by name: aiohttp's jar would keep no cookie of an IP address
+                await transport.fetch(url.replace("127.0.0.1", "localhost"), timeout=2.0)
+            assert seen.closed == 0, "kept alive"
+            transport.close()
+            assert await closed_within(seen, 1)
+            await transport.fetch(url, timeout=2.0)  # a closed transport opens anew
+            transport.close()
+            assert await closed_within(seen, 2)
+        return seen
+
+    seen = asyncio.run(run())
+    assert len(seen.heads) == 4
+    assert not any(b"\r\ncookie:" in head.lower() for head in seen.heads)
+
+
 def test_a_header_value_with_a_line_break_is_never_sent(server: ScriptedServer) -> None:
     [error] = fetch_all(
-        Transport(max_body=1024, max_idle=1),
+        Transport(max_body=1024, connections=1),
         server.url + "/a",
         headers={"Authorization": "Bearer x\r\nX-Injected: 1"},
     )
@@ -162,8 +288,8 @@ def test_https_verifies_against_requests_ca_bundle(
     context, cert_file = self_signed(tmp_path)
     with ScriptedServer(tls=context) as server:
         server.script["/a"] = [Reply(200, {"tls": True})]
-        [untrusted] = fetch_all(Transport(max_body=1024, max_idle=1), server.url + "/a")
+        [untrusted] = fetch_all(Transport(max_body=1024, connections=1), server.url + "/a")
         assert isinstance(untrusted, TransportError) and untrusted.reason == Reason.CONNECTION
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert_file))
-        [answer] = fetch_all(Transport(max_body=1024, max_idle=1), server.url + "/a")
+        [answer] = fetch_all(Transport(max_body=1024, connections=1), server.url + "/a")
         assert isinstance(answer, Response) and answer.body == b'{"tls": true}'
