@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import io
 import itertools
 import json
@@ -21,6 +22,7 @@ import time
 import tracemalloc
 import warnings
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from iceprod_exporter.simulator import (
     build_store,
 )
 from iceprod_exporter.telemetry import Telemetry
+from iceprod_exporter.transport import Transport
 
 from .scripted_http import Reply, ScriptedServer, threads_outside_servers
 from .support import free_port, http_get, samples, start_exporter, wait_for
@@ -402,6 +405,21 @@ def test_a_jsonclass_flood_writes_no_line_and_a_library_at_most_one(
     lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     assert [line["logger"] for line in lines] == ["rest_tools.utils.json_util", "py.warnings"]
     assert all(line["event"] == "library.log" for line in lines)
+
+
+def test_aiohttp_and_asyncio_complaints_are_rate_limited_too(
+    server: ScriptedServer, log_stream: io.StringIO
+) -> None:
+    server.script[ROUTE] = [Reply(200, {"processing": 1})]
+    for _ in range(20):  # a pool left open 20 times: asyncio reports its session and connector
+        transport = Transport(max_body=1024, connections=1)
+        asyncio.run(transport.fetch(server.url + ROUTE, timeout=2.0))
+        del transport
+        gc.collect()
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    by_logger = Counter(line["logger"] for line in lines)
+    assert by_logger["asyncio"] == 1, "40 complaints, one call site: one line"
+    assert max(by_logger.values()) == 1, by_logger
 
 
 def test_library_lines_are_rate_limited_per_call_site_and_count_what_they_held_back() -> None:
