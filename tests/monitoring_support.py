@@ -30,7 +30,7 @@ import socket
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -292,6 +292,28 @@ def start_alertmanager(config: Path, workdir: Path) -> Server:
     return _start("alertmanager", argv, f"http://127.0.0.1:{port}", workdir, "/-/ready")
 
 
+def serve_metrics(
+    page: Callable[[str], tuple[int, bytes]], content_type: str
+) -> tuple[ThreadingHTTPServer, ServerThread]:
+    """A metrics endpoint on 127.0.0.1: ``page(path)`` gives each GET's status and body."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = page(self.path)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    return httpd, ServerThread(httpd)
+
+
 class ScriptedExporter:
     """The exporter's own collector (the metric table, the exposition) over a scripted snapshot.
 
@@ -307,21 +329,11 @@ class ScriptedExporter:
         # never stale: show() says whether IceProd answered; the values stay, as in an outage
         SnapshotCollector(lambda: self._snapshot, max_staleness=1e9, registry=registry)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = encode(registry, Format.TEXT) if self.path == "/metrics" else b""
-                self.send_response(200 if body else 404)
-                self.send_header("Content-Type", CONTENT_TYPES[Format.TEXT])
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def page(path: str) -> tuple[int, bytes]:
+            body = encode(registry, Format.TEXT) if path == "/metrics" else b""
+            return (200 if body else 404), body
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._serving = ServerThread(self._httpd)
+        self._httpd, self._serving = serve_metrics(page, CONTENT_TYPES[Format.TEXT])
 
     @property
     def target(self) -> str:
@@ -416,28 +428,15 @@ class OtherExporters:
         pages = {"/grid": (grid, grid_scraped), "/condor-history": (condor, condor_scraped)}
         owner = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                page = pages.get(self.path)
-                if page is None or (self.path == "/grid" and owner.grid_down):
-                    self.send_response(503 if page else 404)
-                    self.end_headers()
-                    return
-                registry, scraped = page
-                scraped()
-                body = generate_latest(registry)
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+        def page(path: str) -> tuple[int, bytes]:
+            found = pages.get(path)
+            if found is None or (path == "/grid" and owner.grid_down):
+                return (503 if found else 404), b""
+            registry, scraped = found
+            scraped()
+            return 200, generate_latest(registry)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._serving = ServerThread(self._httpd)
+        self._httpd, self._serving = serve_metrics(page, CONTENT_TYPE_LATEST)
 
     @property
     def target(self) -> str:

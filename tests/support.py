@@ -110,3 +110,18 @@ def start_exporter(
         process.wait(10)
         raise
     return process
+
+
+def run_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``iceprod-exporter once`` as a subprocess with ``env``; fails the test unless it exits 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "iceprod_exporter", "once"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert done.returncode == 0, f"once exited {done.returncode}:\n{done.stderr[-4000:]}"
+    return done

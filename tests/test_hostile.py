@@ -494,17 +494,26 @@ class Daemon:
         return time.monotonic() - started
 
 
-@pytest.fixture
-def upstreams() -> Iterator[tuple[ScriptedServer, OIDCIssuer]]:
-    with OIDCIssuer(token_ttl=300) as issuer:
+@contextlib.contextmanager
+def scripted_in_front(
+    token_ttl: float, datasets: int, seed: int
+) -> Iterator[tuple[ScriptedServer, OIDCIssuer]]:
+    """A scripted server in front of a simulated IceProd (unscripted paths pass through)."""
+    with OIDCIssuer(token_ttl=token_ttl) as issuer:
         issuer.register_client("exporter", SECRET, SYSTEM_ROLE_CLAIMS)
-        store = build_store(datasets=6, seed=3)
+        store = build_store(datasets=datasets, seed=seed)
         with (
-            SimulatedIceProd(store, issuer=issuer, simulation=Simulation(store, 3)) as iceprod,
+            SimulatedIceProd(store, issuer=issuer, simulation=Simulation(store, seed)) as iceprod,
             ScriptedServer() as api,
         ):
             api.upstream = iceprod.url
             yield api, issuer
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[ScriptedServer, OIDCIssuer]]:
+    with scripted_in_front(token_ttl=300, datasets=6, seed=3) as stack:
+        yield stack
 
 
 def watch(daemon: Daemon, seconds: float) -> list[tuple[int, int, float]]:
@@ -553,36 +562,29 @@ def test_daemon_through_a_drip_stays_bounded_recovers_and_stops_on_sigterm(
 def test_daemon_through_a_dripping_token_endpoint_recovers_and_stops_on_sigterm(
     tmp_path: Path,
 ) -> None:
-    with OIDCIssuer(token_ttl=4) as issuer:
-        issuer.register_client("exporter", SECRET, SYSTEM_ROLE_CLAIMS)
-        store = build_store(datasets=3, seed=5)
-        with (
-            SimulatedIceProd(store, issuer=issuer, simulation=Simulation(store, 5)) as iceprod,
-            ScriptedServer() as api,
-        ):
-            api.upstream = iceprod.url
-            daemon = Daemon(api, issuer, tmp_path / "exporter.log")
-            try:
-                issuer.drip = 0.5  # every refresh from now on drips past token_timeout
-                wait_for(lambda: daemon.value("iceprod_up") == 0, 10, "the token to run out")
-                asked = sum(issuer.token_requests.values())
-                healed = time.time()
-                issuer.drip = 0.0
-                wait_for(
-                    lambda: sum(issuer.token_requests.values()) > asked,
-                    2 * POLL,
-                    "a token request within 2 poll intervals of the issuer healing",
-                )
-                wait_for(lambda: daemon.up_since(healed), 3 * POLL, "iceprod_up 1 again")
-                issuer.drip = 0.5
-                issuer.token_ttl = 2
-                wait_for(
-                    lambda: sum(issuer.token_requests.values()) > asked + 2,
-                    10,
-                    "a refresh dripping",
-                )
-                assert daemon.terminate_within(10) < 10
-            finally:
-                if daemon.process.poll() is None:
-                    daemon.process.kill()
-                    daemon.process.wait(10)
+    with scripted_in_front(token_ttl=4, datasets=3, seed=5) as (api, issuer):
+        daemon = Daemon(api, issuer, tmp_path / "exporter.log")
+        try:
+            issuer.drip = 0.5  # every refresh from now on drips past token_timeout
+            wait_for(lambda: daemon.value("iceprod_up") == 0, 10, "the token to run out")
+            asked = sum(issuer.token_requests.values())
+            healed = time.time()
+            issuer.drip = 0.0
+            wait_for(
+                lambda: sum(issuer.token_requests.values()) > asked,
+                2 * POLL,
+                "a token request within 2 poll intervals of the issuer healing",
+            )
+            wait_for(lambda: daemon.up_since(healed), 3 * POLL, "iceprod_up 1 again")
+            issuer.drip = 0.5
+            issuer.token_ttl = 2
+            wait_for(
+                lambda: sum(issuer.token_requests.values()) > asked + 2,
+                10,
+                "a refresh dripping",
+            )
+            assert daemon.terminate_within(10) < 10
+        finally:
+            if daemon.process.poll() is None:
+                daemon.process.kill()
+                daemon.process.wait(10)

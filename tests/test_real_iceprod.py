@@ -21,7 +21,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -47,7 +46,7 @@ from .real_iceprod.proxy import RecordingProxy
 from .real_iceprod.scenario import SCENARIO
 from .real_iceprod.seed import SeededScenario, seed_scenario
 from .real_iceprod.sim_store import load_store
-from .support import free_port, http_get, start_exporter, wait_for
+from .support import free_port, http_get, run_once, start_exporter, wait_for
 
 pytestmark = pytest.mark.integration  # the real IceProd server in its pinned venv
 
@@ -178,21 +177,6 @@ def exporter_env(
     }
     env.update({"ICEPROD_EXPORTER_" + k.upper(): v for k, v in settings.items()})
     return env
-
-
-def run_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``iceprod-exporter once``; fails the test unless it exits 0."""
-    done = subprocess.run(
-        [sys.executable, "-m", "iceprod_exporter", "once"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    assert done.returncode == 0, f"once exited {done.returncode}:\n{done.stderr[-4000:]}"
-    return done
 
 
 @dataclass

@@ -48,7 +48,7 @@ CLIENTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 DATASET_KEYS = (
     "dataset|description|group|username|status|jobs_submitted|tasks_submitted|"
-    "tasks_per_job|priority|truncated"
+    "tasks_per_job|priority|truncated|always_active"
 )
 
 

@@ -19,8 +19,6 @@ texts and the mixin rely on are IceProd's, not our reading of its code:
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +31,7 @@ from iceprod_exporter.simulator import OIDCIssuer
 
 from .real_iceprod.harness import SYSTEM_CLAIMS, RealIceProd, fetch_token
 from .real_iceprod.seed import TASK_PATHS
+from .support import run_once
 
 pytestmark = pytest.mark.integration  # the real IceProd server in its pinned venv
 
@@ -166,16 +165,7 @@ def exporter_once(seeded: Seeded) -> dict[tuple[str, tuple[tuple[str, str], ...]
         "OAUTH_CLIENT_SECRET": SECRET,
         "ICEPROD_EXPORTER_TIMEOUT": "10",
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "iceprod_exporter", "once"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    assert done.returncode == 0, f"once exited {done.returncode}:\n{done.stderr[-3000:]}"
+    done = run_once(env)
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(done.stdout)
