@@ -137,6 +137,18 @@ class Exporter:
             )  # fmt: skip
         self.started, self.ready_after = time.monotonic(), None
 
+    def lost_its_port(self) -> bool:
+        """Whether it exited because its port was taken between choosing and binding it.
+
+        Seven exporters start at once and their own outbound connections take ephemeral ports,
+        the range free_port() picks from: a chosen port can be gone by the time it is bound.
+        """
+        return (
+            self.proc is not None
+            and self.proc.poll() == 2
+            and "already in use" in self.log.read_text(errors="replace")
+        )
+
     def ready(self) -> bool:
         """Whether /readyz answers 200; fails when the process has exited."""
         if self.proc is None or self.proc.poll() is not None:
@@ -439,9 +451,17 @@ def deploy(plan: Plan, workdir: Path) -> Iterator[Deployment]:
             cleanup.callback(exporter.stop)
             exporter.start(api_url, plan)
 
+        def ready(exporter: Exporter) -> bool:
+            if exporter.lost_its_port():  # before Prometheus knows the port: take another
+                exporter.log.write_text("")
+                exporter.port = free_port()
+                exporter.start(api_url, plan)
+                return False
+            return exporter.ready()
+
         def all_ready() -> bool:
             # a list, not a generator: each one notes the moment it got ready
-            return all([e.ready() for e in [reference, *replicas]])
+            return all([ready(e) for e in [reference, *replicas]])
 
         wait_for(
             all_ready,
