@@ -27,6 +27,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY iceprod_exporter/ iceprod_exporter/
+# the built-in simulated IceProd, for `demo` (a package of its own: no production module imports it)
+COPY iceprod_simulator/ iceprod_simulator/
 
 # The wheel is built in isolation (setuptools is fetched for the build only) and installed with
 # its dependencies into a venv that has no pip of its own (the stage's pip installs into it with

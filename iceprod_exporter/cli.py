@@ -16,9 +16,9 @@ import yaml
 from prometheus_client import disable_created_metrics
 from pydantic import SecretStr
 
-from . import __version__, config, logs, reference
-from .auth import OpenIDProvider, TokenError, write_private
-from .config import ConfigError, Settings
+from iceprod_exporter import __version__, config, logs, reference
+from iceprod_exporter.config import ConfigError, Settings
+from iceprod_exporter.source.auth import OpenIDProvider, TokenError, write_private
 
 EXIT_CONFIG = 2
 #: the spellings other exporters use, so their deployment habits carry over
@@ -127,7 +127,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "login":
         return _login(settings)
-    from .daemon import Exporter  # imported late: `docs` and `--help` stay light
+    from iceprod_exporter.daemon.exporter import (
+        Exporter,  # imported late: `docs` and `--help` stay light
+    )
 
     exporter = Exporter(settings)
     if args.command == "once":
@@ -137,7 +139,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _serve(exporter: Any, announce: Callable[[Any], None] = lambda http: None) -> int:
     """Start the serving process, ``announce`` it, run until stopped; 1 if serving died."""
-    from .serving import ServerExited
+    from iceprod_exporter.serving.parent import ServerExited
 
     try:
         announce(exporter.start_http())
@@ -203,8 +205,8 @@ def _login(settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .daemon import Exporter
-    from .simulator import (
+    from iceprod_exporter.daemon.exporter import Exporter
+    from iceprod_simulator import (
         SYSTEM_ROLE_CLAIMS,
         OIDCIssuer,
         SimulatedIceProd,

@@ -26,8 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from . import web_config
-from .logs import LogFormat
+from iceprod_exporter.http import web_config
+from iceprod_exporter.logs import LogFormat
 
 ENV_PREFIX = "ICEPROD_EXPORTER_"
 

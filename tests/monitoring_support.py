@@ -8,7 +8,8 @@
 * :func:`scan` parses an expression with ``promql-parser`` (the Rust PromQL parser) and walks
   its AST for the metric selectors, label matchers, grouping labels and function calls, so that
   dashboards and rules are checked against the metric table
-  (:data:`iceprod_exporter.metrics.SPECS`) without a server: :func:`check_expression` (known
+  (:data:`iceprod_exporter.exposition.metrics.SPECS`) without a server: :func:`check_expression`
+  (known
   metrics, labels and values; what reads differently on Prometheus 2 and 3) and
   :func:`replica_problems` (raw IceProd series summed or shown without first being reduced to
   one copy per HA replica).
@@ -48,10 +49,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-from iceprod_exporter.collector import CONTENT_TYPES, Format, SnapshotCollector, encode
-from iceprod_exporter.metrics import SPECS, Group, Kind
-from iceprod_exporter.simulator.service import ServerThread
-from iceprod_exporter.snapshot import (
+from iceprod_exporter.exposition.formats import CONTENT_TYPES, Format, encode
+from iceprod_exporter.exposition.metrics import SPECS, Group, Kind
+from iceprod_exporter.model.snapshot import (
     DATASET_STATUSES,
     JOB_STATUSES,
     RESOURCES,
@@ -60,6 +60,8 @@ from iceprod_exporter.snapshot import (
     Snapshot,
     frozen_map,
 )
+from iceprod_simulator.service import ServerThread
+from tests.collector_oracle import SnapshotCollector
 
 from .debian import ToolError, apt_install, refuse_in_unit_tier
 

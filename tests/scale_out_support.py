@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 
 from grafana.mixin.config import DEFAULT as MIXIN
-from iceprod_exporter.poller import shard_of
+from iceprod_exporter.poll.poller import shard_of
 
 from .monitoring_support import (
     EXPORTER_JOB,
@@ -400,7 +400,7 @@ def _prometheus_config(workdir: Path, plan: Plan, replicas: list[Exporter]) -> P
 
 def _start_simulator(plan: Plan, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    argv = [sys.executable, "-m", "iceprod_exporter.simulator", f"--datasets={plan.datasets}",
+    argv = [sys.executable, "-m", "iceprod_simulator", f"--datasets={plan.datasets}",
             f"--port={port}", "--tick=0"]  # fmt: skip
     log = workdir / "simulator.log"
     with log.open("wb") as out:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from iceprod_exporter.simulator.service import ServerThread, Service
+from iceprod_simulator.service import ServerThread, Service
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iceprod_exporter.snapshot import Dataset, Snapshot, TaskStats, frozen_map
+from iceprod_exporter.model.snapshot import Dataset, Snapshot, TaskStats, frozen_map
 
 NOW = 1_800_000_000.0
 

@@ -11,7 +11,7 @@ def test_released_memory_leaves_the_resident_set() -> None:
     script = textwrap.dedent(
         """
         import re
-        from iceprod_exporter.allocator import release_freed_memory
+        from iceprod_exporter.memory import release_freed_memory
 
         def rss():
             status = open("/proc/self/status").read()

@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 from prometheus_client import CollectorRegistry
 
-from iceprod_exporter import api
-from iceprod_exporter.api import ApiClient, ApiError, RateLimiter
-from iceprod_exporter.auth import StaticTokenGrant, TokenManager
-from iceprod_exporter.labels import Reason
-from iceprod_exporter.telemetry import Telemetry
+from iceprod_exporter.exposition.telemetry import Telemetry
+from iceprod_exporter.source import client as api
+from iceprod_exporter.source.auth import StaticTokenGrant, TokenManager
+from iceprod_exporter.source.client import ApiClient, ApiError, RateLimiter
+from iceprod_exporter.source.labels import Reason
 
 from .scripted_http import Reply, ScriptedServer, threads_outside_servers
 from .support import wait_for
@@ -221,8 +221,8 @@ def test_rate_limit_bounds_real_request_rate(server: ScriptedServer) -> None:
 
 
 def test_401_fetches_a_new_token_from_the_issuer(server: ScriptedServer) -> None:
-    from iceprod_exporter.auth import ClientCredentialsGrant, OpenIDProvider
-    from iceprod_exporter.simulator import SYSTEM_ROLE_CLAIMS, OIDCIssuer
+    from iceprod_exporter.source.auth import ClientCredentialsGrant, OpenIDProvider
+    from iceprod_simulator import SYSTEM_ROLE_CLAIMS, OIDCIssuer
 
     server.script[ROUTE] = [Reply(401, {"code": 401}), Reply(200, {"queued": 2})]
     with OIDCIssuer() as issuer:

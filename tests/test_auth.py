@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client import CollectorRegistry
 
-from iceprod_exporter.auth import (
+from iceprod_exporter.exposition.telemetry import Telemetry
+from iceprod_exporter.source.auth import (
     ClientCredentialsGrant,
     Grant,
     OpenIDProvider,
@@ -26,8 +27,7 @@ from iceprod_exporter.auth import (
     TokenError,
     TokenManager,
 )
-from iceprod_exporter.simulator import SYSTEM_ROLE_CLAIMS, OIDCIssuer
-from iceprod_exporter.telemetry import Telemetry
+from iceprod_simulator import SYSTEM_ROLE_CLAIMS, OIDCIssuer
 
 SECRET = "s3cret-value-never-logged"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from iceprod_exporter.simulator import (
+from iceprod_simulator import (
     SYSTEM_ROLE_CLAIMS,
     OIDCIssuer,
     SimulatedIceProd,

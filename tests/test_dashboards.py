@@ -22,7 +22,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana.mixin import alerts, config, generate
 from grafana.mixin.dashboards import overview
 from grafana.mixin.rules import Alert
-from iceprod_exporter.metrics import SPECS, Group, Stability
+from iceprod_exporter.exposition.metrics import SPECS, Group, Stability
 
 from .monitoring_support import (
     BUILTIN_VARIABLES,

@@ -674,7 +674,7 @@ TLS_OVERLAY = KUBERNETES / "overlays" / "tls"
 def test_tls_overlay_serves_https_with_basic_auth(
     rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
-    from iceprod_exporter import web_config
+    from iceprod_exporter.http import web_config
 
     from .http_support import make_pki
 
@@ -716,7 +716,7 @@ def test_tls_overlay_serves_https_with_basic_auth(
 
 @pytest.mark.integration  # docker-compose, openssl
 def test_compose_tls_variant(tmp_path: Path) -> None:
-    from iceprod_exporter import web_config
+    from iceprod_exporter.http import web_config
 
     services = _compose_config("compose.yaml", "compose.tls.yaml")["services"]
     exporter = services["iceprod-exporter"]

@@ -10,9 +10,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from iceprod_exporter.collector import SnapshotCollector
-from iceprod_exporter.metrics import SPECS, Group
-from iceprod_exporter.snapshot import Snapshot
+from iceprod_exporter.exposition.metrics import SPECS, Group
+from iceprod_exporter.model.snapshot import Snapshot
+from tests.collector_oracle import SnapshotCollector
 
 from .snapshots import FLEET, NOW
 

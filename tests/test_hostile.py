@@ -33,24 +33,24 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from iceprod_exporter import logs
-from iceprod_exporter.api import ApiClient, ApiError
-from iceprod_exporter.auth import (
+from iceprod_exporter.exposition.telemetry import Telemetry
+from iceprod_exporter.source.auth import (
     ClientCredentialsGrant,
     OpenIDProvider,
     StaticTokenGrant,
     TokenError,
     TokenManager,
 )
-from iceprod_exporter.labels import Endpoint, Reason
-from iceprod_exporter.simulator import (
+from iceprod_exporter.source.client import ApiClient, ApiError
+from iceprod_exporter.source.labels import Endpoint, Reason
+from iceprod_exporter.source.transport import Transport
+from iceprod_simulator import (
     SYSTEM_ROLE_CLAIMS,
     OIDCIssuer,
     SimulatedIceProd,
     Simulation,
     build_store,
 )
-from iceprod_exporter.telemetry import Telemetry
-from iceprod_exporter.transport import Transport
 
 from .scripted_http import Reply, ScriptedServer, threads_outside_servers
 from .support import free_port, http_get, samples, start_exporter, wait_for

@@ -1,7 +1,8 @@
 """The HTTP server over real sockets: semantics, negotiation, TLS, basic auth, abuse, Prometheus.
 
-Everything goes through :class:`iceprod_exporter.server.HttpServer` on a real port; certificates
-are made by the real ``openssl``, the scraping Prometheus and the browser are the real ones.
+Everything goes through :class:`iceprod_exporter.http.server.HttpServer` on a real port;
+certificates are made by the real ``openssl``, the scraping Prometheus and the browser are the
+real ones.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from iceprod_exporter import config
-from iceprod_exporter.collector import Format
-from iceprod_exporter.daemon import Exporter
-from iceprod_exporter.server import BindError, HttpServer, Status, accepts_gzip, negotiate
-from iceprod_exporter.simulator import SimulatedIceProd, build_store
-from iceprod_exporter.web_config import LiveWebConfig
+from iceprod_exporter.daemon.exporter import Exporter
+from iceprod_exporter.exposition.formats import Format
+from iceprod_exporter.http.negotiation import accepts_gzip, negotiate
+from iceprod_exporter.http.server import BindError, HttpServer
+from iceprod_exporter.http.web_config import LiveWebConfig
+from iceprod_exporter.model.status import Status
+from iceprod_simulator import SimulatedIceProd, build_store
 
 from .http_support import (
     Pki,
@@ -502,11 +505,11 @@ def test_an_identity_scrape_decompresses_in_a_worker_and_gzip_scrapes_go_on(
     class SlowIdentity:
         """The exporter's source; its identity bytes take until the test releases them."""
 
-        def is_prepared(self) -> bool:
-            return source.is_prepared()
+        def has_snapshot(self) -> bool:
+            return source.has_snapshot()
 
-        def prepare(self) -> None:
-            source.prepare()
+        def wait_for_snapshot(self) -> None:
+            source.wait_for_snapshot()
 
         def chunks(self, fmt: Format, gzipped: bool = False) -> Sequence[bytes]:
             if not gzipped:

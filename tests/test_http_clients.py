@@ -27,9 +27,10 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from iceprod_exporter.collector import Format
-from iceprod_exporter.server import HttpServer, Status, _Checks
-from iceprod_exporter.web_config import Authenticator, LiveWebConfig
+from iceprod_exporter.exposition.formats import Format
+from iceprod_exporter.http.server import HttpServer, _Checks
+from iceprod_exporter.http.web_config import Authenticator, LiveWebConfig
+from iceprod_exporter.model.status import Status
 
 from .http_support import Crowd, Pki, client_context, demo, make_pki, request
 from .support import wait_for
@@ -45,10 +46,10 @@ class Fixed:
         self.hold = threading.Event()
         self.hold.set()
 
-    def is_prepared(self) -> bool:
+    def has_snapshot(self) -> bool:
         return True
 
-    def prepare(self) -> None:
+    def wait_for_snapshot(self) -> None:
         pass
 
     def chunks(self, fmt: Format, gzipped: bool = False) -> Sequence[bytes]:

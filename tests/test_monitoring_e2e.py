@@ -55,10 +55,10 @@ import pytest
 import yaml
 
 from grafana.mixin.config import DEFAULT
-from iceprod_exporter.simulator import OIDCIssuer, SimulatedIceProd, Simulation, build_store
-from iceprod_exporter.simulator.faults import DatasetFault
-from iceprod_exporter.simulator.store import Store
-from iceprod_exporter.snapshot import Dataset
+from iceprod_exporter.model.snapshot import Dataset
+from iceprod_simulator import OIDCIssuer, SimulatedIceProd, Simulation, build_store
+from iceprod_simulator.faults import DatasetFault
+from iceprod_simulator.store import Store
 
 from .monitoring_support import (
     EXPORTER_JOB,

@@ -25,7 +25,7 @@ import pytest
 import requests
 import yaml
 
-from iceprod_exporter.simulator import OIDCIssuer
+from iceprod_simulator import OIDCIssuer
 
 from .housekeeping_scenario import (
     AFTER_CRONS,

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from iceprod_exporter import api
-from iceprod_exporter.api import ApiError
-from iceprod_exporter.collector import SnapshotCollector
-from iceprod_exporter.labels import Endpoint, Reason
-from iceprod_exporter.poller import Poller, Schedule, shard_of
-from iceprod_exporter.telemetry import Telemetry
+from iceprod_exporter.exposition.telemetry import Telemetry
+from iceprod_exporter.poll.poller import Poller, Schedule, shard_of
+from iceprod_exporter.source import client as api
+from iceprod_exporter.source.client import ApiError
+from iceprod_exporter.source.labels import Endpoint, Reason
+from tests.collector_oracle import SnapshotCollector
 
 
 class FakeSource:
@@ -483,7 +483,7 @@ def test_unfit_values_drop_only_their_field() -> None:
 
 
 def test_names_repeated_across_datasets_are_kept_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from iceprod_exporter import parse
+    from iceprod_exporter.poll import parse
 
     monkeypatch.setattr(parse, "_shared_names", dict(parse._shared_names))  # this test's own
     body = '{"generate": {"queued": 1, "a-status-of-a-later-iceprod": 2}}'
@@ -504,7 +504,7 @@ def test_names_repeated_across_datasets_are_kept_once(monkeypatch: pytest.Monkey
 
 
 def test_every_bounded_label_combination_starts_at_zero() -> None:
-    from iceprod_exporter.labels import API_REASONS, TOKEN_REASONS, Endpoint, ValueField
+    from iceprod_exporter.source.labels import API_REASONS, TOKEN_REASONS, Endpoint, ValueField
 
     registry = CollectorRegistry()
     Telemetry(registry)
@@ -603,7 +603,7 @@ def test_what_did_not_change_keeps_its_objects_from_one_snapshot_to_the_next() -
 
 def test_a_small_map_reads_and_compares_like_a_read_only_dict() -> None:
     """The snapshot's per-dataset maps (counts, task names) are SmallMaps, not dicts."""
-    from iceprod_exporter.snapshot import SmallMap
+    from iceprod_exporter.model.snapshot import SmallMap
 
     m = SmallMap(("queued", "complete"), (1, 2))
     assert m["complete"] == 2 and m.get("idle", 0) == 0 and "queued" in m

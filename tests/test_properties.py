@@ -18,9 +18,9 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from iceprod_exporter.collector import SnapshotCollector
-from iceprod_exporter.poller import Poller, Schedule
-from iceprod_exporter.telemetry import Telemetry
+from iceprod_exporter.exposition.telemetry import Telemetry
+from iceprod_exporter.poll.poller import Poller, Schedule
+from tests.collector_oracle import SnapshotCollector
 
 from .monitoring_support import tool
 from .support import openmetrics_families

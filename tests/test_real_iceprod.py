@@ -34,9 +34,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from iceprod_exporter import parse as parse_module
-from iceprod_exporter.parse import timestamp
-from iceprod_exporter.simulator import OIDCIssuer, SimulatedIceProd
+from iceprod_exporter.poll import parse as parse_module
+from iceprod_exporter.poll.parse import timestamp
+from iceprod_simulator import OIDCIssuer, SimulatedIceProd
 
 from .monitoring_support import listening_addresses
 from .real_iceprod import expected

@@ -18,7 +18,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prometheus_client.parser import text_string_to_metric_families
 
-from iceprod_exporter.simulator.issuer import OIDCIssuer
+from iceprod_simulator.issuer import OIDCIssuer
 
 from .real_iceprod import expected
 from .real_iceprod.harness import (

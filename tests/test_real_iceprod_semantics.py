@@ -27,7 +27,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from iceprod_exporter.simulator import OIDCIssuer
+from iceprod_simulator import OIDCIssuer
 
 from .real_iceprod.harness import SYSTEM_CLAIMS, RealIceProd, fetch_token
 from .real_iceprod.seed import TASK_PATHS

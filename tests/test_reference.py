@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from iceprod_exporter import reference
-from iceprod_exporter.metrics import SPECS, Group, Kind
+from iceprod_exporter.exposition.metrics import SPECS, Group, Kind
 
 DOCS = Path(__file__).parent.parent / "docs"
 

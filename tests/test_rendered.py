@@ -12,19 +12,15 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from iceprod_exporter import config
-from iceprod_exporter.collector import (
-    Exposition,
-    FamilyEncoder,
-    Format,
-    RenderedSnapshot,
-    SnapshotCollector,
-    encode,
-)
-from iceprod_exporter.daemon import Exporter
-from iceprod_exporter.metrics import SPECS
-from iceprod_exporter.poller import Poller, Schedule
-from iceprod_exporter.simulator import SimulatedIceProd, build_store
-from iceprod_exporter.telemetry import Telemetry
+from iceprod_exporter.daemon.exporter import Exporter
+from iceprod_exporter.exposition.encoding import FamilyEncoder, SnapshotEncoder
+from iceprod_exporter.exposition.formats import Format, encode
+from iceprod_exporter.exposition.metrics import SPECS
+from iceprod_exporter.exposition.telemetry import Telemetry
+from iceprod_exporter.poll.poller import Poller, Schedule
+from iceprod_exporter.serving.local import LocalExposition, LocalStore
+from iceprod_simulator import SimulatedIceProd, build_store
+from tests.collector_oracle import SnapshotCollector
 
 from .test_properties import ACTIVE, DATASET, _source
 
@@ -44,19 +40,19 @@ def test_prepared_bytes_are_reused_and_switch_to_the_stale_view() -> None:
     assert snapshot.last_success is not None
     clock = Clock()
     clock.now = snapshot.last_success + 1
-    rendered = RenderedSnapshot(SnapshotCollector(lambda: snapshot, max_staleness=30, clock=clock))
-    assert not rendered.is_prepared()
-    rendered.prepare(snapshot)
-    assert rendered.is_prepared()
-    full = rendered.render(Format.TEXT)
-    assert rendered.variants() is rendered.variants(), "a byte copy, not a re-render"
+    store = LocalStore(lambda: snapshot, SnapshotEncoder(max_staleness=30), clock)
+    assert not store.has_current()
+    store.store(snapshot)
+    assert store.has_current()
+    full = store.current().body(Format.TEXT, gzipped=False)
+    assert store.current() is store.current(), "a byte copy, not a re-encoding"
     assert b"iceprod_dataset_info{" in full
-    assert gzip.decompress(rendered.render(Format.TEXT, gzipped=True)) == full
-    clock.now += 60  # past max_staleness: dataset series dropped, without a new prepare
-    stale = rendered.render(Format.TEXT)
+    assert gzip.decompress(store.current().body(Format.TEXT, gzipped=True)) == full
+    clock.now += 60  # past max_staleness: dataset series dropped, without a new encoding
+    stale = store.current().body(Format.TEXT, gzipped=False)
     assert b"iceprod_dataset_info{" not in stale and b"iceprod_up" in stale
-    assert rendered.variants() is rendered.variants(), "the stale view is cached too"
-    om = rendered.render(Format.OPENMETRICS)
+    assert store.current() is store.current(), "the stale view is kept too"
+    om = store.current().body(Format.OPENMETRICS, gzipped=False)
     assert om.endswith(b"# EOF\n")
 
 
@@ -66,7 +62,7 @@ def test_exposition_concatenates_self_metrics_and_snapshot_gzip_members() -> Non
         asyncio.run(e.once())
     registry = CollectorRegistry()
     Gauge("live_thing", "a per-scrape value", registry=registry).set(7)
-    metrics = Exposition(registry, e.rendered)
+    metrics = LocalExposition(registry, e.metrics.store)
     for fmt in Format:
         plain = metrics.body(fmt)
         zipped = metrics.body(fmt, gzipped=True)
@@ -85,16 +81,18 @@ def test_the_encoder_writes_what_prometheus_client_writes(
     poller = Poller(source, Schedule(poll_interval=60.0), Telemetry(CollectorRegistry()), clock)
     asyncio.run(poller.poll(full=True))
     registry = CollectorRegistry()
-    collector = SnapshotCollector(
+    SnapshotCollector(
         lambda: poller.snapshot, max_staleness=600, compat=compat, clock=clock, registry=registry
     )
-    rendered = RenderedSnapshot(collector)
+    store = LocalStore(
+        lambda: poller.snapshot, SnapshotEncoder(max_staleness=600, compat=compat), clock
+    )
     polled = clock.now
     for clock.now in (polled, polled + 601):  # the full view, then the stale one
         for fmt in Format:
-            ours = rendered.render(fmt)
+            ours = store.current().body(fmt, gzipped=False)
             assert ours == encode(registry, fmt)
-            assert gzip.decompress(rendered.render(fmt, gzipped=True)) == ours
+            assert gzip.decompress(store.current().body(fmt, gzipped=True)) == ours
 
 
 #: label text heavy in what the formats escape, plus anything UTF-8 can carry

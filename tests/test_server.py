@@ -12,9 +12,9 @@ from contextlib import contextmanager
 from prometheus_client.parser import text_string_to_metric_families
 
 from iceprod_exporter import config
-from iceprod_exporter.daemon import Exporter
-from iceprod_exporter.server import HttpServer
-from iceprod_exporter.simulator import SimulatedIceProd, build_store
+from iceprod_exporter.daemon.exporter import Exporter
+from iceprod_exporter.http.server import HttpServer
+from iceprod_simulator import SimulatedIceProd, build_store
 
 from .http_support import request
 

@@ -17,11 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from iceprod_exporter import serving
-from iceprod_exporter.collector import BOTH, Format, Part, Prepared, PreparedBuilder, View
-from iceprod_exporter.server import HttpServer, Status
-from iceprod_exporter.serving import Mirror
-from iceprod_exporter.simulator import SimulatedIceProd, build_store
+from iceprod_exporter.exposition.encoding import Part, View
+from iceprod_exporter.exposition.formats import BOTH, Format
+from iceprod_exporter.http.server import HttpServer
+from iceprod_exporter.model.status import Status
+from iceprod_exporter.serving import child
+from iceprod_exporter.serving.child import Mirror
+from iceprod_exporter.serving.parent import ServingProcess
+from iceprod_exporter.serving.protocol import ServingOptions
+from iceprod_exporter.serving.store import StoredSnapshot, StoredSnapshotBuilder
+from iceprod_simulator import SimulatedIceProd, build_store
 
 from .http_support import request
 from .support import free_port, samples, wait_for
@@ -44,8 +49,8 @@ def _parts(full: bytes, stale: bytes) -> list[Part]:
     ]
 
 
-def _prepared(full: bytes, stale: bytes, stale_after: float) -> Prepared:
-    builder = PreparedBuilder(stale_after)
+def _stored(full: bytes, stale: bytes, stale_after: float) -> StoredSnapshot:
+    builder = StoredSnapshotBuilder(stale_after)
     for part in _parts(full, stale):
         builder.add(part)
     return builder.finish()
@@ -54,11 +59,11 @@ def _prepared(full: bytes, stale: bytes, stale_after: float) -> Prepared:
 def test_mirror_serves_the_view_of_now_and_reports_a_silent_parent() -> None:
     wall, mono = Clock(), Clock()
     mirror = Mirror(silent_after=30, clock=wall, monotonic=mono)
-    assert not mirror.is_prepared()
-    mirror.snapshot(_prepared(b"full 1\n", b"stale 1\n", stale_after=1010.0))
-    assert not mirror.is_prepared(), "the parent's own metrics have not arrived"
+    assert not mirror.has_snapshot()
+    mirror.serve(_stored(b"full 1\n", b"stale 1\n", stale_after=1010.0))
+    assert not mirror.has_snapshot(), "the parent's own metrics have not arrived"
     mirror.heartbeat({fmt: b"own 1\n" for fmt in Format}, Status(True, "ok: polling", True, "ok"))
-    assert mirror.is_prepared()
+    assert mirror.has_snapshot()
     assert mirror.body(Format.TEXT) == b"own 1\nfull 1\n"
     assert gzip.decompress(mirror.body(Format.OPENMETRICS, gzipped=True)) == (
         b"own 1\nfull 1\n# EOF\n"
@@ -78,7 +83,7 @@ def test_mirror_serves_the_view_of_now_and_reports_a_silent_parent() -> None:
 def test_metrics_answer_503_until_the_first_snapshot_arrives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(serving, "FIRST_SNAPSHOT_WAIT", 0.2)
+    monkeypatch.setattr(child, "FIRST_SNAPSHOT_WAIT", 0.2)
     mirror = Mirror()
     server = HttpServer(mirror, mirror.status, "127.0.0.1", 0)
     server.start()
@@ -88,7 +93,7 @@ def test_metrics_answer_503_until_the_first_snapshot_arrives(
         # alive (a liveness probe must not kill it in its first second), not ready
         assert request("127.0.0.1", server.port, "/healthz").status == 200, "starting"
         assert request("127.0.0.1", server.port, "/readyz").status == 503, "starting"
-        mirror.snapshot(_prepared(b"a 1\n", b"a 0\n", stale_after=float("inf")))
+        mirror.serve(_stored(b"a 1\n", b"a 0\n", stale_after=float("inf")))
         mirror.heartbeat({fmt: b"" for fmt in Format}, Status(True, "ok", True, "ok"))
         r = request("127.0.0.1", server.port, "/metrics")
         assert r.status == 200 and r.body.endswith(b"a 1\n")
@@ -111,8 +116,8 @@ def test_a_parent_that_stops_reporting_fails_the_childs_healthz(tmp_path: Path) 
             raise RuntimeError("status() broke")
         return {fmt: b"" for fmt in Format}, Status(True, "ok: polling", True, "ok")
 
-    options = serving.ServingOptions("127.0.0.1", 0, None, "info", LogFormat.JSON, 2.0)
-    process = serving.ServingProcess(options, heartbeat)
+    options = ServingOptions("127.0.0.1", 0, None, "info", LogFormat.JSON, 2.0)
+    process = ServingProcess(options, heartbeat)
     process.start(float("inf"), _parts(b"a 1\n", b""))
     try:
         assert request("127.0.0.1", process.port, "/healthz").status == 200

@@ -14,7 +14,8 @@ import pytest
 import requests
 from rest_tools.client import ClientCredentialsAuth, DeviceGrantAuth, OpenIDRestClient, RestClient
 
-from iceprod_exporter.simulator import (
+from iceprod_exporter.model.snapshot import DATASET_STATUSES, TASK_STATUSES
+from iceprod_simulator import (
     SYSTEM_ROLE_CLAIMS,
     DatasetFault,
     OIDCIssuer,
@@ -23,7 +24,6 @@ from iceprod_exporter.simulator import (
     Store,
     build_store,
 )
-from iceprod_exporter.snapshot import DATASET_STATUSES, TASK_STATUSES
 
 ALICE = {"groups": ["/institutions/IceCube"], "preferred_username": "alice"}
 ADMIN = {"groups": ["/tokens/IceProdAdmins"], "preferred_username": "root"}
@@ -843,7 +843,7 @@ def test_server_ticks_the_simulation(issuer: OIDCIssuer) -> None:
 
 def test_cli_serves_until_sigterm() -> None:
     """The CLI prints both URLs, serves with auth, and exits cleanly on SIGTERM."""
-    cmd = [sys.executable, "-m", "iceprod_exporter.simulator", "--datasets", "5", "--tick", "0.1"]
+    cmd = [sys.executable, "-m", "iceprod_simulator", "--datasets", "5", "--tick", "0.1"]
     cmd += ["--client-id", "bench", "--client-secret", "pw", "--token-ttl", "60"]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) as proc:
         try:

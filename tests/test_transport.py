@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from iceprod_exporter.labels import Reason
-from iceprod_exporter.transport import Response, Transport, TransportError, same_origin
+from iceprod_exporter.source.labels import Reason
+from iceprod_exporter.source.transport import Response, Transport, TransportError, same_origin
 
 from .scripted_http import Reply, ScriptedServer
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import requests
 
-from iceprod_exporter.simulator.service import Service
+from iceprod_simulator.service import Service
 
 from ..debian import refuse_in_unit_tier
 from .venv import DEFAULT_VENV_DIR, ensure_venv

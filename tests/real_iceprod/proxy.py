@@ -20,8 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from iceprod_exporter.auth import token_expiry
-from iceprod_exporter.simulator.service import ServerThread, Service
+from iceprod_exporter.source.auth import token_expiry
+from iceprod_simulator.service import ServerThread, Service
 
 # hop-by-hop headers (RFC 9110 7.6.1) are the proxy's own business, not forwarded
 _HOP_BY_HOP = frozenset(

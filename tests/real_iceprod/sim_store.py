@@ -1,4 +1,4 @@
-"""Load the scenario into the simulator's :class:`~iceprod_exporter.simulator.Store`.
+"""Load the scenario into the simulator's :class:`~iceprod_simulator.Store`.
 
 The counterpart of ``seed.py`` for the simulated IceProd: the same POST bodies, then the same
 field changes the real write routes make (``$set`` = ``dict.update``, which keeps each key's
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iceprod_exporter.simulator import Store
+from iceprod_simulator import Store
 
 from .scenario import SCENARIO, Dataset, Scenario, validate
 from .seed import (

@@ -9,7 +9,7 @@ from __future__ import annotations
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
 
-from iceprod_exporter.snapshot import TASK_STATUSES
+from iceprod_exporter.model.snapshot import TASK_STATUSES
 
 from ..config import Config
 from ..panels import (
