@@ -289,14 +289,16 @@ class Settings(BaseModel):
         if not self.api_url:
             raise ConfigError("api_url: required (set API_URL or ICEPROD_EXPORTER_API_URL)")
         mode = self.effective_auth_mode()
-        if mode is AuthMode.CLIENT_CREDENTIALS and not (
-            self.oauth_client_secret or self.oauth_client_secret_file
-        ):
-            raise ConfigError("oauth_client_secret: required for client_credentials")
-        if mode is AuthMode.REFRESH_TOKEN and not self.refresh_token_file:
-            raise ConfigError("refresh_token_file: required for refresh_token")
-        if mode is AuthMode.STATIC_TOKEN and not (self.token or self.token_file):
-            raise ConfigError("token: required for static_token")
+        setting, given = {
+            AuthMode.CLIENT_CREDENTIALS: (
+                "oauth_client_secret",
+                self.oauth_client_secret or self.oauth_client_secret_file,
+            ),
+            AuthMode.REFRESH_TOKEN: ("refresh_token_file", self.refresh_token_file),
+            AuthMode.STATIC_TOKEN: ("token", self.token or self.token_file),
+        }[mode]
+        if not given:
+            raise ConfigError(f"{setting}: required for {mode.value}")
         # fail at start-up, not at the first grant, when a credential file cannot be read
         # (the files are read again at every grant, so rotated secrets are picked up)
         for name in ("oauth_client_secret_file", "refresh_token_file", "token_file"):

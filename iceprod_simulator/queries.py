@@ -74,17 +74,16 @@ def list_datasets(
 ) -> dict[str, Doc]:
     """GET /datasets: filter, then an inclusion projection that always has dataset_id."""
     wanted = {*(keys or ()), "dataset_id"}
-    ret: dict[str, Doc] = {}
-    for doc in store.datasets.values():
-        if statuses is not None and doc.get("status") not in statuses:
-            continue
-        if groups is not None and doc.get("group") not in groups:
-            continue
-        if users is not None and doc.get("username") not in users:
-            continue
-        if readable(doc["dataset_id"]):
-            ret[doc["dataset_id"]] = {k: v for k, v in doc.items() if k in wanted}
-    return ret
+    filters = [
+        (key, allowed)
+        for key, allowed in (("status", statuses), ("group", groups), ("username", users))
+        if allowed is not None
+    ]
+    return {
+        doc["dataset_id"]: {k: v for k, v in doc.items() if k in wanted}
+        for doc in store.datasets.values()
+        if all(doc.get(key) in allowed for key, allowed in filters) and readable(doc["dataset_id"])
+    }
 
 
 def dataset_summaries(store: Store, readable: Callable[[str], bool]) -> dict[str, list[str]]:
@@ -132,21 +131,26 @@ def task_stats(store: Store, dataset_id: str) -> dict[str, dict[str, Any]]:
     ret: dict[str, dict[str, Any]] = {}
     ordering: dict[str, Any] = {}
     for name, tasks in _grouped(complete, lambda t: t["name"]):
-        walltimes = _numbers(t.get("walltime") for t in tasks)
-        present = [t["walltime"] for t in tasks if t.get("walltime") is not None]
-        total = sum(walltimes)
-        total_err = sum(_numbers(t.get("walltime_err") for t in tasks))
-        denom = total + total_err
-        ret[name] = {
-            "count": len(tasks),
-            "gpu": sum(_numbers(map(_gpu, tasks))),
-            "total_hrs": total,
-            "total_err_hrs": total_err,
-            "avg_hrs": total / float(len(walltimes)) if walltimes else None,
-            "stddev_hrs": _stddev_sample(walltimes),
-            "min_hrs": min(present) if present else None,
-            "max_hrs": max(present) if present else None,
-            "efficiency": total / denom if denom > 0 else 0.0,
-        }
+        ret[name] = _stats_of(tasks)
         ordering[name] = _first(tasks, "task_index")
     return {name: ret[name] for name in sorted(ordering, key=ordering.__getitem__)}
+
+
+def _stats_of(tasks: list[Doc]) -> dict[str, Any]:
+    """One task name's row of task_stats, over its complete tasks."""
+    walltimes = _numbers(t.get("walltime") for t in tasks)
+    present = [t["walltime"] for t in tasks if t.get("walltime") is not None]
+    total = sum(walltimes)
+    total_err = sum(_numbers(t.get("walltime_err") for t in tasks))
+    denom = total + total_err
+    return {
+        "count": len(tasks),
+        "gpu": sum(_numbers(map(_gpu, tasks))),
+        "total_hrs": total,
+        "total_err_hrs": total_err,
+        "avg_hrs": total / float(len(walltimes)) if walltimes else None,
+        "stddev_hrs": _stddev_sample(walltimes),
+        "min_hrs": min(present) if present else None,
+        "max_hrs": max(present) if present else None,
+        "efficiency": total / denom if denom > 0 else 0.0,
+    }
