@@ -30,44 +30,54 @@ def _scalar(value: Any) -> str:
     return f"<code>{html.escape(json.dumps(value, default=str, sort_keys=True))}</code>"
 
 
+def _is_list(value: Any) -> bool:
+    return isinstance(value, Sequence) and not isinstance(value, str | bytes)
+
+
 def _is_records(value: Any) -> bool:
-    return (
-        isinstance(value, Sequence)
-        and not isinstance(value, str | bytes)
-        and bool(value)
-        and all(isinstance(v, Mapping) for v in value)
+    return _is_list(value) and bool(value) and all(isinstance(v, Mapping) for v in value)
+
+
+def _mapping_table(value: Mapping[Any, Any]) -> str:
+    """Two columns: key, value."""
+    if not value:
+        return "<code>(none)</code>"
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{render_value(v)}</td></tr>"
+        for k, v in value.items()
     )
+    return f"<table>{rows}</table>"
+
+
+def _records_table(records: Sequence[Mapping[Any, Any]]) -> str:
+    """One column per key of any record, in the order the keys first appear."""
+    columns: list[str] = []
+    for record in records:
+        columns += [str(k) for k in record if str(k) not in columns]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(_record_row(record, columns) for record in records)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _record_row(record: Mapping[Any, Any], columns: list[str]) -> str:
+    by_column = {str(k): v for k, v in record.items()}
+    return "<tr>" + "".join(f"<td>{render_value(by_column.get(c))}</td>" for c in columns) + "</tr>"
+
+
+def _bullets(values: Sequence[Any]) -> str:
+    if not values:
+        return "<code>(none)</code>"
+    return "<ul>" + "".join(f"<li>{render_value(v)}</li>" for v in values) + "</ul>"
 
 
 def render_value(value: Any) -> str:
     """HTML for one value of the details, nested structures as tables."""
     if isinstance(value, Mapping):
-        if not value:
-            return "<code>(none)</code>"
-        rows = "".join(
-            f"<tr><th>{html.escape(str(k))}</th><td>{render_value(v)}</td></tr>"
-            for k, v in value.items()
-        )
-        return f"<table>{rows}</table>"
+        return _mapping_table(value)
     if _is_records(value):
-        columns: list[str] = []
-        for record in value:
-            columns += [str(k) for k in record if str(k) not in columns]
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        body = "".join(
-            "<tr>"
-            + "".join(
-                f"<td>{render_value({str(k): v for k, v in r.items()}.get(c))}</td>"
-                for c in columns
-            )
-            + "</tr>"
-            for r in value
-        )
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        if not value:
-            return "<code>(none)</code>"
-        return "<ul>" + "".join(f"<li>{render_value(v)}</li>" for v in value) + "</ul>"
+        return _records_table(value)
+    if _is_list(value):
+        return _bullets(value)
     return _scalar(value)
 
 
