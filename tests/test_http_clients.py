@@ -28,8 +28,9 @@ import bcrypt
 import pytest
 
 from iceprod_exporter.exposition.formats import Format
-from iceprod_exporter.http.server import HttpServer, _Checks
-from iceprod_exporter.http.web_config import Authenticator, LiveWebConfig
+from iceprod_exporter.http.logins import Authenticator, LoginChecks
+from iceprod_exporter.http.server import HttpServer
+from iceprod_exporter.http.web_config import LiveWebConfig
 from iceprod_exporter.model.status import Status
 
 from .http_support import Crowd, Pki, client_context, demo, make_pki, request
@@ -299,7 +300,7 @@ def run_checks(
     users = {"u": bcrypt.hashpw(b"good", bcrypt.gensalt(4))}
 
     async def scenario() -> list[bool | None]:
-        checks = _Checks(auth, limit)
+        checks = LoginChecks(auth, limit)
         gone: set[str] = set()
         tasks = []
         for peer, password, hangs_up in logins:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from iceprod_exporter.http import web_config
-from iceprod_exporter.http.web_config import Authenticator, WebConfigError
+from iceprod_exporter.http.logins import Authenticator
+from iceprod_exporter.http.web_config import WebConfigError
 
 from .http_support import Pki, bcrypt_hash, make_pki
 
