@@ -17,7 +17,8 @@ import structlog
 
 from iceprod_exporter import logs
 from iceprod_exporter.exposition.formats import Format, gzip_member
-from iceprod_exporter.http.server import BindError, HttpServer, NotReady
+from iceprod_exporter.http.handlers import NotReady
+from iceprod_exporter.http.server import BindError, HttpServer
 from iceprod_exporter.http.web_config import LiveWebConfig, WebConfigError
 from iceprod_exporter.memory import release_freed_memory
 from iceprod_exporter.model.status import Status
