@@ -186,32 +186,36 @@ def name_counts(body: Any, what: str, rejects: Rejects) -> Mapping[str, Counts]:
     return _per_name(body, what, rejects, ValueField.TASK_COUNTS, _counts)
 
 
+#: the numbers of a ``task_stats`` row it must carry (absent ones are 0)
+_STATS_HOURS = ("gpu", "total_hrs", "total_err_hrs", "avg_hrs", "min_hrs", "max_hrs")
+
+
+def _hours(row: Mapping[str, Any]) -> dict[str, float] | None:
+    """The numbers every ``task_stats`` row carries; None when one does not fit."""
+    hours = {key: finite(row.get(key, 0)) for key in _STATS_HOURS}
+    fitting = {key: value for key, value in hours.items() if value is not None}
+    return fitting if len(fitting) == len(hours) else None
+
+
+def _nullable(row: Mapping[str, Any]) -> dict[str, float | None] | None:
+    """The numbers IceProd may leave null (absent: None); None when one does not fit."""
+    values = {key: row.get(key) for key in ("stddev_hrs", "efficiency")}
+    numbers = {key: None if value is None else finite(value) for key, value in values.items()}
+    if any(numbers[key] is None for key, value in values.items() if value is not None):
+        return None
+    return numbers
+
+
 def _stats_row(raw: Any, what: str) -> TaskStats | None:
     row = _mapping(raw, what)
-    required = {
-        key: finite(row.get(key, 0))
-        for key in ("gpu", "total_hrs", "total_err_hrs", "avg_hrs", "min_hrs", "max_hrs")
-    }
-    optional = {key: row.get(key) for key in ("stddev_hrs", "efficiency")}
-    checked = {key: None if v is None else finite(v) for key, v in optional.items()}
-    n = count(row.get("count"))
-    if n is None or None in required.values():
+    hours, nullable, n = _hours(row), _nullable(row), count(row.get("count"))
+    if n is None or hours is None or nullable is None:
         return None
-    if any(checked[key] is None and optional[key] is not None for key in optional):
-        return None
-    if not (required["total_hrs"] or required["total_err_hrs"]):
+    if not (hours["total_hrs"] or hours["total_err_hrs"]):
         # IceProd reports 0.0 when its tasks reported no walltime: unknown, not all waste
-        checked["efficiency"] = None
+        nullable["efficiency"] = None
     return TaskStats(
-        count=n,
-        gpu=required["gpu"] or 0.0,
-        total_hrs=required["total_hrs"] or 0.0,
-        total_err_hrs=required["total_err_hrs"] or 0.0,
-        avg_hrs=required["avg_hrs"] or 0.0,
-        stddev_hrs=checked["stddev_hrs"],
-        min_hrs=required["min_hrs"] or 0.0,
-        max_hrs=required["max_hrs"] or 0.0,
-        efficiency=checked["efficiency"],
+        count=n, stddev_hrs=nullable["stddev_hrs"], efficiency=nullable["efficiency"], **hours
     )
 
 
