@@ -12,7 +12,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from iceprod_exporter.exposition.telemetry import Telemetry
-from iceprod_exporter.poll.poller import Poller, Schedule, shard_of
+from iceprod_exporter.poll.poller import Poller
+from iceprod_exporter.poll.report import CycleReport
+from iceprod_exporter.poll.schedule import Schedule, shard_of
 from iceprod_exporter.source import client as api
 from iceprod_exporter.source.client import ApiError
 from iceprod_exporter.source.labels import Endpoint, Reason
@@ -435,12 +437,14 @@ def test_the_deadline_ends_a_hung_fan_out() -> None:
     source.add("a", 1)
     source.add("b", 2)
     poller = make(source, clock, poll_timeout=0.3)
+    reports: list[CycleReport] = []
+    poller.on_report = reports.append
     started = time.monotonic()
     snap = poll(poller)
     assert time.monotonic() - started < 2
     assert not snap.up, "a poll that passed its deadline failed"
     assert snap.datasets["a"].jobs == {"processing": 2}, "what was read in time is kept"
-    assert poller.history[0].error is not None and "deadline" in poller.history[0].error
+    assert reports[0].error is not None and "deadline" in reports[0].error
 
 
 def test_duplicate_dataset_numbers_keep_one_dataset_and_count_the_conflict() -> None:

@@ -19,7 +19,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from iceprod_exporter.exposition.telemetry import Telemetry
-from iceprod_exporter.poll.poller import Poller, Schedule
+from iceprod_exporter.poll.poller import Poller
+from iceprod_exporter.poll.schedule import Schedule
 from tests.collector_oracle import SnapshotCollector
 
 from .monitoring_support import tool

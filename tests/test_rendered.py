@@ -17,7 +17,8 @@ from iceprod_exporter.exposition.encoding import FamilyEncoder, SnapshotEncoder
 from iceprod_exporter.exposition.formats import Format, encode
 from iceprod_exporter.exposition.metrics import SPECS
 from iceprod_exporter.exposition.telemetry import Telemetry
-from iceprod_exporter.poll.poller import Poller, Schedule
+from iceprod_exporter.poll.poller import Poller
+from iceprod_exporter.poll.schedule import Schedule
 from iceprod_exporter.serving.local import LocalExposition, LocalStore
 from iceprod_simulator import SimulatedIceProd, build_store
 from tests.collector_oracle import SnapshotCollector

@@ -19,7 +19,7 @@ from prometheus_client import (
 from iceprod_exporter import __version__
 from iceprod_exporter.config import ConfigError, Settings, redact_url
 from iceprod_exporter.daemon.health import HealthRules
-from iceprod_exporter.daemon.overview import overview, why_failed
+from iceprod_exporter.daemon.overview import PollHistory, overview, why_failed
 from iceprod_exporter.daemon.scheduling import Jobs
 from iceprod_exporter.exposition.encoding import SnapshotEncoder
 from iceprod_exporter.exposition.formats import CONTENT_TYPES, Format, own_metrics_part
@@ -30,7 +30,9 @@ from iceprod_exporter.logs import register_secret
 from iceprod_exporter.memory import release_freed_memory
 from iceprod_exporter.model.snapshot import Snapshot
 from iceprod_exporter.model.status import Status
-from iceprod_exporter.poll.poller import Poller, Progress, Schedule
+from iceprod_exporter.poll.poller import Poller
+from iceprod_exporter.poll.progress import Progress
+from iceprod_exporter.poll.schedule import Schedule
 from iceprod_exporter.serving.local import LocalExposition, LocalStore
 from iceprod_exporter.serving.parent import ServerExited, ServingProcess
 from iceprod_exporter.serving.protocol import ServingOptions
@@ -72,6 +74,7 @@ class Exporter:
         )
         self.progress = Progress(clock)
         self.client = _client(settings, self.tokens, self.telemetry, self.progress)
+        self.polls = PollHistory()
         self.poller = Poller(
             self.client,
             _schedule(settings),
@@ -79,6 +82,7 @@ class Exporter:
             clock,
             publish=self._publish,
             progress=self.progress,
+            on_report=self.polls.add,
         )
         self.encoder = SnapshotEncoder(
             max_staleness=settings.max_staleness, compat=settings.compat_dataset_monitor
@@ -101,12 +105,10 @@ class Exporter:
         live, live_reason = self.health.liveness(
             quiet_for=now - self.progress.at,
             crashes=poller.consecutive_crashes,
-            why=why_failed(poller.history),
+            why=why_failed(self.polls.reports),
         )
         ready, ready_reason = self.health.readiness(poller.snapshot)
-        details = overview(
-            self.settings, poller.snapshot, self.tokens, poller.history, poller.endpoint_errors, now
-        )
+        details = overview(self.settings, poller.snapshot, self.tokens, self.polls, now)
         return Status(live, live_reason, ready, ready_reason, details)
 
     async def once(self) -> Snapshot:
