@@ -45,7 +45,7 @@ from typing import Any
 import yaml
 
 from grafana.mixin.config import DEFAULT as MIXIN
-from iceprod_exporter.poll.poller import shard_of
+from iceprod_exporter.poll.schedule import shard_of
 
 from .monitoring_support import (
     EXPORTER_JOB,
