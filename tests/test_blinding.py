@@ -204,7 +204,7 @@ def test_a_poller_that_keeps_crashing_fails_healthz(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import asyncio, sys
-        from iceprod_exporter import poller
+        from iceprod_exporter.poll import poller
         from iceprod_exporter.cli import main
 
         def broken(*args, **kwargs):

@@ -1,4 +1,4 @@
-"""Every function of the exporter and its simulator stays small: complexity under 11, under 60 lines.
+"""Every function of the exporter and its simulator stays small: complexity under 11, < 60 lines.
 
 Complexity is radon's (McCabe's, as ``radon cc`` reports it: grade C starts at 11).
 """
