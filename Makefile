@@ -1,8 +1,8 @@
 # Every target sets up what it needs: the virtual environment and the Python packages. The tests
 # install the Debian tools they run for real (prometheus, promtool, alertmanager, docker-compose)
 # and the pinned IceProd server environment in their own set-up, and fail loudly if they cannot.
-# `make check` runs only the unit tier (tests not marked `integration`, see tests/conftest.py),
-# which needs none of them and no root.
+# `make check` runs only the unit tier, the folder tests/unit/ (see tests/conftest.py), which needs
+# none of them and no root.
 
 SHELL := /bin/bash
 VENV := .venv
@@ -40,8 +40,8 @@ lint: $(VENV)/.installed  ## ruff check, ruff format --check and mypy --strict o
 check: $(VENV)/.installed  ## the fast loop: lint, types, drift check, unit tier (no root, no Debian tools; < 30 s)
 	@$(MAKE) --no-print-directory -j3 --output-sync=target lint unit drift
 
-unit: $(VENV)/.installed  ## the unit tier alone (tests not marked integration)
-	$(PY) -m pytest -q -m "not integration" -n auto
+unit: $(VENV)/.installed  ## the unit tier alone (tests/unit/)
+	$(PY) -m pytest -q -n auto tests/unit
 
 test: $(VENV)/.installed lint drift  ## the whole suite: lint, types, drift check, unit, integration, real IceProd
 	$(PY) -m pytest -q
@@ -73,7 +73,7 @@ soak: $(VENV)/.installed  ## 10 minutes on a moving IceProd of 1,000 datasets: m
 	$(PY) benchmarks/soak.py $(ARGS)
 
 soak-hostile: $(VENV)/.installed  ## 5 minutes of an IceProd dripping a byte every 0.5 s: threads, sockets, memory, recovery, SIGTERM
-	HOSTILE_DRIP_SECONDS=300 $(PY) -m pytest -q tests/test_hostile.py -k test_daemon_through_a_drip
+	HOSTILE_DRIP_SECONDS=300 $(PY) -m pytest -q tests/integration/source/test_hostile.py -k test_daemon_through_a_drip
 
 scale-out: $(VENV)/.installed  ## 3 shards x 2 replicas on 10,000 datasets, a real Prometheus with the shipped rules: the union, a replica down, a shard down (~5 min)
 	$(PY) benchmarks/scale_out.py $(ARGS)

@@ -22,7 +22,7 @@ from iceprod_exporter import config
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the test helpers, for scripts run from anywhere
-from tests.support import free_port as free_port  # noqa: E402 (needs the path; re-exported)
+from tests.support.exporter import free_port as free_port  # noqa: E402 (needs the path; re-exported)
 
 EXPORTER = [sys.executable, "-m", "iceprod_exporter"]
 
@@ -139,7 +139,7 @@ def main() -> None:
     settings = config.validate({"api_url": "http://unused", "token": "t"})
     interval = settings.poll_interval
     sim_port, port = free_port(), free_port()
-    simulator = [sys.executable, "-m", "iceprod_exporter.simulator", "--datasets",
+    simulator = [sys.executable, "-m", "iceprod_simulator", "--datasets",
                  str(args.datasets), "--port", str(sim_port), "--tick", str(interval / 5),
                  "--busy-share", "0.2"]  # fmt: skip
     api_url = f"http://127.0.0.1:{sim_port}"

@@ -4,8 +4,8 @@
 every value holds still), six ``iceprod-exporter run --shard i --total-shards 3`` processes and
 one unsharded exporter, a real Prometheus with the shipped rules scraping the six. Prints the
 time to the first complete poll and the memory of every process, the series per shard and their
-union, and what each check found (``tests/scale_out_support.py``); exits 1 if a check fails.
-``tests/test_scale_out.py`` runs the same at 1,000 datasets.
+union, and what each check found (``tests/support/scale_out.py``); exits 1 if a check fails.
+``tests/integration/test_scale_out.py`` runs the same at 1,000 datasets.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import ROOT, member_status
 
 sys.path.insert(0, str(ROOT))
-from tests.scale_out_support import (
+from tests.support.scale_out import (
     Exporter,
     Finding,
     Plan,

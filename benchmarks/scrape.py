@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import EXPORTER, ROOT, free_port, get, p99, poll_events, proc_status, process, wait
 
-from tests.http_support import Crowd
+from tests.support.http import Crowd
 
 ACCEPT = (
     "application/openmetrics-text;version=1.0.0;escaping=underscores;q=0.5,"
@@ -88,7 +88,7 @@ def ms(seconds: float) -> str:
 
 def run(datasets: int, seconds: float, workdir: Path) -> None:
     sim_port, port = free_port(), free_port()
-    simulator = [sys.executable, "-m", "iceprod_exporter.simulator", "--datasets", str(datasets),
+    simulator = [sys.executable, "-m", "iceprod_simulator", "--datasets", str(datasets),
                  "--port", str(sim_port), "--tick", "0"]  # fmt: skip
     api_url = f"http://127.0.0.1:{sim_port}"
     print(f"\n== {datasets} datasets ({os.cpu_count()} cores)", flush=True)

@@ -2,7 +2,7 @@
 
 For each size the simulated IceProd runs the quiet/busy model (``--busy-share``: a fifth of the
 processing datasets move, the others sit quiet until they wake up; see
-``iceprod_exporter/simulator/model.py``), in its own process, and counts the requests and the
+``iceprod_simulator/model.py``), in its own process, and counts the requests and the
 CPU seconds it spends answering each client (``GET /_simulator/requests``).
 
 1. World paused. IceProd's ``dataset_monitor`` (iceprod 3.2.43, unmodified, from the pinned venv
@@ -53,8 +53,8 @@ from bench import (
 )
 
 sys.path.insert(0, str(ROOT))
-from tests.real_iceprod.harness import DATASET_MONITOR_MAIN
-from tests.real_iceprod.venv import DEFAULT_VENV_DIR, ensure_venv
+from tests.support.real_iceprod.harness import DATASET_MONITOR_MAIN
+from tests.support.real_iceprod.venv import DEFAULT_VENV_DIR, ensure_venv
 
 CLIENT, SECRET = "bench-monitor", "bench-secret-0xFEED"
 #: the poll interval per size: long enough for a steady cycle (the defaults' 60 s would make a
@@ -225,7 +225,7 @@ def run(datasets: int, workdir: Path) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     poll = POLL.get(datasets, 30.0)
     sim_port = free_port()
-    simulator = [sys.executable, "-m", "iceprod_exporter.simulator", "--datasets", str(datasets),
+    simulator = [sys.executable, "-m", "iceprod_simulator", "--datasets", str(datasets),
                  "--port", str(sim_port), "--tick", str(poll / TICKS_PER_POLL),
                  "--busy-share", str(BUSY_SHARE),
                  "--client-id", CLIENT, "--client-secret", SECRET,

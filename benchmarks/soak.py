@@ -44,7 +44,7 @@ def main() -> None:
     sim_port, port = free_port(), free_port()
     api_url, url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{port}/metrics"
     simulator = [
-        sys.executable, "-m", "iceprod_exporter.simulator",
+        sys.executable, "-m", "iceprod_simulator",
         "--datasets", str(args.datasets), "--port", str(sim_port), "--tick", str(args.tick),
     ]  # fmt: skip
     exporter = [

@@ -23,18 +23,6 @@ from iceprod_exporter.http.web_config import LiveWebConfig, WebConfigError
 from iceprod_exporter.memory import release_freed_memory
 from iceprod_exporter.model.status import Status
 from iceprod_exporter.serving import protocol
-from iceprod_exporter.serving.protocol import (
-    SILENT_AFTER,
-    Heartbeat,
-    Listening,
-    PartHeader,
-    Served,
-    ServingOptions,
-    SnapshotBegins,
-    SnapshotEnds,
-    StartFailed,
-    Stop,
-)
 from iceprod_exporter.serving.store import StoredSnapshot, StoredSnapshotBuilder
 
 log = structlog.get_logger(__name__)
@@ -48,7 +36,7 @@ class Mirror:
 
     def __init__(
         self,
-        silent_after: float = SILENT_AFTER,
+        silent_after: float = protocol.SILENT_AFTER,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -126,25 +114,26 @@ def receive(conn: Connection, mirror: Mirror) -> None:
             log.error("serving.protocol_error", error=str(exc))
             return
         match message:
-            case Stop():
+            case protocol.Stop():
                 return
-            case SnapshotBegins(stale_after=stale_after):  # parts follow, heartbeats between
+            case protocol.SnapshotBegins(stale_after=stale_after):  # then parts, heartbeats between
                 building = StoredSnapshotBuilder(stale_after)
-            case PartHeader() if building is not None:
+            case protocol.PartHeader() if building is not None:
                 building.add(protocol.receive_part(conn, message))
-            case SnapshotEnds(number=number) if building is not None:
+            case protocol.SnapshotEnds(number=number) if building is not None:
                 mirror.serve(building.finish())
                 building = None
                 release_freed_memory()  # the snapshot just replaced
-                protocol.send(conn, Served(number))  # the parent swaps it in once served here
-            case Heartbeat(own_metrics=own, status=status):
+                # the parent swaps the snapshot in once it is served here
+                protocol.send(conn, protocol.Served(number))
+            case protocol.Heartbeat(own_metrics=own, status=status):
                 mirror.heartbeat(own, status)
             case _:
                 log.error("serving.protocol_error", error=f"out of turn: {type(message).__name__}")
                 return
 
 
-def _start(options: ServingOptions, mirror: Mirror) -> HttpServer | StartFailed:
+def _start(options: protocol.ServingOptions, mirror: Mirror) -> HttpServer | protocol.StartFailed:
     try:
         web = LiveWebConfig.from_file(options.web_config_file)
         server = HttpServer(
@@ -152,9 +141,9 @@ def _start(options: ServingOptions, mirror: Mirror) -> HttpServer | StartFailed:
         )
         server.start()
     except BindError as exc:
-        return StartFailed(exc.setting, exc.message)
+        return protocol.StartFailed(exc.setting, exc.message)
     except WebConfigError as exc:
-        return StartFailed("web_config_file", str(exc))
+        return protocol.StartFailed("web_config_file", str(exc))
     return server
 
 
@@ -164,14 +153,14 @@ def child_main(fd: int) -> int:
         signal.signal(sig, signal.SIG_IGN)  # the parent stops us, gracefully
     conn = Connection(fd)
     options = protocol.to_child(conn)
-    assert isinstance(options, ServingOptions), "the parent sends its options first"
+    assert isinstance(options, protocol.ServingOptions), "the parent sends its options first"
     logs.configure(options.log_level, options.log_format)
     mirror = Mirror(options.silent_after)
     started = _start(options, mirror)
-    if isinstance(started, StartFailed):
+    if isinstance(started, protocol.StartFailed):
         protocol.send(conn, started)
         return 2
-    protocol.send(conn, Listening(started.port, started.addresses, started.scheme))
+    protocol.send(conn, protocol.Listening(started.port, started.addresses, started.scheme))
     try:
         receive(conn, mirror)
     finally:

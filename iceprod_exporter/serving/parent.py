@@ -29,16 +29,6 @@ from iceprod_exporter.exposition.formats import Format
 from iceprod_exporter.http.server import SHUTDOWN_GRACE, BindError
 from iceprod_exporter.model.status import Status
 from iceprod_exporter.serving import protocol
-from iceprod_exporter.serving.protocol import (
-    Heartbeat,
-    Listening,
-    Served,
-    ServingOptions,
-    SnapshotBegins,
-    SnapshotEnds,
-    StartFailed,
-    Stop,
-)
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +58,7 @@ class ServingProcess:
 
     def __init__(
         self,
-        options: ServingOptions,
+        options: protocol.ServingOptions,
         heartbeat: Callable[[], tuple[Mapping[Format, bytes], Status]],
         on_exit: Callable[[], None] = lambda: None,
     ) -> None:
@@ -101,9 +91,9 @@ class ServingProcess:
         self._conn = Connection(ours.detach())
         protocol.send(self._conn, self._options)
         match self._started(self._conn):
-            case Listening(port=port, addresses=addresses, scheme=scheme):
+            case protocol.Listening(port=port, addresses=addresses, scheme=scheme):
                 self.port, self.addresses, self.scheme = port, addresses, scheme
-            case StartFailed(setting=setting, message=message):
+            case protocol.StartFailed(setting=setting, message=message):
                 self._kill()
                 raise BindError(setting, message)
             case _:  # ended, hung, or answered out of turn
@@ -135,15 +125,15 @@ class ServingProcess:
             assert conn is not None
             self._published += 1
             with self._lock:
-                protocol.send(conn, SnapshotBegins(self._published, stale_after))
+                protocol.send(conn, protocol.SnapshotBegins(self._published, stale_after))
             for part in parts:
                 with self._lock:
                     protocol.send_part(conn, part)
             with self._lock:
-                protocol.send(conn, SnapshotEnds(self._published))
+                protocol.send(conn, protocol.SnapshotEnds(self._published))
             deadline = time.monotonic() + PUBLISH_TIMEOUT
             while conn.poll(max(0.0, deadline - time.monotonic())):
-                if protocol.to_parent(conn) == Served(self._published):
+                if protocol.to_parent(conn) == protocol.Served(self._published):
                     return
             log.warning("serving.publish_slow", timeout=PUBLISH_TIMEOUT)
 
@@ -151,7 +141,7 @@ class ServingProcess:
         own_metrics, status = self._heartbeat()
         with self._lock:
             assert self._conn is not None
-            protocol.send(self._conn, Heartbeat(own_metrics, status))
+            protocol.send(self._conn, protocol.Heartbeat(own_metrics, status))
 
     def _beat(self) -> None:
         failing = False
@@ -179,7 +169,7 @@ class ServingProcess:
             return
         with contextlib.suppress(OSError), self._lock:
             assert self._conn is not None
-            protocol.send(self._conn, Stop())
+            protocol.send(self._conn, protocol.Stop())
         try:
             self._proc.wait(SHUTDOWN_GRACE + 5)
         except subprocess.TimeoutExpired:

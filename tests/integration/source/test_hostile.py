@@ -1,0 +1,228 @@
+"""A hostile IceProd and issuer over seconds: the grant rate, and the daemon through a drip.
+
+The process tests run the daemon itself against a dripping API or token endpoint;
+``HOSTILE_DRIP_SECONDS=300`` (``make soak-hostile``) makes the drip the issue's 5 minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from iceprod_exporter.exposition.telemetry import Telemetry
+from iceprod_exporter.source.auth import (
+    ClientCredentialsGrant,
+    OpenIDProvider,
+    TokenManager,
+)
+from iceprod_exporter.source.client import ApiClient
+from iceprod_exporter.source.labels import Endpoint
+from iceprod_simulator import (
+    SYSTEM_ROLE_CLAIMS,
+    OIDCIssuer,
+    SimulatedIceProd,
+    Simulation,
+    build_store,
+)
+from tests.support.client import ROUTE
+from tests.support.exporter import free_port, http_get, samples, start_exporter, wait_for
+from tests.support.hostile import SECRET
+from tests.support.scripted_http import Reply, ScriptedServer
+
+DRIP_SECONDS = float(os.environ.get("HOSTILE_DRIP_SECONDS", "4"))
+
+
+POLL = 2.0
+
+
+def process_usage(pid: int) -> tuple[int, int, float]:
+    """Threads, open sockets and resident MiB of a process (/proc)."""
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    sockets = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed while listed
+            sockets += os.readlink(fd).startswith("socket:")
+    return int(status["Threads"]), sockets, int(status["VmRSS"].split()[0]) / 1024
+
+
+class Daemon:
+    """``iceprod-exporter run`` against a scripted IceProd in front of the simulator."""
+
+    def __init__(self, api: ScriptedServer, issuer: OIDCIssuer, log: Path) -> None:
+        self.url = f"http://127.0.0.1:{free_port()}/"
+        env = {
+            "PATH": os.environ["PATH"],
+            "API_URL": api.url,
+            "OAUTH_URL": issuer.url,
+            "OAUTH_CLIENT_ID": "exporter",
+            "OAUTH_CLIENT_SECRET": SECRET,
+            "PROMETHEUS_PORT": self.url.rsplit(":", 1)[1].strip("/"),
+            "ICEPROD_EXPORTER_LISTEN_ADDRESS": "127.0.0.1",
+            "ICEPROD_EXPORTER_POLL_INTERVAL": str(POLL),
+            "ICEPROD_EXPORTER_TIMEOUT": "1",
+            "ICEPROD_EXPORTER_POLL_TIMEOUT": "3",
+            "ICEPROD_EXPORTER_TOKEN_TIMEOUT": "1",
+            "ICEPROD_EXPORTER_RETRIES": "0",
+            "ICEPROD_EXPORTER_PROCESS_METRICS": "false",
+        }
+        self.log = log
+        self.process = start_exporter(env, self.url, log)
+
+    def value(self, name: str) -> float | None:
+        status, body = http_get(self.url + "metrics")
+        return samples(body.decode()).get((name, ())) if status == 200 else None
+
+    def up_since(self, moment: float) -> bool:
+        success = self.value("iceprod_exporter_last_successful_poll_timestamp_seconds")
+        return self.value("iceprod_up") == 1 and (success or 0) > moment
+
+    def terminate_within(self, seconds: float) -> float:
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(seconds)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(
+                f"SIGTERM did not stop the exporter within {seconds:.0f}s"
+            ) from None
+        return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def scripted_in_front(
+    token_ttl: float, datasets: int, seed: int
+) -> Iterator[tuple[ScriptedServer, OIDCIssuer]]:
+    """A scripted server in front of a simulated IceProd (unscripted paths pass through)."""
+    with OIDCIssuer(token_ttl=token_ttl) as issuer:
+        issuer.register_client("exporter", SECRET, SYSTEM_ROLE_CLAIMS)
+        store = build_store(datasets=datasets, seed=seed)
+        with (
+            SimulatedIceProd(store, issuer=issuer, simulation=Simulation(store, seed)) as iceprod,
+            ScriptedServer() as api,
+        ):
+            api.upstream = iceprod.url
+            yield api, issuer
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[ScriptedServer, OIDCIssuer]]:
+    with scripted_in_front(token_ttl=300, datasets=6, seed=3) as stack:
+        yield stack
+
+
+def watch(daemon: Daemon, seconds: float) -> list[tuple[int, int, float]]:
+    samples_ = []
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        samples_.append(process_usage(daemon.process.pid))
+        time.sleep(0.5)
+    return samples_
+
+
+@pytest.mark.parametrize(("ttl", "offset"), [(300, -3600.0), (1, 0.0)], ids=["expired", "1s-life"])
+def test_the_issuer_gets_at_most_one_request_a_second(ttl: float, offset: float) -> None:
+    """Under tokens expired on arrival, or living 1 s, API calls do not become grants."""
+    with OIDCIssuer(token_ttl=ttl) as issuer, ScriptedServer() as server:
+        issuer.register_client("exporter", SECRET, SYSTEM_ROLE_CLAIMS)
+        issuer.clock_offset = offset
+        server.script[ROUTE] = [Reply(200, {})]
+        telemetry = Telemetry(CollectorRegistry())
+        grant = ClientCredentialsGrant(OpenIDProvider(issuer.url, 2), "exporter", lambda: SECRET)
+        c = ApiClient(
+            server.url,
+            TokenManager(grant, telemetry),
+            telemetry,
+            timeout=2,
+            retries=0,
+            backoff_max=1,
+            concurrency=4,
+            rate_limit=0,
+        )
+
+        async def hammer() -> None:
+            ends = asyncio.get_running_loop().time() + 3.0
+            while asyncio.get_running_loop().time() < ends:
+                with_errors = [c.get(Endpoint.JOB_COUNTS, dataset_id="d1") for _ in range(4)]
+                await asyncio.gather(*with_errors, return_exceptions=True)
+                await asyncio.sleep(0.01)
+            c.close()
+
+        asyncio.run(hammer())
+        grants = issuer.token_requests["client_credentials"]
+    assert 2 <= grants <= 4, f"{grants} grants in 3 s"
+
+
+@pytest.mark.timeout(DRIP_SECONDS + 120)
+def test_daemon_through_a_drip_stays_bounded_recovers_and_stops_on_sigterm(
+    upstreams: tuple[ScriptedServer, OIDCIssuer], tmp_path: Path
+) -> None:
+    api, _ = upstreams
+    daemon = Daemon(api, upstreams[1], tmp_path / "exporter.log")
+    try:
+        threads, sockets, rss = process_usage(daemon.process.pid)
+        api.script["/datasets/*"] = [Reply(200, {"x": "y" * 4096}, drip=0.5)]
+        usage = watch(daemon, DRIP_SECONDS)
+        assert daemon.value("iceprod_up") == 0
+        assert max(u[0] for u in usage) <= threads + 2, f"threads {usage}"
+        assert max(u[1] for u in usage) <= sockets + 8 + 2, f"sockets {usage}"
+        assert max(u[2] for u in usage) <= rss + 50, f"resident MiB {usage}"
+        healed = time.time()
+        seen = len(api.seen)
+        del api.script["/datasets/*"]
+        wait_for(
+            lambda: any(s.path.startswith("/datasets/") for s in api.seen[seen:]),
+            2 * POLL,
+            "a request to IceProd within 2 poll intervals of it healing",
+        )
+        wait_for(lambda: daemon.up_since(healed), 2 * POLL + 3, "iceprod_up 1 again")
+        api.script["/datasets/*"] = [Reply(200, {}, stall=True)]
+        wait_for(lambda: api.in_flight > 0, 2 * POLL, "a poll hanging on IceProd")
+        assert daemon.terminate_within(10) < 10
+    finally:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait(10)
+
+
+def test_daemon_through_a_dripping_token_endpoint_recovers_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    with scripted_in_front(token_ttl=4, datasets=3, seed=5) as (api, issuer):
+        daemon = Daemon(api, issuer, tmp_path / "exporter.log")
+        try:
+            issuer.drip = 0.5  # every refresh from now on drips past token_timeout
+            wait_for(lambda: daemon.value("iceprod_up") == 0, 10, "the token to run out")
+            asked = sum(issuer.token_requests.values())
+            healed = time.time()
+            issuer.drip = 0.0
+            wait_for(
+                lambda: sum(issuer.token_requests.values()) > asked,
+                2 * POLL,
+                "a token request within 2 poll intervals of the issuer healing",
+            )
+            wait_for(lambda: daemon.up_since(healed), 3 * POLL, "iceprod_up 1 again")
+            issuer.drip = 0.5
+            issuer.token_ttl = 2
+            wait_for(
+                lambda: sum(issuer.token_requests.values()) > asked + 2,
+                10,
+                "a refresh dripping",
+            )
+            assert daemon.terminate_within(10) < 10
+        finally:
+            if daemon.process.poll() is None:
+                daemon.process.kill()
+                daemon.process.wait(10)
