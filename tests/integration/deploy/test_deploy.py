@@ -607,3 +607,34 @@ def test_systemd_tls_drop_in_verifies(unit_root: Path) -> None:
     assert web.split("%d/")[1] in names and {"tls.crt", "tls.key"} <= names
     (limit,) = unit_values(SYSTEMD_UNIT)["LimitNOFILE"]
     assert int(limit) >= 1000 + 128, "the connection cap plus the exporter's own files"
+
+
+GENERATE = (sys.executable, "-m", "grafana.mixin.generate")  # what make generate runs
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    rules = support.dockerignore(REPO / ".dockerignore")
+    files = support.context_files(REPO, rules)
+    assert "pyproject.toml" in files and "iceprod_exporter/__init__.py" in files
+    for name in files:
+        assert not name.startswith(("tests/", "deploy/", "grafana/", ".git", ".venv"))
+        assert "__pycache__" not in name and not name.endswith(".pyc")
+
+
+def test_generated_manifests_are_current() -> None:
+    result = run([*GENERATE, "--check"], cwd=REPO)
+    assert result.returncode == 0, describe(result)
+
+
+def test_generator_reports_drift(tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "deploy", root / "deploy", ignore=ignore)
+    shutil.copytree(REPO / "grafana", root / "grafana", ignore=ignore)
+    output = root / "deploy/kubernetes/components/prometheus-operator/prometheusrule.yaml"
+    output.write_text(output.read_text() + "# hand edit\n")
+    command: list[str | Path] = [*GENERATE, "--root", root]
+    stale = run([*command, "--check"], cwd=root)
+    assert stale.returncode == 1 and "hand edit" in stale.stdout, describe(stale)
+    assert run(command, cwd=root).returncode == 0
+    assert run([*command, "--check"], cwd=root).returncode == 0

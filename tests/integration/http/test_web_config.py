@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,16 @@ def test_bad_files_are_one_line_naming_the_key(
     (tmp_path / "server.key").write_bytes(pki.server_key.read_bytes())
     (tmp_path / "ca.crt").write_bytes(pki.ca.read_bytes())
     assert names in error(write(tmp_path, text))
+
+
+def test_the_daemon_refuses_a_bad_web_config_with_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, f"basic_auth_users:\n  bob: 'x{HASH[1:]}'\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "iceprod_exporter", "run", "--api-url", "http://127.0.0.1:9",
+         "--token", "t", "--port", "0", "--listen-address", "127.0.0.1"],
+        env={"PATH": "/usr/bin:/bin", "ICEPROD_EXPORTER_WEB_CONFIG_FILE": str(path)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "web_config_file" in done.stderr and "basic_auth_users.bob" in done.stderr
+    assert HASH[8:] not in done.stderr + done.stdout

@@ -6,16 +6,12 @@ exporter's own settings model, so a renamed setting or port breaks here rather t
 
 from __future__ import annotations
 
-import shutil
-import sys
 from pathlib import Path
 
 from iceprod_exporter import config
 from tests.support import deploy as support
-from tests.support.deploy import DEPLOY, KUBERNETES, REPO, describe, run
+from tests.support.deploy import DEPLOY, KUBERNETES, describe, run
 from tests.support.deploy_files import DOCKERFILE, SYSTEMD_UNIT, unit_values
-
-GENERATE = (sys.executable, "-m", "grafana.mixin.generate")  # what make generate runs
 
 
 def test_hadolint_passes() -> None:
@@ -60,15 +56,6 @@ def test_dockerfile_shape(dockerfile: support.Dockerfile) -> None:
     assert {"interval", "timeout", "start-period", "retries"} <= set(options)
 
 
-def test_dockerignore_keeps_the_context_small() -> None:
-    rules = support.dockerignore(REPO / ".dockerignore")
-    files = support.context_files(REPO, rules)
-    assert "pyproject.toml" in files and "iceprod_exporter/__init__.py" in files
-    for name in files:
-        assert not name.startswith(("tests/", "deploy/", "grafana/", ".git", ".venv"))
-        assert "__pycache__" not in name and not name.endswith(".pyc")
-
-
 def test_configmap_settings_are_valid(tmp_path: Path) -> None:
     settings = config.load({}, environ={}, config_file=KUBERNETES / "base" / "config.yaml")
     # require_api reads the credential file: stand in for the mounted Secret
@@ -76,25 +63,6 @@ def test_configmap_settings_are_valid(tmp_path: Path) -> None:
     secret.write_text("placeholder\n")
     settings.model_copy(update={"oauth_client_secret_file": secret}).require_api()
     assert settings.port == config.DEFAULT_PORT
-
-
-def test_generated_manifests_are_current() -> None:
-    result = run([*GENERATE, "--check"], cwd=REPO)
-    assert result.returncode == 0, describe(result)
-
-
-def test_generator_reports_drift(tmp_path: Path) -> None:
-    root = tmp_path / "repo"
-    ignore = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(REPO / "deploy", root / "deploy", ignore=ignore)
-    shutil.copytree(REPO / "grafana", root / "grafana", ignore=ignore)
-    output = root / "deploy/kubernetes/components/prometheus-operator/prometheusrule.yaml"
-    output.write_text(output.read_text() + "# hand edit\n")
-    command: list[str | Path] = [*GENERATE, "--root", root]
-    stale = run([*command, "--check"], cwd=root)
-    assert stale.returncode == 1 and "hand edit" in stale.stdout, describe(stale)
-    assert run(command, cwd=root).returncode == 0
-    assert run([*command, "--check"], cwd=root).returncode == 0
 
 
 def test_systemd_unit_contract(dockerfile: support.Dockerfile) -> None:
