@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry
 
 from iceprod_exporter.exposition.telemetry import Telemetry
+from iceprod_exporter.source import client as api
 from iceprod_exporter.source.auth import StaticTokenGrant, TokenManager
 from iceprod_exporter.source.client import ApiClient
 
@@ -41,3 +42,30 @@ def client(
         rate_limit=options["rate_limit"],
         sleep=sleep,
     )
+
+
+class Sleeps:
+    """Records backoff sleeps instead of sleeping them."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+def failures(registry: CollectorRegistry, reason: str, endpoint: str = api.JOB_COUNTS) -> float:
+    value = registry.get_sample_value(
+        "iceprod_exporter_api_request_failures_total", {"endpoint": endpoint, "reason": reason}
+    )
+    return value or 0.0
+
+
+def get(c: ApiClient) -> object:
+    async def run() -> object:
+        try:
+            return await c.get(api.JOB_COUNTS, dataset_id="d1")
+        finally:
+            c.close()
+
+    return asyncio.run(run())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import threading
 import time
@@ -91,3 +92,9 @@ HEADS = {
     "HTTP/2 preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
     "a header line without a colon": (b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400),
 }
+
+
+def still_open(socks: Sequence[socket.socket]) -> list[bool]:
+    """Which of ``socks`` the server keeps open (it sends nothing on them but its close)."""
+    readable, _, _ = select.select(socks, [], [], 0.05)
+    return [s not in readable for s in socks]

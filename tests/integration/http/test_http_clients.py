@@ -26,9 +26,11 @@ from tests.support.exporter import wait_for
 from tests.support.http import Crowd, Pki, client_context, demo, request
 from tests.support.http_clients import (
     HEADS,
+    Fixed,
     exchange,
     serving,
     status_of,
+    still_open,
 )
 from tests.support.polled_http import b64
 
@@ -220,3 +222,45 @@ def test_prometheus_is_served_past_1000_slow_and_1000_idle_connections(tmp_path:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert "Traceback" not in text, text[-3000:]
     assert '"level": "error"' not in text, text[-3000:]
+
+
+def test_a_kept_alive_connection_waits_the_idle_time_then_the_header_deadline() -> None:
+    with serving(header_timeout=0.1, idle_timeout=5) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        with sock:
+            for _ in range(2):  # the second request after longer than the header deadline
+                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+                time.sleep(0.15)
+            # a request begun: the header deadline runs from its first byte
+            sock.sendall(b"G")
+            started = time.monotonic()
+            sock.settimeout(2)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 408 ")
+            assert 0.08 < time.monotonic() - started < 1.0
+
+
+def test_a_connection_with_its_request_in_is_closed_for_room_only_past_the_grace() -> None:
+    source = Fixed()
+    with serving(source, max_connections=2, busy_grace=0.3) as server:
+        source.hold.clear()  # identity bodies wait: both requests stay in
+        busy = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        try:
+            busy[0].sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: server.answering == 1, 5, "the first request in", 0.01)
+            busy[1].sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            wait_for(lambda: server.answering == 2, 5, "the second request in", 0.01)
+            extra = socket.create_connection(("127.0.0.1", server.port), timeout=3)
+            with extra:
+                assert extra.recv(10) == b"", "every answer under way: the new one is closed"
+            time.sleep(0.3)  # past the grace: the oldest answer is given up for the new one
+            gzipped = {"Accept-Encoding": "gzip"}
+            assert request("127.0.0.1", server.port, headers=gzipped, timeout=2).status == 200
+            assert still_open(busy) == [False, True]
+            source.hold.set()
+            busy[1].settimeout(5)
+            assert busy[1].recv(65536).startswith(b"HTTP/1.1 200 OK")
+        finally:
+            source.hold.set()
+            for sock in busy:
+                sock.close()

@@ -8,10 +8,8 @@ takes client addresses in turn and drops the clients that have gone.
 from __future__ import annotations
 
 import asyncio
-import select
 import socket
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 
@@ -23,17 +21,11 @@ from tests.support.exporter import wait_for
 from tests.support.http import request
 from tests.support.http_clients import (
     HEADS,
-    Fixed,
     exchange,
     serving,
     status_of,
+    still_open,
 )
-
-
-def still_open(socks: Sequence[socket.socket]) -> list[bool]:
-    """Which of ``socks`` the server keeps open (it sends nothing on them but its close)."""
-    readable, _, _ = select.select(socks, [], [], 0.05)
-    return [s not in readable for s in socks]
 
 
 class GatedAuth(Authenticator):
@@ -113,22 +105,6 @@ def test_a_connection_that_sends_nothing_is_closed_silently_at_the_deadline() ->
         assert response == b"" and 0.15 < took < 1.0
 
 
-def test_a_kept_alive_connection_waits_the_idle_time_then_the_header_deadline() -> None:
-    with serving(header_timeout=0.1, idle_timeout=5) as server:
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        with sock:
-            for _ in range(2):  # the second request after longer than the header deadline
-                sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
-                time.sleep(0.15)
-            # a request begun: the header deadline runs from its first byte
-            sock.sendall(b"G")
-            started = time.monotonic()
-            sock.settimeout(2)
-            assert sock.recv(65536).startswith(b"HTTP/1.1 408 ")
-            assert 0.08 < time.monotonic() - started < 1.0
-
-
 def test_leading_empty_lines_are_ignored() -> None:
     with serving() as server:
         response, _ = exchange(server.port, b"\r\n\r\nGET /healthz HTTP/1.0\r\n\r\n")
@@ -169,32 +145,6 @@ def test_at_the_cap_the_longest_waiting_new_connection_makes_room() -> None:
         finally:
             kept.close()
             for sock in new:
-                sock.close()
-
-
-def test_a_connection_with_its_request_in_is_closed_for_room_only_past_the_grace() -> None:
-    source = Fixed()
-    with serving(source, max_connections=2, busy_grace=0.3) as server:
-        source.hold.clear()  # identity bodies wait: both requests stay in
-        busy = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
-        try:
-            busy[0].sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            wait_for(lambda: server.answering == 1, 5, "the first request in", 0.01)
-            busy[1].sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            wait_for(lambda: server.answering == 2, 5, "the second request in", 0.01)
-            extra = socket.create_connection(("127.0.0.1", server.port), timeout=3)
-            with extra:
-                assert extra.recv(10) == b"", "every answer under way: the new one is closed"
-            time.sleep(0.3)  # past the grace: the oldest answer is given up for the new one
-            gzipped = {"Accept-Encoding": "gzip"}
-            assert request("127.0.0.1", server.port, headers=gzipped, timeout=2).status == 200
-            assert still_open(busy) == [False, True]
-            source.hold.set()
-            busy[1].settimeout(5)
-            assert busy[1].recv(65536).startswith(b"HTTP/1.1 200 OK")
-        finally:
-            source.hold.set()
-            for sock in busy:
                 sock.close()
 
 

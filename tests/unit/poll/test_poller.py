@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from iceprod_exporter.exposition.telemetry import Telemetry
 from iceprod_exporter.poll.poller import Poller
-from iceprod_exporter.poll.report import CycleReport
 from iceprod_exporter.poll.schedule import Schedule, shard_of
 from iceprod_exporter.source import client as api
 from iceprod_exporter.source.client import ApiError
 from iceprod_exporter.source.labels import Endpoint, Reason
 from tests.support.clock import FakeClock
 from tests.support.collector_oracle import SnapshotCollector
+from tests.support.poller import make, poll
 from tests.support.source import FakeSource
-
-
-def make(source: FakeSource, clock: FakeClock, **schedule: Any) -> Poller:
-    options = {
-        "poll_interval": 60.0,
-        "slow_poll_factor": 5,
-        "task_stats_interval": 600.0,
-        "grace_period": 300.0,
-        "quiet_after_polls": 0,  # the fake's counts never change; quiet reads tested apart
-        **schedule,
-    }
-    return Poller(source, Schedule(**options), Telemetry(CollectorRegistry()), clock)
-
-
-def poll(poller: Poller, full: bool = False) -> Any:
-    return asyncio.run(poller.poll(full=full))
 
 
 def test_first_poll_reads_everything_and_fills_the_snapshot() -> None:
@@ -353,27 +334,6 @@ def test_recovery_from_a_failed_task_stats_read_retries_it_next_cycle() -> None:
     assert poll(poller).datasets["a"].task_stats is not None
 
 
-def test_the_deadline_ends_a_hung_fan_out() -> None:
-    class Hanging(FakeSource):
-        async def get(self, template: str, *args: Any, **kw: Any) -> Any:
-            if template == api.JOB_COUNTS and kw.get("dataset_id") == "b":
-                await asyncio.sleep(30)
-            return await super().get(template, *args, **kw)
-
-    source, clock = Hanging(), FakeClock()
-    source.add("a", 1)
-    source.add("b", 2)
-    poller = make(source, clock, poll_timeout=0.3)
-    reports: list[CycleReport] = []
-    poller.on_report = reports.append
-    started = time.monotonic()
-    snap = poll(poller)
-    assert time.monotonic() - started < 2
-    assert not snap.up, "a poll that passed its deadline failed"
-    assert snap.datasets["a"].jobs == {"processing": 2}, "what was read in time is kept"
-    assert reports[0].error is not None and "deadline" in reports[0].error
-
-
 def test_duplicate_dataset_numbers_keep_one_dataset_and_count_the_conflict() -> None:
     source, clock = FakeSource(), FakeClock()
     source.add("b-second", 7)
@@ -450,31 +410,6 @@ def test_every_bounded_label_combination_starts_at_zero() -> None:
         assert value("iceprod_exporter_token_refresh_failures_total", {"reason": reason}) == 0
     for field in ValueField:
         assert value("iceprod_exporter_bad_values_total", {"field": field}) == 0
-
-
-def test_a_completed_dataset_whose_final_read_is_cut_keeps_its_grace_period() -> None:
-    class Hanging(FakeSource):
-        hang = False
-
-        async def get(self, template: str, *args: Any, **kw: Any) -> Any:
-            if self.hang and template == api.JOB_COUNTS:
-                await asyncio.sleep(30)
-            return await super().get(template, *args, **kw)
-
-    source, clock = Hanging(), FakeClock()
-    source.add("a", 1)
-    poller = make(source, clock, poll_timeout=0.3)
-    poll(poller)
-    source.datasets["a"]["status"] = "complete"
-    source.hang = True
-    clock.now += 60
-    assert not poll(poller).up, "the final read passed the deadline"
-    source.hang = False
-    clock.now += 60
-    snap = poll(poller)
-    assert "a" in snap.datasets and not snap.datasets["a"].watched, "kept for the grace period"
-    clock.now += 300
-    assert "a" not in poll(poller).datasets
 
 
 def test_the_oldest_count_shows_how_far_behind_the_cadence_is() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -12,37 +11,8 @@ from iceprod_exporter.exposition.telemetry import Telemetry
 from iceprod_exporter.source import client as api
 from iceprod_exporter.source.auth import TokenManager
 from iceprod_exporter.source.client import ApiClient, ApiError, RateLimiter
-from iceprod_exporter.source.labels import Reason
-from tests.support.client import ROUTE, client
-from tests.support.exporter import wait_for
-from tests.support.scripted_http import Reply, ScriptedServer, threads_outside_servers
-
-
-class Sleeps:
-    """Records backoff sleeps instead of sleeping them."""
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-
-
-def failures(registry: CollectorRegistry, reason: str, endpoint: str = api.JOB_COUNTS) -> float:
-    value = registry.get_sample_value(
-        "iceprod_exporter_api_request_failures_total", {"endpoint": endpoint, "reason": reason}
-    )
-    return value or 0.0
-
-
-def get(c: ApiClient) -> object:
-    async def run() -> object:
-        try:
-            return await c.get(api.JOB_COUNTS, dataset_id="d1")
-        finally:
-            c.close()
-
-    return asyncio.run(run())
+from tests.support.client import ROUTE, Sleeps, client, failures, get
+from tests.support.scripted_http import Reply, ScriptedServer
 
 
 def test_success_sends_the_bearer_token_and_counts_by_template(server: ScriptedServer) -> None:
@@ -116,35 +86,9 @@ def test_body_that_is_not_json(server: ScriptedServer) -> None:
     assert failures(registry, "bad_response") == 1
 
 
-def test_hang_past_the_timeout_fails_in_bounded_time(server: ScriptedServer) -> None:
-    server.script[ROUTE] = [Reply(200, {}, delay=5.0)]
-    registry = CollectorRegistry()
-    started = time.monotonic()
-    with pytest.raises(ApiError) as err:
-        get(client(server.url, registry, Sleeps(), timeout=0.5, retries=1))
-    assert err.value.reason == "timeout"
-    assert time.monotonic() - started < 1.5, "a timeout is not retried"
-    assert failures(registry, "timeout") == 1
-
-
 def test_connection_refused() -> None:
     with pytest.raises(ApiError, match="connection"):
         get(client("http://127.0.0.1:9", CollectorRegistry(), Sleeps(), retries=0))
-
-
-def test_concurrency_cap_is_respected(server: ScriptedServer) -> None:
-    for i in range(12):
-        server.script[f"/datasets/d{i}/job_counts/status"] = [Reply(200, {}, delay=0.15)]
-    c = client(server.url, CollectorRegistry(), concurrency=3)
-
-    async def run() -> None:
-        try:
-            await asyncio.gather(*(c.get(api.JOB_COUNTS, dataset_id=f"d{i}") for i in range(12)))
-        finally:
-            c.close()
-
-    asyncio.run(run())
-    assert server.max_in_flight == 3
 
 
 def test_rate_limiter_allows_fractions() -> None:
@@ -188,37 +132,6 @@ def test_401_fetches_a_new_token_from_the_issuer(server: ScriptedServer) -> None
         assert issuer.token_requests["client_credentials"] == 2, "a new grant after the 401"
     first, second = (seen.authorization for seen in server.seen)
     assert first != second and second == f"Bearer {issuer.issued[-1].token}"
-
-
-def test_a_hang_ends_at_the_timeout_and_frees_its_slot(server: ScriptedServer) -> None:
-    """A hung call closes its socket at the timeout; queued calls then fail at the deadline.
-
-    So a hang never piles up sockets, and no queued request waits out a timeout.
-    """
-    server.script[ROUTE] = [Reply(200, {}, stall=True)]
-    c = client(server.url, CollectorRegistry(), Sleeps(), timeout=0.2, concurrency=2)
-    threads = threads_outside_servers()
-
-    async def run() -> tuple[list[object], float]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 0.5
-        started = loop.time()
-        calls = [c.get(api.JOB_COUNTS, deadline=deadline, dataset_id="d1") for _ in range(10)]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        return results, loop.time() - started
-
-    try:
-        results, took = asyncio.run(run())
-    finally:
-        c.close()
-    reasons = [r.reason for r in results if isinstance(r, ApiError)]
-    assert len(reasons) == 10
-    assert set(reasons) == {"timeout", "deadline"}
-    assert reasons.count(Reason.DEADLINE) >= 2, "queued past the deadline: failed, never sent"
-    assert len(server.seen) <= 2 * 3, "two slots, each free again after a 0.2 s timeout"
-    assert took < 1.2
-    wait_for(lambda: server.in_flight == 0, 2, "the server to see every socket closed")
-    assert threads_outside_servers() == threads, "no thread is left waiting on the server"
 
 
 def test_retries_never_pass_the_deadline(server: ScriptedServer) -> None:
