@@ -40,8 +40,10 @@ lint: $(VENV)/.installed  ## ruff check, ruff format --check and mypy --strict o
 check: $(VENV)/.installed  ## the fast loop: lint, types, drift check, unit tier (no root, no Debian tools; < 30 s)
 	@$(MAKE) --no-print-directory -j3 --output-sync=target lint unit drift
 
+# Hypothesis' pytest plugin costs each of the three processes a second to import; no unit test
+# uses Hypothesis (the property tests are integration: they run for seconds)
 unit: $(VENV)/.installed  ## the unit tier alone (tests/unit/)
-	$(PY) -m pytest -q -n auto tests/unit
+	$(PY) -m pytest -q -n auto -p no:hypothesispytest tests/unit
 
 test: $(VENV)/.installed lint drift  ## the whole suite: lint, types, drift check, unit, integration, real IceProd
 	$(PY) -m pytest -q
