@@ -2,7 +2,7 @@
 
 Every handler reads in-memory state only: ``/metrics`` is the server's own counters rendered
 now, then the bytes of a :class:`MetricsSource` (the exporter's self-metrics and the snapshot,
-prepared once per poll). Before answering, a handler checks the client certificate's names and
+encoded once per poll). Before answering, a handler checks the client certificate's names and
 the basic-auth login the web configuration asks for.
 """
 
@@ -89,7 +89,7 @@ def application(context: HandlerContext) -> Application:
         default_handler_class=_NotFound,
         default_handler_args={"context": context},
         log_function=_access_log,
-        compress_response=False,  # gzip is prepared once per snapshot, not per response
+        compress_response=False,  # gzip is made once per snapshot, not per response
     )
 
 

@@ -54,7 +54,7 @@ class Mirror:
         self._first = threading.Event()
 
     def serve(self, stored: StoredSnapshot) -> None:
-        """A new snapshot's bytes, all of them: they go live now."""
+        """A new snapshot's bytes, all of them: served from now on."""
         self._stored = stored
         self._ready()
 

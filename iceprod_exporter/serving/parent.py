@@ -36,7 +36,7 @@ log = structlog.get_logger(__name__)
 HEARTBEAT = 1.0
 #: how long the parent waits for the child to bind and start
 START_TIMEOUT = 60.0
-#: how long a published snapshot may take to go live in the child (it compresses it)
+#: how long a published snapshot may take to be served by the child (it compresses it)
 PUBLISH_TIMEOUT = 30.0
 
 _CHILD = (
