@@ -306,9 +306,14 @@ class TokenManager:
         token = self._token
         return token.expires_at if token else None
 
-    def invalidate(self) -> None:
-        """Forget the cached token (after a 401)."""
-        self._token = None
+    def invalidate(self, used: str | None = None) -> None:
+        """Forget the cached token (after a 401), unless a newer one replaced ``used`` already.
+
+        A 401 that comes back for a request sent with an older token must not drop the token
+        granted since: every call would then wait for one more grant.
+        """
+        if used is None or (self._token is not None and self._token.value == used):
+            self._token = None
 
     async def ensure_fresh(self) -> None:
         """Refresh when there is no token or it is close to expiry.

@@ -173,8 +173,8 @@ class ApiClient:
                 return await self._attempt(template, route, deadline)
             except ApiError as error:
                 if error.reason == Reason.UNAUTHORIZED and not refreshed:
-                    refreshed = True
-                    await self._drop_token()
+                    refreshed = True  # the 401 dropped the token it was sent with
+                    await self._fresh_token(deadline)
                     continue
                 if error.reason not in RETRYABLE or attempt >= self._retries:
                     raise
@@ -184,11 +184,11 @@ class ApiClient:
                     raise  # the retry would end past the poll's deadline
                 await self._sleep(delay)
 
-    async def _drop_token(self) -> None:
-        self._tokens.invalidate()
-        # on failure the retry fails with reason "token", which is what happened
-        with contextlib.suppress(TokenError):
-            await self._tokens.ensure_fresh()
+    async def _fresh_token(self, deadline: float | None) -> None:
+        # on failure the retry fails with reason "token" (or "deadline"), which is what happened
+        with contextlib.suppress(TokenError, TimeoutError):
+            async with asyncio.timeout_at(deadline):
+                await self._tokens.ensure_fresh()
 
     def _backoff(self, attempt: int, error: ApiError) -> float:
         if error.retry_after is not None:
@@ -228,53 +228,61 @@ class ApiClient:
         telemetry.requests.labels(template).inc()
         self.sent += 1
         budget = self._timeout if deadline is None else min(self._timeout, deadline - _now())
-        end = _now() + budget
         started = time.perf_counter()
         try:
-            try:
-                # a grant in progress is waited for within the budget; the transport then ends
-                # the call (and closes its socket) when the budget ends, whatever IceProd does
-                async with asyncio.timeout_at(end):
-                    await self._tokens.ensure_fresh()
-                headers = {
-                    "Authorization": f"Bearer {self._tokens.current()}",
-                    "Accept": "application/json",
-                }
-                response = await self._http.fetch(
-                    self._base + route,
-                    timeout=end - _now(),
-                    headers=headers,
-                    redirects=API_REDIRECTS,
-                )
-            except TokenError:
-                raise self._failed(template, Reason.TOKEN, "no usable token") from None
-            except TimeoutError:
-                raise self._failed(template, self._timed_out(budget), "token wait") from None
-            except TransportError as exc:
-                reason = exc.reason
-                if reason == Reason.TIMEOUT:
-                    reason = self._timed_out(budget)
-                elif reason == Reason.TOO_LARGE:
-                    self._oversized(template, True, str(exc))
-                raise self._failed(template, reason, str(exc)) from None
-            if response.status >= 300:
-                raise self._failed(
-                    template,
-                    _status_reason(response.status),
-                    f"HTTP {response.status}",
-                    response.status,
-                    _retry_after(response),
-                )
-            try:
-                # the standard decoder: rest-tools' logs a traceback per ``__jsonclass__`` object
-                body = json.loads(response.body) if response.body else None
-            except ValueError:
-                raise self._failed(template, Reason.BAD_RESPONSE, "not JSON") from None
-            self._oversized(template, False)
-            return body
+            response, used = await self._fetch(template, route, budget)
+            if response.status == 401:
+                self._tokens.invalidate(used)
+            return self._decode(template, response)
         finally:
             telemetry.request_duration.labels(template).observe(time.perf_counter() - started)
             self._on_response()
+
+    async def _fetch(self, template: str, route: str, budget: float) -> tuple[Response, str]:
+        """The answer to one request, and the token it was sent with; failures as ApiError."""
+        end = _now() + budget
+        try:
+            # a grant in progress is waited for within the budget; the transport then ends
+            # the call (and closes its socket) when the budget ends, whatever IceProd does
+            async with asyncio.timeout_at(end):
+                await self._tokens.ensure_fresh()
+            used = self._tokens.current()
+            response = await self._http.fetch(
+                self._base + route,
+                timeout=end - _now(),
+                headers={"Authorization": f"Bearer {used}", "Accept": "application/json"},
+                redirects=API_REDIRECTS,
+            )
+        except TokenError:
+            raise self._failed(template, Reason.TOKEN, "no usable token") from None
+        except TimeoutError:
+            raise self._failed(template, self._timed_out(budget), "token wait") from None
+        except TransportError as exc:
+            reason = exc.reason
+            if reason == Reason.TIMEOUT:
+                reason = self._timed_out(budget)
+            elif reason == Reason.TOO_LARGE:
+                self._oversized(template, True, str(exc))
+            raise self._failed(template, reason, str(exc)) from None
+        return response, used
+
+    def _decode(self, template: str, response: Response) -> Any:
+        """The JSON of a successful answer; any other answer as ApiError."""
+        if response.status >= 300:
+            raise self._failed(
+                template,
+                _status_reason(response.status),
+                f"HTTP {response.status}",
+                response.status,
+                _retry_after(response),
+            )
+        try:
+            # the standard decoder: rest-tools' logs a traceback per ``__jsonclass__`` object
+            body = json.loads(response.body) if response.body else None
+        except ValueError:
+            raise self._failed(template, Reason.BAD_RESPONSE, "not JSON") from None
+        self._oversized(template, False)
+        return body
 
     def _timed_out(self, budget: float) -> Reason:
         return Reason.DEADLINE if budget < self._timeout else Reason.TIMEOUT

@@ -8,8 +8,10 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
+from iceprod_exporter.exposition.telemetry import Telemetry
 from iceprod_exporter.source import client as api
-from iceprod_exporter.source.client import ApiError
+from iceprod_exporter.source.auth import TokenManager
+from iceprod_exporter.source.client import ApiClient, ApiError
 from iceprod_exporter.source.labels import Reason
 from tests.support.client import ROUTE, Sleeps, client, failures, get
 from tests.support.exporter import wait_for
@@ -87,3 +89,71 @@ def test_a_hang_ends_at_the_timeout_and_frees_its_slot(server: ScriptedServer) -
     assert took < 1.2
     wait_for(lambda: server.in_flight == 0, 2, "the server to see every socket closed")
     assert threads_outside_servers() == threads, "no thread is left waiting on the server"
+
+
+class CountingGrant:
+    """Hands out tok-1, tok-2, ...; from the grant numbered ``slow_from`` on, takes 5 s."""
+
+    def __init__(self, slow_from: int = 0) -> None:
+        self.count = 0
+        self._slow_from = slow_from
+
+    async def fetch(self) -> tuple[str, float | None]:
+        self.count += 1
+        if self._slow_from and self.count >= self._slow_from:
+            await asyncio.sleep(5)
+        return f"tok-{self.count}", None
+
+
+def _over(server: ScriptedServer, grant: CountingGrant) -> ApiClient:
+    telemetry = Telemetry(CollectorRegistry())
+    tokens = TokenManager(grant, telemetry, min_interval=0)
+    return ApiClient(
+        server.url, tokens, telemetry, timeout=2, retries=0, backoff_max=1, concurrency=4,
+        rate_limit=0,
+    )  # fmt: skip
+
+
+def test_a_late_401_for_an_old_token_keeps_the_token_granted_since(
+    server: ScriptedServer,
+) -> None:
+    """Two calls sent with tok-1 both get 401; the later one must not drop tok-2 again."""
+    server.script[ROUTE] = [
+        Reply(401, {"code": 401}),
+        Reply(401, {"code": 401}, delay=0.3),  # back after tok-2 was granted
+        Reply(200, {"idle": 1}),
+        Reply(200, {"idle": 1}),
+    ]
+    grant = CountingGrant()
+    c = _over(server, grant)
+
+    async def run() -> list[object]:
+        try:
+            calls = (c.get(api.JOB_COUNTS, dataset_id="d1") for _ in range(2))
+            return list(await asyncio.gather(*calls))
+        finally:
+            c.close()
+
+    assert asyncio.run(run()) == [{"idle": 1}, {"idle": 1}]
+    assert grant.count == 2, "one grant after the first 401, none after the late one"
+    assert [s.authorization for s in server.seen[2:]] == ["Bearer tok-2"] * 2
+
+
+def test_the_new_token_after_a_401_is_waited_for_only_until_the_deadline(
+    server: ScriptedServer,
+) -> None:
+    server.script[ROUTE] = [Reply(401, {"code": 401})]
+    c = _over(server, CountingGrant(slow_from=2))
+
+    async def run() -> tuple[ApiError, float]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            with pytest.raises(ApiError) as err:
+                await c.get(api.JOB_COUNTS, deadline=started + 0.5, dataset_id="d1")
+        finally:
+            c.close()
+        return err.value, loop.time() - started
+
+    error, took = asyncio.run(run())
+    assert error.reason == "deadline" and took < 1.5, (error, took)
