@@ -163,7 +163,8 @@ class ApiClient:
         ``deadline`` (event-loop time) bounds everything: the wait for a slot, the attempts and
         the pauses between them. Past it the call fails with reason ``deadline``.
         """
-        route = template.format(**path)
+        # a dataset id is IceProd's data: quoted, it cannot steer the request to another route
+        route = template.format(**{k: urllib.parse.quote(v, safe="") for k, v in path.items()})
         if args:
             route = f"{route}?{urllib.parse.urlencode(args)}"
         refreshed = False

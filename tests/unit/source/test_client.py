@@ -150,3 +150,18 @@ def test_retries_never_pass_the_deadline(server: ScriptedServer) -> None:
             c.close()
     assert sleeps.calls == [], "a 5 s Retry-After would end past the 2 s deadline"
     assert len(server.seen) == 1
+
+
+def test_a_dataset_id_cannot_steer_the_request_to_another_route(server: ScriptedServer) -> None:
+    hostile = "../../grids?x#"
+    server.script["/datasets/..%2F..%2Fgrids%3Fx%23/job_counts/status"] = [Reply(200, {})]
+    c = client(server.url, CollectorRegistry())
+
+    async def run() -> object:
+        try:
+            return await c.get(api.JOB_COUNTS, dataset_id=hostile)
+        finally:
+            c.close()
+
+    assert asyncio.run(run()) == {}
+    assert [s.path for s in server.seen] == ["/datasets/..%2F..%2Fgrids%3Fx%23/job_counts/status"]
