@@ -305,7 +305,7 @@ def groups(cfg: Config) -> list[Group]:
                     "iceprod:active_tasks:sum_by_resource_status",
                     f"sum by (resource, status) ({one_copy('iceprod_active_tasks', cfg)})",
                     "IceProd-wide tasks idle, waiting, queued and processing by resource kind "
-                    "(cpu, gpu), as IceProd's queue_tasks counts them; every dataset whatever "
+                    "(cpu, gpu) as /task_counts/status?gpu= splits them; every dataset whatever "
                     "its status. Exported by shard 0 only.",
                 ),
             ),

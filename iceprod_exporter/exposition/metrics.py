@@ -255,9 +255,9 @@ SPECS: tuple[MetricSpec, ...] = (
         "iceprod_active_tasks",
         Kind.GAUGE,
         "IceProd-wide tasks in the states IceProd schedules (idle, waiting, queued, processing) "
-        "by resource: gpu for tasks requiring at least one GPU, cpu for the rest, as IceProd's "
-        "queue_tasks splits them. From GET /task_counts/status?gpu=true|false (system or admin "
-        "token; shard 0 only)." + CACHED,
+        "by resource, as GET /task_counts/status?gpu=true|false splits them: gpu for tasks "
+        "requiring at least one GPU, cpu for tasks requiring none (a fractional GPU requirement "
+        "is in neither). System or admin token; shard 0 only." + CACHED,
         ("resource", "status"),
         sampler=_active_tasks,
     ),

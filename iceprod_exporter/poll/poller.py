@@ -211,8 +211,8 @@ class Poller:
     ) -> Mapping[str, Counts] | None:
         """IceProd-wide active tasks by resource (shard 0 only).
 
-        The backlog IceProd's queue_tasks schedules CPU and GPU work from, read as it reads it:
-        two aggregations the status index keeps cheap.
+        Two aggregations of ``/task_counts/status`` with its ``gpu`` filter, which the status
+        index keeps cheap.
         """
         by_resource: dict[str, Counts] = {}
         statuses = "|".join(ACTIVE_TASK_STATUSES)

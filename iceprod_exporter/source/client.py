@@ -9,7 +9,7 @@ import json
 import random
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import structlog
@@ -94,6 +94,15 @@ _BY_STATUS = {
 }
 
 
+def _route(template: str, args: Mapping[str, str] | None, path: Mapping[str, str]) -> str:
+    """The route for one call: ``path`` values quoted into the template, ``args`` as the query.
+
+    A dataset id is IceProd's data: quoted, it cannot steer the request to another route.
+    """
+    route = template.format(**{k: urllib.parse.quote(v, safe="") for k, v in path.items()})
+    return f"{route}?{urllib.parse.urlencode(args)}" if args else route
+
+
 def _status_reason(status: int) -> Reason:
     if status in _BY_STATUS:
         return _BY_STATUS[status]
@@ -163,10 +172,7 @@ class ApiClient:
         ``deadline`` (event-loop time) bounds everything: the wait for a slot, the attempts and
         the pauses between them. Past it the call fails with reason ``deadline``.
         """
-        # a dataset id is IceProd's data: quoted, it cannot steer the request to another route
-        route = template.format(**{k: urllib.parse.quote(v, safe="") for k, v in path.items()})
-        if args:
-            route = f"{route}?{urllib.parse.urlencode(args)}"
+        route = _route(template, args, path)
         refreshed = False
         attempt = 0
         while True:

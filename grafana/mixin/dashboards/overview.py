@@ -190,10 +190,10 @@ def build(cfg: Config) -> models.Dashboard:
         timeseries_panel(
             "Backlog by resource kind",
             "IceProd-wide tasks idle, waiting, queued and processing, GPU tasks (requiring at "
-            "least one GPU) apart from CPU tasks, as IceProd's queue_tasks and the grids see "
-            "them; every dataset whatever its status (iceprod_active_tasks, read by shard 0; "
-            "empty when the exporter's token may not read /task_counts/status). Waiting tasks "
-            "of one kind with none queued or processing for "
+            "least one GPU) apart from CPU tasks (requiring none), as /task_counts/status?gpu= "
+            "splits them; every dataset whatever its status (iceprod_active_tasks, read by "
+            "shard 0; empty when the exporter's token may not read /task_counts/status). "
+            "Waiting tasks of one kind with none queued or processing for "
             f"{spoken(cfg.resource_starved_for)} fire IceProdResourceStarved; idle tasks while no "
             "task at all is waiting, queued or processing for "
             f"{spoken(cfg.queue_tasks_for)} fire IceProdTaskQueueingStalled.",
