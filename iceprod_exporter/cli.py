@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import re
 import secrets
 import sys
@@ -178,28 +179,36 @@ def _progress(exporter: Any) -> Iterator[None]:
         print(file=sys.stderr)
 
 
+async def _device_flow_endpoints(provider: OpenIDProvider) -> tuple[str, str]:
+    return await provider.device_endpoint(), await provider.token_endpoint()
+
+
 def _login(settings: Settings) -> int:
-    from rest_tools.client import DeviceGrantAuth
+    from rest_tools.client.device_client import CommonDeviceGrant
 
     if settings.refresh_token_file is None:
         raise ConfigError("refresh_token_file: required for login")
-    # rest-tools' device flow follows redirects, secret and all: vet the realm as the daemon does
+    # the realm is vetted as the daemon vets it (bounded, issuer, endpoints on its origin), and
+    # rest-tools' device flow is given those endpoints instead of discovering them again itself
+    provider = OpenIDProvider(settings.oauth_url, settings.token_timeout)
     try:
-        asyncio.run(OpenIDProvider(settings.oauth_url, settings.token_timeout).token_endpoint())
+        device_url, token_url = asyncio.run(_device_flow_endpoints(provider))
     except TokenError as exc:
         raise ConfigError(f"oauth_url: {exc}") from None
     secret = config.read_secret(
         settings.oauth_client_secret, settings.oauth_client_secret_file, "oauth_client_secret"
     )
-    client = DeviceGrantAuth(
-        address=settings.api_url or "",
-        token_url=settings.oauth_url,
-        client_id=settings.oauth_client_id,
-        client_secret=secret,
-        timeout=settings.timeout,
-        retries=0,
-    )
-    write_private(settings.refresh_token_file, str(client.refresh_token))
+    try:
+        refresh_token = CommonDeviceGrant().perform_device_grant(
+            logging.getLogger("iceprod_exporter.login"),
+            device_url,
+            token_url,
+            settings.oauth_client_id,
+            secret,
+        )
+    except RuntimeError as exc:  # rest-tools' message names the OAuth error, never a secret
+        raise ConfigError(f"login: {exc}") from None
+    write_private(settings.refresh_token_file, refresh_token)
     print(f"saved a refresh token to {settings.refresh_token_file} (mode 0600)", file=sys.stderr)
     return 0
 

@@ -92,29 +92,39 @@ def token_expiry(value: str) -> float | None:
 
 
 class OpenIDProvider:
-    """The token endpoint of an OpenID Connect realm, found by discovery (cached).
+    """The endpoints of an OpenID Connect realm, found by discovery (cached).
 
     The discovery document must name the realm itself as ``issuer`` (OpenID Connect Discovery
-    4.3) and a token endpoint on the realm's origin; neither request follows a redirect, so the
-    client secret and refresh token only ever go to the configured origin.
+    4.3) and endpoints on the realm's origin; no request follows a redirect, so the client
+    secret and refresh token only ever go to the configured origin.
     """
 
     def __init__(self, realm_url: str, timeout: float) -> None:
         self.realm_url = realm_url.rstrip("/")
         self.timeout = timeout
         self._http = Transport(max_body=AUTH_MAX_BODY, connections=0)
-        self._token_endpoint: str | None = None
+        self._document: dict[str, Any] | None = None
 
     async def token_endpoint(self) -> str:
         """Discover (once) and return the token endpoint."""
-        if self._token_endpoint is None:
+        return self._endpoint(await self._discovered(), "token_endpoint")
+
+    async def device_endpoint(self) -> str:
+        """Discover (once) and return the device authorization endpoint (RFC 8628)."""
+        document = await self._discovered()
+        if "device_authorization_endpoint" not in document:
+            raise TokenError(Reason.CONFIG, "OpenID discovery: the realm offers no device flow")
+        return self._endpoint(document, "device_authorization_endpoint")
+
+    async def _discovered(self) -> dict[str, Any]:
+        if self._document is None:
             url = f"{self.realm_url}/.well-known/openid-configuration"
             response = await self._call("OpenID discovery", url)
             if response.status >= 300:
                 raise TokenError(Reason.BAD_RESPONSE, f"OpenID discovery: HTTP {response.status}")
             try:
                 document = json.loads(response.body)
-                issuer, endpoint = document["issuer"], document["token_endpoint"]
+                issuer, _ = document["issuer"], document["token_endpoint"]
             except (ValueError, KeyError, TypeError):
                 raise TokenError(
                     Reason.BAD_RESPONSE, "OpenID discovery: no issuer and token_endpoint"
@@ -124,12 +134,16 @@ class OpenIDProvider:
                     Reason.BAD_RESPONSE,
                     "OpenID discovery: its issuer is not oauth_url (OpenID Connect Discovery 4.3)",
                 )
-            if not isinstance(endpoint, str) or not same_origin(endpoint, self.realm_url):
-                raise TokenError(
-                    Reason.REDIRECT, "OpenID discovery: token_endpoint not on oauth_url's origin"
-                )
-            self._token_endpoint = endpoint
-        return self._token_endpoint
+            self._endpoint(document, "token_endpoint")
+            self._document = document
+        return self._document
+
+    def _endpoint(self, document: dict[str, Any], name: str) -> str:
+        """One endpoint of the document; it must be on the realm's origin."""
+        endpoint = document[name]
+        if not isinstance(endpoint, str) or not same_origin(endpoint, self.realm_url):
+            raise TokenError(Reason.REDIRECT, f"OpenID discovery: {name} not on oauth_url's origin")
+        return endpoint
 
     async def post(
         self, form: dict[str, str], auth: tuple[str, str] | None = None

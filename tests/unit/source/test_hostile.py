@@ -175,3 +175,26 @@ def test_library_lines_are_rate_limited_per_call_site_and_count_what_they_held_b
     assert limiter.admit("b") == 0, "another call site has its own budget"
     now[0] = 60.0
     assert limiter.admit("a") == 1199, "the next line says how many were held back"
+
+
+def test_login_sends_nothing_to_a_device_endpoint_on_another_origin(
+    server: ScriptedServer,
+    elsewhere: ScriptedServer,
+    tmp_path: Path,
+    log_stream: io.StringIO,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from iceprod_exporter.cli import main
+
+    own = server.url + REALM
+    document = {
+        "issuer": own,
+        "token_endpoint": own + "/token",
+        "device_authorization_endpoint": elsewhere.url + "/device",
+    }
+    server.script[DISCOVERY] = [Reply(200, document)]
+    argv = ["login", "--oauth-url", own, "--refresh-token-file", str(tmp_path / "t")]
+    assert main(argv) == 2  # log_stream: the CLI's log set-up is undone afterwards
+    err = capsys.readouterr().err
+    assert "device_authorization_endpoint not on oauth_url's origin" in err
+    assert elsewhere.seen == [] and not (tmp_path / "t").exists()
