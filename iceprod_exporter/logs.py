@@ -57,7 +57,7 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
-class RateLimiter:
+class CallSiteLimiter:
     """At most one pass per key and window; says how many were held back since the last."""
 
     def __init__(
@@ -85,9 +85,9 @@ class RateLimiter:
 class LibraryHandler(logging.Handler):
     """Library log records and warnings as structlog events, rate limited per call site."""
 
-    def __init__(self, limiter: RateLimiter | None = None) -> None:
+    def __init__(self, limiter: CallSiteLimiter | None = None) -> None:
         super().__init__()
-        self._limiter = limiter or RateLimiter()
+        self._limiter = limiter or CallSiteLimiter()
         self._log = structlog.get_logger("library")
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -165,10 +165,6 @@ def _hours(h: float) -> float:
     return h * HOUR
 
 
-def _ratio(r: float) -> float:
-    return r
-
-
 def _processing(snapshot: Snapshot) -> Iterator[Dataset]:
     """The datasets IceProd's dataset_monitor reports on: processing ones (watched here)."""
     return (d for d in _datasets(snapshot) if d.status == "processing" and d.watched)
@@ -218,7 +214,7 @@ _TASK_STAT_METRICS: tuple[tuple[str, str, Callable[[float], float], str], ...] =
     (
         "iceprod_dataset_task_efficiency_ratio",
         "efficiency",
-        _ratio,
+        float,
         "Good walltime over all walltime (0-1; absent while none was reported: IceProd's 0 then "
         "means unknown, not waste), over",
     ),

@@ -4,9 +4,10 @@ aiohttp speaks HTTP (framing, keep-alive, TLS); this module adds the bounds the 
 
 * **a total deadline.** The whole call (connect, TLS, request, headers, body, redirects) runs
   under one ``asyncio.timeout``; when it ends, or the call is cancelled (a poll's deadline,
-  shutdown), aiohttp closes the connection instead of pooling it. No thread, so nothing is left
-  waiting on a server that drips a byte every 0.5 s, stops after the headers or sends an
-  endless chunked body.
+  shutdown), aiohttp closes the connection instead of pooling it, so nothing is left waiting
+  on a server that drips a byte every 0.5 s, stops after the headers or sends an endless
+  chunked body. (Name lookups run in aiohttp's resolver thread: a hung DNS server can keep
+  that thread busy past the call, but not the call.)
 * **a body cap, after decompression.** A ``Content-Length`` over it is refused before the body
   is read; other bodies are counted as they arrive and abandoned at the cap. aiohttp's own
   decompression is off: gzip is inflated here in bounded steps, so a gzip bomb stops at the

@@ -170,7 +170,7 @@ def test_a_token_expired_on_arrival_fails_expired_with_a_clock_hint(
 
 def test_library_lines_are_rate_limited_per_call_site_and_count_what_they_held_back() -> None:
     now = [0.0]
-    limiter = logs.RateLimiter(window=60.0, clock=lambda: now[0])
+    limiter = logs.CallSiteLimiter(window=60.0, clock=lambda: now[0])
     assert [limiter.admit("a") for _ in range(1200)] == [0] + [None] * 1199
     assert limiter.admit("b") == 0, "another call site has its own budget"
     now[0] = 60.0
