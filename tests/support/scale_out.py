@@ -95,8 +95,9 @@ class Exporter:
 
     shard: int | None
     replica: str
-    port: int
     log: Path
+    #: the port it bound (first asked for any free one), once its log says
+    port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
     #: seconds from start to /readyz answering 200 (the first complete poll), once known
@@ -122,6 +123,9 @@ class Exporter:
         argv = [
             sys.executable, "-m", "iceprod_exporter", "run",
             f"--api-url={api_url}", "--token=scale-out",
+            # first port 0: it binds a free port itself, so no port can be taken between choosing
+            # it and binding it (seven exporters' outbound connections take ephemeral ports);
+            # started again, it takes the port Prometheus knows, as a restarted pod would
             "--listen-address=127.0.0.1", f"--port={self.port}", "--log-format=json",
             f"--poll-interval={plan.poll_interval:g}",
             # the world is frozen: one unchanged read makes a dataset quiet, and quiet ones are
@@ -137,23 +141,21 @@ class Exporter:
             )  # fmt: skip
         self.started, self.ready_after = time.monotonic(), None
 
-    def lost_its_port(self) -> bool:
-        """Whether it exited because its port was taken between choosing and binding it.
-
-        Seven exporters start at once and their own outbound connections take ephemeral ports,
-        the range free_port() picks from: a chosen port can be gone by the time it is bound.
-        """
-        return (
-            self.proc is not None
-            and self.proc.poll() == 2
-            and "already in use" in self.log.read_text(errors="replace")
-        )
+    def bound_port(self) -> int:
+        """The port its ``exporter.started`` log line names, or 0 before it has started."""
+        for line in self.log.read_text(errors="replace").splitlines():
+            if '"exporter.started"' in line:
+                return int(json.loads(line)["url"].rstrip("/").rsplit(":", 1)[1])
+        return 0
 
     def ready(self) -> bool:
         """Whether /readyz answers 200; fails when the process has exited."""
         if self.proc is None or self.proc.poll() is not None:
             code = None if self.proc is None else self.proc.returncode
             raise AssertionError(f"{self.name} exited ({code})\n{self.log_tail()}")
+        self.port = self.port or self.bound_port()
+        if not self.port:
+            return False
         if http_get(f"http://{self.target}/readyz", timeout=2)[0] != 200:
             return False
         if self.ready_after is None:
@@ -442,26 +444,18 @@ def deploy(plan: Plan, workdir: Path) -> Iterator[Deployment]:
         simulator, api_url = _start_simulator(plan, workdir)
         cleanup.callback(_stop, simulator)
         replicas = [
-            Exporter(shard, replica, free_port(), workdir / f"exporter-{shard}-{replica}.log")
+            Exporter(shard, replica, workdir / f"exporter-{shard}-{replica}.log")
             for shard in range(plan.shards)
             for replica in plan.replicas
         ]
-        reference = Exporter(None, "", free_port(), workdir / "exporter-unsharded.log")
+        reference = Exporter(None, "", workdir / "exporter-unsharded.log")
         for exporter in [reference, *replicas]:
             cleanup.callback(exporter.stop)
             exporter.start(api_url, plan)
 
-        def ready(exporter: Exporter) -> bool:
-            if exporter.lost_its_port():  # before Prometheus knows the port: take another
-                exporter.log.write_text("")
-                exporter.port = free_port()
-                exporter.start(api_url, plan)
-                return False
-            return exporter.ready()
-
         def all_ready() -> bool:
             # a list, not a generator: each one notes the moment it got ready
-            return all([ready(e) for e in [reference, *replicas]])
+            return all([e.ready() for e in [reference, *replicas]])
 
         wait_for(
             all_ready,
