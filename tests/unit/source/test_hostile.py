@@ -11,7 +11,7 @@ import asyncio
 import io
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -130,23 +130,6 @@ def test_a_token_that_could_end_a_header_line_is_refused(server: ScriptedServer)
     assert grant_against(server).reason == Reason.BAD_RESPONSE
 
 
-def test_login_refuses_a_realm_whose_discovery_points_elsewhere(
-    server: ScriptedServer,
-    elsewhere: ScriptedServer,
-    tmp_path: Path,
-    log_stream: io.StringIO,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    from iceprod_exporter.cli import main
-
-    other = elsewhere.url + REALM
-    server.script[DISCOVERY] = [discovery(other, other + "/token")]
-    argv = ["login", "--oauth-url", server.url + REALM, "--refresh-token-file", str(tmp_path / "t")]
-    assert main(argv) == 2  # log_stream: the CLI's log set-up is undone afterwards
-    assert "oauth_url: OpenID discovery: its issuer is not oauth_url" in capsys.readouterr().err
-    assert elsewhere.seen == [] and not (tmp_path / "t").exists()
-
-
 @pytest.mark.parametrize(
     ("ttl", "offset"), [(0, 0.0), (300, -3600.0)], ids=["expires_in-0", "exp-past"]
 )
@@ -177,7 +160,26 @@ def test_library_lines_are_rate_limited_per_call_site_and_count_what_they_held_b
     assert limiter.admit("a") == 1199, "the next line says how many were held back"
 
 
-def test_login_sends_nothing_to_a_device_endpoint_on_another_origin(
+#: discovery documents naming another origin, by the realm's own URL and the other origin's
+LOGIN_CASES: dict[str, tuple[Callable[[str, str], dict[str, str]], str]] = {
+    "issuer elsewhere": (
+        lambda own, other: {"issuer": other + REALM, "token_endpoint": other + REALM + "/token"},
+        "oauth_url: OpenID discovery: its issuer is not oauth_url",
+    ),
+    "device endpoint elsewhere": (
+        lambda own, other: {
+            "issuer": own,
+            "token_endpoint": own + "/token",
+            "device_authorization_endpoint": other + "/device",
+        },
+        "device_authorization_endpoint not on oauth_url's origin",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LOGIN_CASES)
+def test_login_sends_nothing_to_another_origin(
+    case: str,
     server: ScriptedServer,
     elsewhere: ScriptedServer,
     tmp_path: Path,
@@ -186,15 +188,10 @@ def test_login_sends_nothing_to_a_device_endpoint_on_another_origin(
 ) -> None:
     from iceprod_exporter.cli import main
 
+    document, message = LOGIN_CASES[case]
     own = server.url + REALM
-    document = {
-        "issuer": own,
-        "token_endpoint": own + "/token",
-        "device_authorization_endpoint": elsewhere.url + "/device",
-    }
-    server.script[DISCOVERY] = [Reply(200, document)]
+    server.script[DISCOVERY] = [Reply(200, document(own, elsewhere.url))]
     argv = ["login", "--oauth-url", own, "--refresh-token-file", str(tmp_path / "t")]
     assert main(argv) == 2  # log_stream: the CLI's log set-up is undone afterwards
-    err = capsys.readouterr().err
-    assert "device_authorization_endpoint not on oauth_url's origin" in err
+    assert message in capsys.readouterr().err
     assert elsewhere.seen == [] and not (tmp_path / "t").exists()
