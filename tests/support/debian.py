@@ -1,6 +1,6 @@
 """Installs the Debian packages a test runs for real (as root), or says loudly why it cannot.
 
-It also keeps the unit tier honest: while a test that is not marked ``integration`` runs,
+It also keeps the unit tier honest: while a test of ``tests/unit/`` runs,
 :func:`refuse_in_unit_tier` (called by every helper that reaches for a Debian tool, the real
 IceProd or apt) fails it, so ``make check`` provably needs neither root nor Debian packages.
 """
@@ -30,7 +30,7 @@ def refuse_in_unit_tier(what: str) -> None:
     if unit_test is not None:
         raise ToolError(
             f"{unit_test} needs {what}, which the unit tier (make check) does not have: "
-            "mark it @pytest.mark.integration (see tests/conftest.py)"
+            "move it to tests/integration/ (see tests/conftest.py)"
         )
 
 

@@ -25,9 +25,6 @@ from tests.support.exporter import free_port, samples, wait_for
 from tests.support.http import request
 from tests.support.serving import parts
 
-#: the process tests start the real daemon (2-3 s each): the integration tier
-process_test = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def simulator() -> Iterator[SimulatedIceProd]:
@@ -99,7 +96,6 @@ def test_a_parent_that_stops_reporting_fails_the_childs_healthz(tmp_path: Path) 
         process.stop()
 
 
-@process_test
 def test_sigterm_to_the_whole_group_stops_both_processes_gracefully(
     simulator: SimulatedIceProd, tmp_path: Path
 ) -> None:
@@ -114,7 +110,6 @@ def test_sigterm_to_the_whole_group_stops_both_processes_gracefully(
     assert "Traceback" not in text and '"level": "error"' not in text, text[-2000:]
 
 
-@process_test
 def test_both_processes_report_their_resident_memory(
     simulator: SimulatedIceProd, tmp_path: Path
 ) -> None:
@@ -131,7 +126,6 @@ def test_both_processes_report_their_resident_memory(
         proc.wait(20)
 
 
-@process_test
 def test_the_serving_process_leaves_with_its_parent(
     simulator: SimulatedIceProd, tmp_path: Path
 ) -> None:
@@ -143,7 +137,6 @@ def test_the_serving_process_leaves_with_its_parent(
         request("127.0.0.1", port, "/healthz", timeout=2)
 
 
-@process_test
 def test_a_dead_serving_process_stops_the_exporter_with_one_line(
     simulator: SimulatedIceProd, tmp_path: Path
 ) -> None:
