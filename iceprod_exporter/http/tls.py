@@ -59,26 +59,14 @@ CLIENT_AUTH_TYPES: Mapping[str, ssl.VerifyMode] = {
 UNVERIFIED_CLIENT_AUTH = frozenset(
     {"RequestClientCert", "RequireAnyClientCert", "RequireClientCert"}
 )
-_TLS_KEYS = frozenset(
-    {
-        "cert",
-        "key",
-        "client_ca",
-        "cert_file",
-        "key_file",
-        "client_auth_type",
-        "client_ca_file",
-        "client_allowed_sans",
-        "min_version",
-        "max_version",
-        "cipher_suites",
-        "prefer_server_cipher_suites",
-        "curve_preferences",
-    }
-)
 #: the keys whose value is one string
 _STRING_KEYS = ("cert", "key", "client_ca", "cert_file", "key_file", "client_auth_type",
                 "client_ca_file", "min_version", "max_version")  # fmt: skip
+#: every key tls_server_config may have
+_TLS_KEYS = frozenset(
+    {*_STRING_KEYS, "client_allowed_sans", "cipher_suites", "prefer_server_cipher_suites",
+     "curve_preferences"}
+)  # fmt: skip
 #: any of these set turns TLS on (exporter-toolkit: none of them means plain HTTP)
 _TLS_ON_KEYS = ("cert", "key", "cert_file", "key_file", "client_ca", "client_ca_file",
                 "client_auth_type")  # fmt: skip

@@ -41,7 +41,7 @@ T = TypeVar("T")
 
 
 class Source(Protocol):
-    """Where the poller reads IceProd from (:class:`~.api.ApiClient`, or a fake in tests)."""
+    """Where the poller reads IceProd from (:class:`~iceprod_exporter.source.client.ApiClient`)."""
 
     sent: int  # requests sent so far
 

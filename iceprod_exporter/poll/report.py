@@ -19,7 +19,6 @@ class EndpointError:
     reason: str
     status: int | None
     at: float
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class Tally:
             failures=dict(self.failures),
             error=self.error,
             endpoint_errors={
-                endpoint: EndpointError(error.reason, error.status, finished_at, str(error))
+                endpoint: EndpointError(error.reason, error.status, finished_at)
                 for endpoint, error in self.errors.items()
             },
             crashed=self.crashed,
