@@ -34,18 +34,23 @@ INTEGRATION = Path(__file__).resolve().parent / "integration"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the integration folder's tests, so ``-m "not integration"`` still selects by tier."""
     for item in items:
-        if item.path.is_relative_to(INTEGRATION):
+        if _integration(item):
             item.add_marker(pytest.mark.integration)
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
     """Refuse Debian tools and the real IceProd to the unit tier's tests (set-up included)."""
-    debian.unit_test = None if item.get_closest_marker("integration") else item.nodeid
+    debian.unit_test = None if _integration(item) else item.nodeid
     try:
         return (yield)
     finally:
         debian.unit_test = None
+
+
+def _integration(item: pytest.Item) -> bool:
+    """Whether a test is of the integration tier: its folder says (a marker does not)."""
+    return item.path.resolve().is_relative_to(INTEGRATION)
 
 
 @pytest.fixture
