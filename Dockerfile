@@ -10,7 +10,7 @@
 # mounted at /etc/iceprod-exporter/config.yaml and named by ICEPROD_EXPORTER_CONFIG_FILE.
 # See deploy/README.md.
 #
-# tests/test_deploy.py runs this file's build-stage RUN lines outside Docker, so keep every path
+# tests/*/deploy/test_deploy.py runs this file's build-stage RUN lines outside Docker, so keep every path
 # they use in the variables below rather than spelled out in the commands.
 
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm

@@ -1,8 +1,8 @@
 """Helpers any test may use: free ports, plain HTTP, polling, parsing expositions, the daemon.
 
-The helpers for one kind of test live beside it: ``http_support`` (certificates, HTTPS,
-Chromium), ``monitoring_support`` (Prometheus, Alertmanager, PromQL), ``deploy_support``
-(Dockerfile, manifests), ``scripted_http`` (a scripted IceProd), ``snapshots`` (snapshot values).
+The helpers for one kind of test are its siblings in ``tests/support/``: ``http`` (certificates,
+HTTPS, Chromium), ``monitoring`` (Prometheus, Alertmanager, PromQL), ``deploy`` (Dockerfile,
+manifests), ``scripted_http`` (a scripted IceProd), ``snapshots`` (snapshot values).
 """
 
 from __future__ import annotations

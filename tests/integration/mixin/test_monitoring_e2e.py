@@ -24,12 +24,12 @@ operators, and resolves when it answers again); the token may not read one datas
 (IceProdExporterPermissionDenied names the route while iceprod_up stays 1). Then every PromQL
 query of every dashboard panel and variable, with Grafana's variables filled in as Grafana would,
 must return data from this Prometheus. A grid daemon and condor_history_to_prometheus.py
-(monitoring_support.OtherExporters: their real metric names and labels, about the watched
+(tests.support.monitoring.OtherExporters: their real metric names and labels, about the watched
 dataset) are scraped as the jobs the mixin expects, so the joins and grid panels have data.
 
 Owners: a second, small stack (another real Prometheus and Alertmanager, the same shipped rules
 and routing) scrapes the exporter's own collector over a scripted snapshot
-(monitoring_support.ScriptedExporter), so that the order of events is the test's: a dataset of
+(tests.support.monitoring.ScriptedExporter), so that the order of events is the test's: a dataset of
 group A in errors reaches only A's receiver and one of group B only B's (and one of a group
 without a receiver the default receiver); while IceProdAPIDown fires, datasets going into
 errors reach nobody, and reach their owners once IceProd answers again.

@@ -2,9 +2,9 @@
 
 The real REST server (tests/support/real_iceprod/README.md) is seeded through its API with datasets
 that show each housekeeping symptom and healthy ones beside them
-(``housekeeping_scenario.DATASETS``); the exporter (its CLI, a subprocess) polls it every
+(``tests.support.housekeeping.DATASETS``); the exporter (its CLI, a subprocess) polls it every
 second; a real Prometheus scrapes the exporter and evaluates the mixin's rules, rendered with
-waits of seconds (``housekeeping_scenario.FAST``). Everything listens on 127.0.0.1.
+waits of seconds (``tests.support.housekeeping.FAST``). Everything listens on 127.0.0.1.
 
 1. the progress and time-to-completion rules of a truncated dataset count the jobs and tasks it
    has, not ``jobs_submitted``; an always-active dataset has none;

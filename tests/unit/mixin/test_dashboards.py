@@ -1,7 +1,8 @@
 """Structure of the Grafana dashboards, and every query checked against the metric contract.
 
 The dashboards are built by the monitoring mixin (grafana/mixin/) on grafana-foundation-sdk;
-the committed JSON must be what it generates. The end-to-end test (test_monitoring_e2e.py) runs
+the committed JSON must be what it generates (tests/integration/mixin/test_dashboards.py, and
+make drift). The end-to-end test (test_monitoring_e2e.py) runs
 the same queries against a real Prometheus; these checks need no server and point at the exact
 panel that drifted. Queries are parsed with promql-parser after Grafana's variables are filled in.
 """

@@ -1,7 +1,7 @@
-"""The serving process: the HTTP server apart from the poller, fed with prepared bytes.
+"""The serving process's side in one process: the mirror of what the parent sent, over HTTP.
 
-The process tests run the real ``iceprod-exporter run`` against the simulated IceProd and act on
-its real processes with real signals.
+The process tests, which run the real ``iceprod-exporter run`` and act on its processes with
+real signals, are in tests/integration/serving/test_serving.py.
 """
 
 from __future__ import annotations
