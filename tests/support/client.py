@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from iceprod_exporter.exposition.telemetry import Telemetry
 from iceprod_exporter.source import client as api
-from iceprod_exporter.source.auth import StaticTokenGrant, TokenManager
+from iceprod_exporter.source.auth import Grant, StaticTokenGrant, TokenManager
 from iceprod_exporter.source.client import ApiClient
 
 ROUTE = "/datasets/d1/job_counts/status"
@@ -19,29 +20,21 @@ def client(
     url: str,
     registry: CollectorRegistry,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    **kw: float,
+    grant: Grant | None = None,
+    **options: Any,
 ) -> ApiClient:
+    """The API client as the tests make it: the static token ``tok`` unless ``grant`` is given."""
     telemetry = Telemetry(registry)
-    tokens = TokenManager(StaticTokenGrant("tok"), telemetry, min_interval=0)
-    options: dict[str, float] = {
+    tokens = TokenManager(grant or StaticTokenGrant("tok"), telemetry, min_interval=0)
+    settings: dict[str, Any] = {
         "timeout": 2.0,
         "retries": 2,
         "backoff_max": 30.0,
         "concurrency": 4,
         "rate_limit": 0.0,
-        **kw,
+        **options,
     }
-    return ApiClient(
-        url,
-        tokens,
-        telemetry,
-        timeout=options["timeout"],
-        retries=int(options["retries"]),
-        backoff_max=options["backoff_max"],
-        concurrency=int(options["concurrency"]),
-        rate_limit=options["rate_limit"],
-        sleep=sleep,
-    )
+    return ApiClient(url, tokens, telemetry, sleep=sleep, **settings)
 
 
 class Sleeps:

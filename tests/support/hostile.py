@@ -14,30 +14,16 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from iceprod_exporter import logs
-from iceprod_exporter.exposition.telemetry import Telemetry
-from iceprod_exporter.source.auth import (
-    StaticTokenGrant,
-    TokenManager,
-)
 from iceprod_exporter.source.client import ApiClient
 from iceprod_exporter.source.labels import Endpoint
+from tests.support.client import client
 
 SECRET = "hostile-test-secret-0xBAD5EED"
 
 
-def api_client(url: str, registry: CollectorRegistry, **kw: Any) -> ApiClient:
-    telemetry = Telemetry(registry)
-    options: dict[str, Any] = {
-        "timeout": 2.0,
-        "retries": 0,
-        "backoff_max": 1.0,
-        "concurrency": 4,
-        "rate_limit": 0.0,
-        **kw,
-    }
-    return ApiClient(
-        url, TokenManager(StaticTokenGrant("tok"), telemetry, min_interval=0), telemetry, **options
-    )
+def api_client(url: str, registry: CollectorRegistry, **options: Any) -> ApiClient:
+    """The client the hostile tests use: no retries, so each case is one call."""
+    return client(url, registry, retries=0, backoff_max=1.0, **options)
 
 
 def run_calls(c: ApiClient, calls: int = 1, route: str = "d1") -> list[Any]:
@@ -53,14 +39,6 @@ def run_calls(c: ApiClient, calls: int = 1, route: str = "d1") -> list[Any]:
             c.close()
 
     return asyncio.run(run())
-
-
-def failures(registry: CollectorRegistry, reason: str) -> float:
-    value = registry.get_sample_value(
-        "iceprod_exporter_api_request_failures_total",
-        {"endpoint": Endpoint.JOB_COUNTS, "reason": reason},
-    )
-    return value or 0.0
 
 
 @pytest.fixture

@@ -32,9 +32,7 @@ from tests.support.http_clients import (
     status_of,
     still_open,
 )
-from tests.support.polled_http import b64
-
-PASSWORD = "scrape-pass-0xBEEF"
+from tests.support.polled_http import PASSWORD, b64
 
 
 @dataclass(frozen=True)

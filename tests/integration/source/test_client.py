@@ -8,10 +8,8 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from iceprod_exporter.exposition.telemetry import Telemetry
 from iceprod_exporter.source import client as api
-from iceprod_exporter.source.auth import TokenManager
-from iceprod_exporter.source.client import ApiClient, ApiError
+from iceprod_exporter.source.client import ApiError
 from iceprod_exporter.source.labels import Reason
 from tests.support.client import ROUTE, Sleeps, client, failures, get
 from tests.support.exporter import wait_for
@@ -105,15 +103,6 @@ class CountingGrant:
         return f"tok-{self.count}", None
 
 
-def _over(server: ScriptedServer, grant: CountingGrant) -> ApiClient:
-    telemetry = Telemetry(CollectorRegistry())
-    tokens = TokenManager(grant, telemetry, min_interval=0)
-    return ApiClient(
-        server.url, tokens, telemetry, timeout=2, retries=0, backoff_max=1, concurrency=4,
-        rate_limit=0,
-    )  # fmt: skip
-
-
 def test_a_late_401_for_an_old_token_keeps_the_token_granted_since(
     server: ScriptedServer,
 ) -> None:
@@ -125,7 +114,7 @@ def test_a_late_401_for_an_old_token_keeps_the_token_granted_since(
         Reply(200, {"idle": 1}),
     ]
     grant = CountingGrant()
-    c = _over(server, grant)
+    c = client(server.url, CollectorRegistry(), grant=grant, retries=0, backoff_max=1)
 
     async def run() -> list[object]:
         try:
@@ -143,7 +132,9 @@ def test_the_new_token_after_a_401_is_waited_for_only_until_the_deadline(
     server: ScriptedServer,
 ) -> None:
     server.script[ROUTE] = [Reply(401, {"code": 401})]
-    c = _over(server, CountingGrant(slow_from=2))
+    c = client(
+        server.url, CollectorRegistry(), grant=CountingGrant(slow_from=2), retries=0, backoff_max=1
+    )
 
     async def run() -> tuple[ApiError, float]:
         loop = asyncio.get_running_loop()

@@ -44,9 +44,9 @@ from iceprod_simulator import (
     Simulation,
     build_store,
 )
-from tests.support.client import ROUTE
+from tests.support.client import ROUTE, failures
 from tests.support.exporter import free_port, http_get, samples, start_exporter, wait_for
-from tests.support.hostile import SECRET, api_client, failures, run_calls
+from tests.support.hostile import SECRET, api_client, run_calls
 from tests.support.scripted_http import Reply, ScriptedServer, threads_outside_servers
 
 DRIP_SECONDS = float(os.environ.get("HOSTILE_DRIP_SECONDS", "4"))

@@ -32,8 +32,8 @@ from iceprod_simulator import (
     SYSTEM_ROLE_CLAIMS,
     OIDCIssuer,
 )
-from tests.support.client import ROUTE
-from tests.support.hostile import SECRET, api_client, failures, run_calls
+from tests.support.client import ROUTE, failures
+from tests.support.hostile import SECRET, api_client, run_calls
 from tests.support.scripted_http import Reply, ScriptedServer
 
 

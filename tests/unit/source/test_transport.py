@@ -8,7 +8,7 @@ import datetime
 import gzip
 import ipaddress
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +21,6 @@ from cryptography.x509.oid import NameOID
 from iceprod_exporter.source.labels import Reason
 from iceprod_exporter.source.transport import Response, Transport, TransportError, same_origin
 from tests.support.scripted_http import Reply, ScriptedServer
-
-
-@pytest.fixture
-def server() -> Iterator[ScriptedServer]:
-    with ScriptedServer() as s:
-        yield s
 
 
 def fetch_all(
