@@ -180,3 +180,10 @@ def test_unreadable_credential_file_fails_at_start_up(tmp_path: Path, name: str)
     values[name] = str(tmp_path / "empty")
     with pytest.raises(ConfigError, match=f"^{name}: .* is empty"):
         config.validate(values).require_api()
+
+
+def test_userinfo_passwords_are_redacted_where_urls_are_shown() -> None:
+    """In the settings shown (check-config, the landing page); the CLI's output: integration."""
+    settings = config.validate({"api_url": "https://bob:hunter2@api.example.org", "token": "t"})
+    assert settings.redacted()["api_url"] == "https://bob:<redacted>@api.example.org"
+    assert config.redact_url("https://api.example.org/x") == "https://api.example.org/x"

@@ -50,6 +50,7 @@ def test_the_encoder_writes_what_prometheus_client_writes(
     poller = Poller(source, Schedule(poll_interval=60.0), Telemetry(CollectorRegistry()), clock)
     asyncio.run(poller.poll(full=True))
     registry = CollectorRegistry()
+    # the oracle registers itself in ``registry``, which prometheus_client then encodes
     SnapshotCollector(
         lambda: poller.snapshot, max_staleness=600, compat=compat, clock=clock, registry=registry
     )
