@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "iceprod_exporter", *args],
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", **(env or {})},
-        timeout=60,
-    )
+from tests.support.exporter import cli
 
 
 def test_check_config_never_prints_a_userinfo_password() -> None:

@@ -8,6 +8,7 @@ manifests), ``scripted_http`` (a scripted IceProd), ``snapshots`` (snapshot valu
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -112,16 +113,23 @@ def start_exporter(
     return process
 
 
-def run_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``iceprod-exporter once`` as a subprocess with ``env``; fails the test unless it exits 0."""
-    done = subprocess.run(
-        [sys.executable, "-m", "iceprod_exporter", "once"],
-        env=env,
+def cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``iceprod-exporter ARGS`` as a subprocess whose environment is PATH and ``env`` only."""
+    return subprocess.run(
+        [sys.executable, "-m", "iceprod_exporter", *args],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
         check=False,
     )
+
+
+def run_once(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``iceprod-exporter once`` as a subprocess with ``env``; fails the test unless it exits 0."""
+    done = cli("once", env=env, timeout=60)
     assert done.returncode == 0, f"once exited {done.returncode}:\n{done.stderr[-4000:]}"
     return done

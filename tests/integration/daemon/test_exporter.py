@@ -4,37 +4,20 @@ from __future__ import annotations
 
 import io
 import subprocess
-import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from iceprod_simulator import SimulatedIceProd, build_store
+from tests.support.exporter import cli
 
 
-def run_once(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "iceprod_exporter",
-            "once",
-            "--token",
-            "t",
-            "--retries",
-            "0",
-            "--timeout",
-            "3",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def once(*args: str) -> subprocess.CompletedProcess[str]:
+    return cli("once", "--token", "t", "--retries", "0", "--timeout", "3", *args)
 
 
 def test_once_prints_only_the_exposition_and_exits_0() -> None:
     with SimulatedIceProd(build_store(datasets=4, seed=2)) as simulator:
-        result = run_once("--api-url", simulator.url, "--compat-dataset-monitor")
+        result = once("--api-url", simulator.url, "--compat-dataset-monitor")
     assert result.returncode == 0, result.stderr
     families = {f.name: f for f in text_string_to_metric_families(result.stdout)}
     assert families["iceprod_up"].samples[0].value == 1
@@ -44,7 +27,7 @@ def test_once_prints_only_the_exposition_and_exits_0() -> None:
 
 
 def test_once_exits_1_when_the_poll_fails() -> None:
-    result = run_once("--api-url", "http://127.0.0.1:9")
+    result = once("--api-url", "http://127.0.0.1:9")
     assert result.returncode == 1
     families = {f.name: f for f in text_string_to_metric_families(result.stdout)}
     assert families["iceprod_up"].samples[0].value == 0
